@@ -1,0 +1,96 @@
+//! Device selection from the strings users type: `cpu`, `cuda`, `cuda:1`, `metal`.
+
+use crate::{Error, Result};
+use candle_core::Device;
+
+/// Parses a device string and opens the device.
+///
+/// Accepted forms are `cpu`, `cuda`, `cuda:N`, `metal` and `metal:N`. A device whose
+/// support was not compiled in, or that is not present, gives an [`Error::Device`] naming the
+/// string and the reason.
+///
+/// ```
+/// let dev = temper_core::device::parse("cpu").unwrap();
+/// assert!(dev.is_cpu());
+/// assert!(temper_core::device::parse("tpu").is_err());
+/// ```
+pub fn parse(spec: &str) -> Result<Device> {
+    let err = |reason: String| Error::Device {
+        spec: spec.to_string(),
+        reason,
+    };
+    let s = spec.trim().to_ascii_lowercase();
+    let (kind, ordinal) = match s.split_once(':') {
+        Some((k, n)) => {
+            let n: usize = n
+                .parse()
+                .map_err(|_| err(format!("'{n}' is not a device ordinal")))?;
+            (k.to_string(), n)
+        }
+        None => (s.clone(), 0),
+    };
+    match kind.as_str() {
+        "cpu" if s.contains(':') => Err(err("cpu takes no ordinal".into())),
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => {
+            if !cfg!(feature = "cuda") {
+                return Err(err(
+                    "this build has no CUDA support; rebuild with `--features cuda`".into(),
+                ));
+            }
+            Device::new_cuda(ordinal).map_err(|e| err(e.to_string()))
+        }
+        "metal" => {
+            if !cfg!(feature = "metal") {
+                return Err(err(
+                    "this build has no Metal support; rebuild with `--features metal`".into(),
+                ));
+            }
+            Device::new_metal(ordinal).map_err(|e| err(e.to_string()))
+        }
+        _ => Err(err("expected one of cpu, cuda, cuda:N, metal, metal:N".into())),
+    }
+}
+
+/// The feature flags this build was compiled with, among `cuda`, `cudnn` and `metal`.
+pub fn compiled_features() -> Vec<&'static str> {
+    let mut f = Vec::new();
+    if cfg!(feature = "cuda") {
+        f.push("cuda");
+    }
+    if cfg!(feature = "cudnn") {
+        f.push("cudnn");
+    }
+    if cfg!(feature = "metal") {
+        f.push("metal");
+    }
+    f
+}
+
+/// The devices that can be opened right now, spelled as [`parse`] accepts them.
+pub fn available() -> Vec<String> {
+    let mut out = vec!["cpu".to_string()];
+    if cfg!(feature = "cuda") {
+        // Probe ordinals until one fails to open; a machine rarely has more than a handful.
+        for i in 0..16 {
+            if Device::new_cuda(i).is_ok() {
+                out.push(format!("cuda:{i}"));
+            } else {
+                break;
+            }
+        }
+    }
+    if cfg!(feature = "metal") && Device::new_metal(0).is_ok() {
+        out.push("metal".to_string());
+    }
+    out
+}
+
+/// A short human-readable name for a device, e.g. `cpu` or `cuda:0`.
+pub fn name(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}

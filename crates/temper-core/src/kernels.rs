@@ -1,0 +1,347 @@
+//! Layer kernels: the replaceable compute under every layer.
+//!
+//! Model definitions never call candle's convolution or pooling directly; layers call a
+//! [`Kernels`] implementation passed in the forward [`Ctx`](crate::Ctx). The default,
+//! [`CandleKernels`], is written with candle's differentiable tensor operations only, so it
+//! runs on every device and its gradients come from candle's autograd. A faster
+//! implementation (own CPU kernels, an input-gradient-only backward for attacks, cuDNN calls
+//! on CUDA) implements the same trait and is swapped in with
+//! [`Network::set_kernels`](crate::Network::set_kernels) without touching any model.
+
+use crate::Result;
+use candle_core::{DType, Tensor, D};
+
+/// Geometry of a 2-D convolution, as in `torch.nn.Conv2d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvCfg {
+    /// Stride in both directions.
+    pub stride: usize,
+    /// Zero padding on every side.
+    pub padding: usize,
+    /// Dilation in both directions.
+    pub dilation: usize,
+    /// Number of groups (the input channel count for a depthwise convolution).
+    pub groups: usize,
+}
+
+impl Default for ConvCfg {
+    fn default() -> Self {
+        ConvCfg {
+            stride: 1,
+            padding: 0,
+            dilation: 1,
+            groups: 1,
+        }
+    }
+}
+
+/// Geometry of a 2-D pooling window, as in `torch.nn.MaxPool2d` / `AvgPool2d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolCfg {
+    /// Window size in both directions.
+    pub kernel: usize,
+    /// Stride in both directions.
+    pub stride: usize,
+    /// Implicit padding on every side (negative infinity for max pooling, and excluded from
+    /// nothing: average pooling counts padded zeros, as PyTorch's default
+    /// `count_include_pad=True` does).
+    pub padding: usize,
+}
+
+impl PoolCfg {
+    /// Output spatial size for an input of size `n` (floor mode, as PyTorch's default).
+    pub fn out_size(&self, n: usize) -> Option<usize> {
+        let padded = n + 2 * self.padding;
+        if padded < self.kernel || self.stride == 0 {
+            None
+        } else {
+            Some((padded - self.kernel) / self.stride + 1)
+        }
+    }
+}
+
+/// Batch statistics returned by [`Kernels::batch_norm_train`].
+#[derive(Debug, Clone)]
+pub struct BatchStats {
+    /// Per-channel mean over (N, H, W), shape `(C,)`.
+    pub mean: Tensor,
+    /// Per-channel biased variance over (N, H, W), shape `(C,)`.
+    pub var: Tensor,
+}
+
+/// The compute primitives every Temper layer is built from.
+///
+/// All tensors are NCHW f32. Implementations must be differentiable with respect to `x` (and
+/// to weights, when the caller passes weights that track gradients).
+pub trait Kernels: Send + Sync + std::fmt::Debug {
+    /// A short name for logs and `temper info`.
+    fn name(&self) -> &str;
+
+    /// 2-D convolution, `weight` of shape `(out, in / groups, kh, kw)`.
+    fn conv2d(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, cfg: ConvCfg)
+        -> Result<Tensor>;
+
+    /// Fully connected layer: `x @ weight.T + bias`, `weight` of shape `(out, in)`.
+    fn linear(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor>;
+
+    /// BatchNorm in training mode: normalises with the batch's own statistics and returns
+    /// them so the layer can update its running buffers.
+    fn batch_norm_train(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f64,
+    ) -> Result<(Tensor, BatchStats)>;
+
+    /// BatchNorm in evaluation mode, with the running statistics.
+    fn batch_norm_eval(
+        &self,
+        x: &Tensor,
+        mean: &Tensor,
+        var: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f64,
+    ) -> Result<Tensor>;
+
+    /// Max pooling. Gradients go to the first maximal element of each window (PyTorch's
+    /// rule), for any kernel, stride, padding and input size.
+    fn max_pool2d(&self, x: &Tensor, cfg: PoolCfg) -> Result<Tensor>;
+
+    /// Average pooling (padding counted, as PyTorch's default).
+    fn avg_pool2d(&self, x: &Tensor, cfg: PoolCfg) -> Result<Tensor>;
+
+    /// Adaptive average pooling to `(oh, ow)`, with PyTorch's bin boundaries.
+    fn adaptive_avg_pool2d(&self, x: &Tensor, oh: usize, ow: usize) -> Result<Tensor>;
+}
+
+/// Reference kernels written with candle's differentiable operations; correct on every
+/// device.
+///
+/// candle's own pooling backward is wrong when the input size is not a multiple of the
+/// kernel and fails when kernel != stride, so pooling here is built from strided views
+/// instead, whose gradients candle computes exactly.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CandleKernels;
+
+/// Pads `x` (N, C, H, W) on the spatial dims with `value`: `before` rows/cols in front and
+/// `after` behind.
+fn pad_value(x: &Tensor, before: usize, after: usize, value: f32) -> Result<Tensor> {
+    if before == 0 && after == 0 {
+        return Ok(x.clone());
+    }
+    let (n, c, h, w) = x.dims4()?;
+    let dev = x.device();
+    let mut parts = Vec::new();
+    let row = |k: usize, w: usize| Tensor::full(value, (n, c, k, w), dev).map(|t| t.to_dtype(x.dtype()));
+    if before > 0 {
+        parts.push(row(before, w)??);
+    }
+    parts.push(x.clone());
+    if after > 0 {
+        parts.push(row(after, w)??);
+    }
+    let x = Tensor::cat(&parts, 2)?;
+    let h2 = h + before + after;
+    let mut parts = Vec::new();
+    let col = |k: usize| Tensor::full(value, (n, c, h2, k), dev).map(|t| t.to_dtype(x.dtype()));
+    if before > 0 {
+        parts.push(col(before)??);
+    }
+    parts.push(x.clone());
+    if after > 0 {
+        parts.push(col(after)??);
+    }
+    Ok(Tensor::cat(&parts, 3)?)
+}
+
+/// The `(oh, ow)` strided views of a padded input, one per window offset `(i, j)`, in
+/// row-major order. View `(i, j)` holds element `x[.., i + s*r, j + s*c]` at `(r, c)`.
+fn window_views(x: &Tensor, cfg: PoolCfg, fill: f32) -> Result<(Vec<Tensor>, usize, usize)> {
+    let (_, _, h, w) = x.dims4()?;
+    let oh = cfg
+        .out_size(h)
+        .ok_or_else(|| crate::Error::param("pool kernel", format!("window {} larger than padded input {h}", cfg.kernel)))?;
+    let ow = cfg
+        .out_size(w)
+        .ok_or_else(|| crate::Error::param("pool kernel", format!("window {} larger than padded input {w}", cfg.kernel)))?;
+    let s = cfg.stride;
+    // Pad enough behind so that every view can be reshaped to (oh, s) x (ow, s).
+    let need_h = (cfg.kernel - 1) + oh * s;
+    let need_w = (cfg.kernel - 1) + ow * s;
+    let hp = h + 2 * cfg.padding;
+    let wp = w + 2 * cfg.padding;
+    let extra = need_h.saturating_sub(hp).max(need_w.saturating_sub(wp));
+    let xp = pad_value(x, cfg.padding, cfg.padding + extra, fill)?;
+    let (n, c, _, _) = xp.dims4()?;
+    let mut views = Vec::with_capacity(cfg.kernel * cfg.kernel);
+    for i in 0..cfg.kernel {
+        let rows = xp.narrow(2, i, oh * s)?;
+        let rows = if s > 1 {
+            let wp2 = rows.dim(3)?;
+            rows.reshape((n, c, oh, s, wp2))?.narrow(3, 0, 1)?.squeeze(3)?
+        } else {
+            rows
+        };
+        for j in 0..cfg.kernel {
+            let v = rows.narrow(3, j, ow * s)?;
+            let v = if s > 1 {
+                v.reshape((n, c, oh, ow, s))?.narrow(4, 0, 1)?.squeeze(4)?
+            } else {
+                v
+            };
+            views.push(v);
+        }
+    }
+    Ok((views, oh, ow))
+}
+
+impl Kernels for CandleKernels {
+    fn name(&self) -> &str {
+        "candle-reference"
+    }
+
+    fn conv2d(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        cfg: ConvCfg,
+    ) -> Result<Tensor> {
+        let y = x.conv2d(weight, cfg.padding, cfg.stride, cfg.dilation, cfg.groups)?;
+        match bias {
+            Some(b) => Ok(y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?)?),
+            None => Ok(y),
+        }
+    }
+
+    fn linear(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let y = x.matmul(&weight.t()?)?;
+        match bias {
+            Some(b) => Ok(y.broadcast_add(b)?),
+            None => Ok(y),
+        }
+    }
+
+    fn batch_norm_train(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f64,
+    ) -> Result<(Tensor, BatchStats)> {
+        let c = x.dim(1)?;
+        let mean = x.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?;
+        let centered = x.broadcast_sub(&mean)?;
+        let var = centered.sqr()?.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?;
+        let scale = (var.clone() + eps)?.sqrt()?.recip()?;
+        let y = centered
+            .broadcast_mul(&scale)?
+            .broadcast_mul(&gamma.reshape((1, c, 1, 1))?)?
+            .broadcast_add(&beta.reshape((1, c, 1, 1))?)?;
+        Ok((
+            y,
+            BatchStats {
+                mean: mean.flatten_all()?,
+                var: var.flatten_all()?,
+            },
+        ))
+    }
+
+    fn batch_norm_eval(
+        &self,
+        x: &Tensor,
+        mean: &Tensor,
+        var: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f64,
+    ) -> Result<Tensor> {
+        let c = x.dim(1)?;
+        // Fold into one scale and shift per channel: two broadcast ops over the activation.
+        let scale = ((var + eps)?.sqrt()?.recip()? * gamma)?;
+        let shift = (beta - (mean * &scale)?)?;
+        Ok(x
+            .broadcast_mul(&scale.reshape((1, c, 1, 1))?)?
+            .broadcast_add(&shift.reshape((1, c, 1, 1))?)?)
+    }
+
+    fn max_pool2d(&self, x: &Tensor, cfg: PoolCfg) -> Result<Tensor> {
+        if cfg.padding * 2 > cfg.kernel {
+            return Err(crate::Error::param(
+                "max pool padding",
+                format!("padding {} must be at most half the kernel {}", cfg.padding, cfg.kernel),
+            ));
+        }
+        // Padding uses the lowest finite value so that the mask products below never meet
+        // an infinity (0 * inf = NaN); PyTorch requires every window to hold a real element.
+        let (views, _, _) = window_views(x, cfg, f32::MIN)?;
+        let detached: Vec<Tensor> = views.iter().map(|v| v.detach()).collect();
+        let mut max = detached[0].clone();
+        for v in &detached[1..] {
+            max = max.maximum(v)?;
+        }
+        // Route the gradient to the first maximal element of each window: view k gets mask 1
+        // where it equals the max and no earlier view did. The output is then an exact sum of
+        // one selected value per position.
+        let mut taken = max.zeros_like()?.to_dtype(DType::U8)?;
+        let mut out: Option<Tensor> = None;
+        for (v, d) in views.iter().zip(&detached) {
+            let hit = d.eq(&max)?;
+            let first = hit.gt(&taken)?;
+            taken = taken.maximum(&hit)?;
+            let term = v.broadcast_mul(&first.to_dtype(v.dtype())?)?;
+            out = Some(match out {
+                None => term,
+                Some(o) => (o + term)?,
+            });
+        }
+        Ok(out.unwrap_or(max))
+    }
+
+    fn avg_pool2d(&self, x: &Tensor, cfg: PoolCfg) -> Result<Tensor> {
+        let (_, _, h, w) = x.dims4()?;
+        if cfg.padding == 0 && cfg.kernel == h && cfg.kernel == w {
+            return Ok(x.mean_keepdim(2)?.mean_keepdim(3)?);
+        }
+        let (views, _, _) = window_views(x, cfg, 0.0)?;
+        let k2 = (cfg.kernel * cfg.kernel) as f64;
+        let mut sum = views[0].clone();
+        for v in &views[1..] {
+            sum = (sum + v)?;
+        }
+        Ok((sum / k2)?)
+    }
+
+    fn adaptive_avg_pool2d(&self, x: &Tensor, oh: usize, ow: usize) -> Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
+        if oh == 1 && ow == 1 {
+            return Ok(x.mean_keepdim(2)?.mean_keepdim(3)?);
+        }
+        if h == 1 && w == 1 {
+            return Ok(x.broadcast_as((n, c, oh, ow))?.contiguous()?);
+        }
+        if h % oh == 0 && w % ow == 0 {
+            let (kh, kw) = (h / oh, w / ow);
+            return Ok(x
+                .reshape((n, c, oh, kh, ow, kw))?
+                .mean(D::Minus1)?
+                .mean(3)?);
+        }
+        // General case: PyTorch's bins [floor(i*h/oh), ceil((i+1)*h/oh)).
+        let bins = |i: usize, o: usize, n: usize| (i * n / o, ((i + 1) * n).div_ceil(o));
+        let mut rows = Vec::with_capacity(oh);
+        for i in 0..oh {
+            let (h0, h1) = bins(i, oh, h);
+            let band = x.narrow(2, h0, h1 - h0)?.mean_keepdim(2)?;
+            let mut cols = Vec::with_capacity(ow);
+            for j in 0..ow {
+                let (w0, w1) = bins(j, ow, w);
+                cols.push(band.narrow(3, w0, w1 - w0)?.mean_keepdim(3)?);
+            }
+            rows.push(Tensor::cat(&cols, 3)?);
+        }
+        Ok(Tensor::cat(&rows, 2)?)
+    }
+}

@@ -1,0 +1,118 @@
+//! # temper-models
+//!
+//! Temper's model zoo. Every model is a [`temper_core::Network`]: it takes pixels in
+//! `[0, 1]`, holds its own normalisation, and names its parameters and buffers exactly as
+//! the PyTorch reference does, so a checkpoint written by
+//! `safetensors.torch.save_file(model.state_dict(), path)` loads with no renaming.
+//!
+//! | name | layout of |
+//! |---|---|
+//! | `small-cnn` | Wong et al. 2020 MNIST net |
+//! | `preact-resnet18` | Wong et al. 2020 / Rice et al. 2020 |
+//! | `resnet18`, `resnet34`, `resnet50` | torchvision (`--stem cifar` for 32x32) |
+//! | `wrn-28-10`, `wrn-34-10` | RobustBench |
+//! | `vgg16-bn`, `mobilenet-v2` | torchvision |
+//!
+//! ```
+//! use temper_models::{build, ModelConfig, ModelKind};
+//! use temper_core::Classifier;
+//!
+//! # fn main() -> temper_core::Result<()> {
+//! let cfg = ModelConfig::new(ModelKind::SmallCnn, 10).check()?;
+//! let model = build(&cfg, &candle_core::Device::Cpu)?;
+//! assert_eq!(model.params().num_trainable(), 166_406);
+//! let x = candle_core::Tensor::zeros((2, 1, 28, 28), candle_core::DType::F32, model.device())?;
+//! assert_eq!(model.forward(&x)?.dims(), &[2, 10]);
+//! # Ok(()) }
+//! ```
+
+mod config;
+mod mobilenet_v2;
+mod preact_resnet;
+mod resnet;
+mod small_cnn;
+mod vgg;
+mod wrn;
+
+pub use config::{ModelConfig, ModelKind, ValidModelConfig};
+
+use candle_core::{DType, Device, Tensor};
+use temper_core::summary::LayerRecord;
+use temper_core::{Backbone, Builder, Classifier, ModelInfo, Network, Result};
+
+/// The first layers of a ResNet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stem {
+    /// 3x3 stride-1 convolution, no max pool: for 32x32 inputs.
+    Cifar,
+    /// torchvision's 7x7 stride-2 convolution and 3x3 stride-2 max pool: for 224x224 inputs.
+    Imagenet,
+}
+
+impl Stem {
+    /// Parses `cifar` or `imagenet`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "cifar" => Ok(Stem::Cifar),
+            "imagenet" => Ok(Stem::Imagenet),
+            _ => Err(temper_core::Error::param("stem", format!("'{s}' is not one of cifar, imagenet"))),
+        }
+    }
+}
+
+/// Builds a model with freshly initialised parameters (drawn from the global seed's `init`
+/// stream, so the same seed gives the same model on every machine).
+pub fn build(cfg: &ValidModelConfig, device: &Device) -> Result<Network> {
+    let b = Builder::new(device, temper_core::seed::rng(&format!("init/{}", cfg.get().kind)));
+    assemble(cfg, b, device)
+}
+
+/// Builds a model whose parameters are zero (BatchNorm scales one): fast, for when weights
+/// are loaded next or only the architecture is wanted (`temper model summary`).
+pub fn build_zeroed(cfg: &ValidModelConfig, device: &Device) -> Result<Network> {
+    assemble(cfg, Builder::zeroed(device), device)
+}
+
+/// Builds a model and loads a safetensors file with PyTorch key names into it.
+pub fn build_from_file(
+    cfg: &ValidModelConfig,
+    path: impl AsRef<std::path::Path>,
+    strictness: temper_core::weights::Strictness,
+    device: &Device,
+) -> Result<(Network, temper_core::weights::LoadReport)> {
+    let net = build_zeroed(cfg, device)?;
+    let report = temper_core::weights::load(net.params(), path, cfg.get().kind.name(), strictness)?;
+    Ok((net, report))
+}
+
+fn assemble(cfg: &ValidModelConfig, b: Builder, device: &Device) -> Result<Network> {
+    let c = cfg.get();
+    let backbone: Box<dyn Backbone> = match c.kind {
+        ModelKind::SmallCnn => Box::new(small_cnn::build(&b, cfg)?),
+        ModelKind::PreActResNet18 => Box::new(preact_resnet::build(&b, cfg)?),
+        ModelKind::ResNet18 => Box::new(resnet::build(&b, cfg, [2, 2, 2, 2], false)?),
+        ModelKind::ResNet34 => Box::new(resnet::build(&b, cfg, [3, 4, 6, 3], false)?),
+        ModelKind::ResNet50 => Box::new(resnet::build(&b, cfg, [3, 4, 6, 3], true)?),
+        ModelKind::Wrn28x10 => Box::new(wrn::build(&b, cfg, 28)?),
+        ModelKind::Wrn34x10 => Box::new(wrn::build(&b, cfg, 34)?),
+        ModelKind::Vgg16Bn => Box::new(vgg::build(&b, cfg)?),
+        ModelKind::MobileNetV2 => Box::new(mobilenet_v2::build(&b, cfg)?),
+    };
+    let info = ModelInfo {
+        name: c.kind.name().to_string(),
+        num_classes: c.num_classes,
+        input_shape: [c.in_channels, c.input_size.0, c.input_size.1],
+    };
+    Network::new(info, b.finish(), backbone, cfg.normalization(), device)
+}
+
+/// Runs one eval-mode forward pass on a zero image and returns the layer table.
+pub fn layer_table(model: &dyn Classifier) -> Result<Vec<LayerRecord>> {
+    let [c, h, w] = model.input_shape();
+    let x = Tensor::zeros((1, c, h, w), DType::F32, model.device())?;
+    let opts = temper_core::ForwardOpts { mode: temper_core::Mode::Eval, param_grads: false };
+    let (out, rows) = temper_core::summary::trace(|| model.forward_opts(&x, opts));
+    out?;
+    Ok(rows)
+}

@@ -1,0 +1,98 @@
+//! `preact-resnet18`: the pre-activation ResNet-18 for 32x32 inputs used by Wong et al.
+//! (2020) and Rice et al. (2020), with their key names (`layer1.0.bn1`, `shortcut.0`,
+//! `bn`, `linear`).
+
+use crate::ValidModelConfig;
+use temper_core::kernels::ConvCfg;
+use temper_core::nn::{global_avg_pool, relu, BatchNorm2d, Conv2d, Linear};
+use temper_core::{Backbone, Builder, Ctx, Result};
+use candle_core::Tensor;
+
+struct PreActBlock {
+    bn1: BatchNorm2d,
+    conv1: Conv2d,
+    bn2: BatchNorm2d,
+    conv2: Conv2d,
+    shortcut: Option<Conv2d>,
+}
+
+impl PreActBlock {
+    fn new(b: &Builder, in_planes: usize, planes: usize, stride: usize) -> Result<Self> {
+        let c3 = |s| ConvCfg { stride: s, padding: 1, ..ConvCfg::default() };
+        // Created in the reference's registration order (shortcut last) so the store lists
+        // keys in the order of PyTorch's state_dict.
+        Ok(PreActBlock {
+            bn1: BatchNorm2d::new(&b.pp("bn1"), in_planes)?,
+            conv1: Conv2d::new(&b.pp("conv1"), in_planes, planes, 3, c3(stride), false)?,
+            bn2: BatchNorm2d::new(&b.pp("bn2"), planes)?,
+            conv2: Conv2d::new(&b.pp("conv2"), planes, planes, 3, c3(1), false)?,
+            shortcut: if stride != 1 || in_planes != planes {
+                let cfg = ConvCfg { stride, ..ConvCfg::default() };
+                Some(Conv2d::new(&b.pp("shortcut").pp(0), in_planes, planes, 1, cfg, false)?)
+            } else {
+                None
+            },
+        })
+    }
+
+    fn forward(&self, x: &Tensor, ctx: &Ctx<'_>) -> Result<Tensor> {
+        let out = relu(&self.bn1.forward(x, ctx)?)?;
+        // The projection shortcut takes the pre-activated input, the identity the raw one.
+        let short = match &self.shortcut {
+            Some(s) => s.forward(&out, ctx)?,
+            None => x.clone(),
+        };
+        let out = self.conv1.forward(&out, ctx)?;
+        let out = self.conv2.forward(&relu(&self.bn2.forward(&out, ctx)?)?, ctx)?;
+        Ok((out + short)?)
+    }
+}
+
+pub(crate) struct PreActResNet {
+    conv1: Conv2d,
+    layers: Vec<PreActBlock>,
+    bn: BatchNorm2d,
+    linear: Linear,
+}
+
+pub(crate) fn build(b: &Builder, cfg: &ValidModelConfig) -> Result<PreActResNet> {
+    let c = cfg.get();
+    let widths = [cfg.scaled(64), cfg.scaled(128), cfg.scaled(256), cfg.scaled(512)];
+    let conv1 = Conv2d::new(
+        &b.pp("conv1"),
+        c.in_channels,
+        widths[0],
+        3,
+        ConvCfg { padding: 1, ..ConvCfg::default() },
+        false,
+    )?;
+    let mut layers = Vec::new();
+    let mut in_planes = widths[0];
+    for (li, &planes) in widths.iter().enumerate() {
+        let stride = if li == 0 { 1 } else { 2 };
+        for bi in 0..2 {
+            let s = if bi == 0 { stride } else { 1 };
+            layers.push(PreActBlock::new(&b.pp(format!("layer{}", li + 1)).pp(bi), in_planes, planes, s)?);
+            in_planes = planes;
+        }
+    }
+    Ok(PreActResNet {
+        conv1,
+        layers,
+        bn: BatchNorm2d::new(&b.pp("bn"), in_planes)?,
+        linear: Linear::new(&b.pp("linear"), in_planes, c.num_classes, true)?,
+    })
+}
+
+impl Backbone for PreActResNet {
+    fn forward(&self, x: &Tensor, ctx: &Ctx<'_>) -> Result<Tensor> {
+        let mut out = self.conv1.forward(x, ctx)?;
+        for l in &self.layers {
+            out = l.forward(&out, ctx)?;
+        }
+        let out = relu(&self.bn.forward(&out, ctx)?)?;
+        // The reference uses avg_pool2d(out, 4) on the 4x4 map of a 32x32 input: a global
+        // average there, and a global average here for any input size.
+        self.linear.forward(&global_avg_pool(&out, ctx)?, ctx)
+    }
+}
