@@ -1,1 +1,233 @@
-fn main() {}
+//! Project automation: `cargo xtask <task>`. Few dependencies, quick to compile.
+//!
+//! Tasks:
+//! - `ci`: what `.ci/run` does (fmt check, clippy -D warnings, dependency invariants, tests).
+//! - `invariants`: check the dependency boundaries of docs/ARCHITECTURE.md.
+//! - `bench`: the speed benchmarks, each a ratio against a reference measured in the same run.
+//! - `fixtures`: regenerate the PyTorch fixtures (needs python3 with torch, torchvision, timm).
+//! - `cuda-build`: build the `cuda` feature as described in ../shared/cuda.md.
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("$ {cmd:?}");
+    let status = cmd
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// Library crates and the crates they must never depend on (docs/ARCHITECTURE.md).
+const FORBIDDEN: &[(&str, &[&str])] = &[
+    (
+        "temper-core",
+        &[
+            "temper-models",
+            "temper-data",
+            "temper-attacks",
+            "temper-sched",
+            "temper-train",
+            "temper-eval",
+            "temper-quant",
+            "temper-cli",
+        ],
+    ),
+    (
+        "temper-models",
+        &[
+            "temper-data",
+            "temper-attacks",
+            "temper-sched",
+            "temper-train",
+            "temper-eval",
+            "temper-quant",
+            "temper-cli",
+        ],
+    ),
+    (
+        "temper-data",
+        &[
+            "temper-models",
+            "temper-attacks",
+            "temper-sched",
+            "temper-train",
+            "temper-eval",
+            "temper-quant",
+            "temper-cli",
+        ],
+    ),
+    (
+        "temper-attacks",
+        &[
+            "temper-models",
+            "temper-data",
+            "temper-sched",
+            "temper-train",
+            "temper-eval",
+            "temper-quant",
+            "temper-cli",
+        ],
+    ),
+    (
+        "temper-sched",
+        &[
+            "temper-models",
+            "temper-data",
+            "temper-attacks",
+            "temper-train",
+            "temper-eval",
+            "temper-quant",
+            "temper-cli",
+        ],
+    ),
+    (
+        "temper-eval",
+        &["temper-train", "temper-sched", "temper-quant", "temper-cli"],
+    ),
+    ("temper-quant", &["temper-train", "temper-sched", "temper-cli"]),
+    ("temper-train", &["temper-eval", "temper-quant", "temper-cli"]),
+];
+
+fn invariants() -> Result<()> {
+    let meta = cargo()
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .current_dir(root())
+        .output()?;
+    let text = String::from_utf8_lossy(&meta.stdout);
+    let mut failures = Vec::new();
+    for (krate, banned) in FORBIDDEN {
+        if !text.contains(&format!("\"name\":\"{krate}\"")) {
+            continue; // Not created yet.
+        }
+        let out = cargo()
+            .args(["tree", "-p", krate, "-e", "normal", "--prefix", "none"])
+            .current_dir(root())
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "cargo tree -p {krate} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let tree = String::from_utf8_lossy(&out.stdout);
+        for b in *banned {
+            if tree.lines().any(|l| l.split_whitespace().next() == Some(b)) {
+                failures.push(format!("Invariant broken: {krate} depends on {b}"));
+            }
+        }
+        eprintln!("ok: {krate} depends on none of {}", banned.join(", "));
+    }
+    if !failures.is_empty() {
+        bail!("{}", failures.join("\n"));
+    }
+    Ok(())
+}
+
+fn ci() -> Result<()> {
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    invariants()?;
+    // The README's test command.
+    run(cargo().args(["test", "--workspace"]))
+}
+
+fn bench(args: &[String]) -> Result<()> {
+    // Each benchmark is an example binary of the crate it measures; it prints its own table
+    // and one JSON line with the ratio against the reference it ran beside.
+    let all: &[(&str, &str, &[&str])] = &[
+        ("data", "temper-data", &["bench_loader"]),
+        ("attacks", "temper-attacks", &["bench_pgd"]),
+    ];
+    let meta = cargo()
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .current_dir(root())
+        .output()?;
+    let text = String::from_utf8_lossy(&meta.stdout);
+    for (name, krate, examples) in all {
+        if !args.is_empty() && !args.iter().any(|a| a == name) {
+            continue;
+        }
+        for ex in *examples {
+            if !text.contains(&format!("examples/{ex}.rs")) {
+                eprintln!("skip: {krate} has no example {ex} yet");
+                continue;
+            }
+            run(cargo().args(["run", "--release", "-p", krate, "--example", ex, "--"]))?;
+        }
+    }
+    Ok(())
+}
+
+fn fixtures() -> Result<()> {
+    let py = std::env::var("TEMPER_PYTHON").unwrap_or_else(|_| "python3".into());
+    for script in [
+        "tests/fixtures/models/make_fixtures.py",
+        "tests/fixtures/kernels/make_fixtures.py",
+    ] {
+        run(Command::new(&py).arg(script))?;
+    }
+    Ok(())
+}
+
+fn cuda_build() -> Result<()> {
+    let home = std::env::var("HOME").context("HOME is not set")?;
+    let c = format!("{home}/.local/cuda13/nvidia/cu13");
+    if !Path::new(&c).join("bin/nvcc").exists() {
+        bail!("no CUDA 13 toolkit at {c}; install it as ../shared/cuda.md section 1 describes");
+    }
+    let features = std::env::args().any(|a| a == "--cudnn");
+    let path = format!("{c}/bin:{}", std::env::var("PATH").unwrap_or_default());
+    run(cargo()
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "temper-cli",
+            "--features",
+            if features { "cudnn" } else { "cuda" },
+        ])
+        .args(["--target-dir", "target/cuda"])
+        .env("CUDA_PATH", &c)
+        .env("CUDA_ROOT", &c)
+        .env("PATH", path)
+        .env("LIBRARY_PATH", format!("{c}/lib"))
+        .env("CUDA_COMPUTE_CAP", "90"))?;
+    run(Command::new("strip").args(["-o", "target/cuda/temper-cuda", "target/cuda/release/temper"]))?;
+    run(Command::new("xz").args(["-9", "-f", "target/cuda/temper-cuda"]))?;
+    eprintln!("built target/cuda/temper-cuda.xz; see ../shared/cuda.md section 3 to run it");
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("ci") => ci(),
+        Some("invariants") => invariants(),
+        Some("bench") => bench(&args[1..]),
+        Some("fixtures") => fixtures(),
+        Some("cuda-build") => cuda_build(),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <ci|invariants|bench [data|attacks ...]|fixtures|cuda-build [--cudnn]>"
+            );
+            std::process::exit(2)
+        }
+    }
+}

@@ -22,7 +22,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     ));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io("cannot create", &tmp, e))?;
-        f.write_all(bytes).map_err(|e| Error::io("cannot write", &tmp, e))?;
+        f.write_all(bytes)
+            .map_err(|e| Error::io("cannot write", &tmp, e))?;
         f.sync_all().map_err(|e| Error::io("cannot sync", &tmp, e))?;
         std::fs::rename(&tmp, path).map_err(|e| Error::io("cannot rename into", path, e))?;
         // Sync the directory so the rename itself survives a power loss (best effort: not

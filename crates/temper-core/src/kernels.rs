@@ -78,8 +78,7 @@ pub trait Kernels: Send + Sync + std::fmt::Debug {
     fn name(&self) -> &str;
 
     /// 2-D convolution, `weight` of shape `(out, in / groups, kh, kw)`.
-    fn conv2d(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, cfg: ConvCfg)
-        -> Result<Tensor>;
+    fn conv2d(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, cfg: ConvCfg) -> Result<Tensor>;
 
     /// Fully connected layer: `x @ weight.T + bias`, `weight` of shape `(out, in)`.
     fn linear(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor>;
@@ -160,12 +159,18 @@ fn pad_value(x: &Tensor, before: usize, after: usize, value: f32) -> Result<Tens
 /// row-major order. View `(i, j)` holds element `x[.., i + s*r, j + s*c]` at `(r, c)`.
 fn window_views(x: &Tensor, cfg: PoolCfg, fill: f32) -> Result<(Vec<Tensor>, usize, usize)> {
     let (_, _, h, w) = x.dims4()?;
-    let oh = cfg
-        .out_size(h)
-        .ok_or_else(|| crate::Error::param("pool kernel", format!("window {} larger than padded input {h}", cfg.kernel)))?;
-    let ow = cfg
-        .out_size(w)
-        .ok_or_else(|| crate::Error::param("pool kernel", format!("window {} larger than padded input {w}", cfg.kernel)))?;
+    let oh = cfg.out_size(h).ok_or_else(|| {
+        crate::Error::param(
+            "pool kernel",
+            format!("window {} larger than padded input {h}", cfg.kernel),
+        )
+    })?;
+    let ow = cfg.out_size(w).ok_or_else(|| {
+        crate::Error::param(
+            "pool kernel",
+            format!("window {} larger than padded input {w}", cfg.kernel),
+        )
+    })?;
     let s = cfg.stride;
     // Pad enough behind so that every view can be reshaped to (oh, s) x (ow, s).
     let need_h = (cfg.kernel - 1) + oh * s;
@@ -197,18 +202,19 @@ fn window_views(x: &Tensor, cfg: PoolCfg, fill: f32) -> Result<(Vec<Tensor>, usi
     Ok((views, oh, ow))
 }
 
-impl Kernels for CandleKernels {
-    fn name(&self) -> &str {
+impl CandleKernels {
+    /// The name [`Kernels::name`] returns, without a value at hand.
+    pub const fn name_static(&self) -> &'static str {
         "candle-reference"
     }
+}
 
-    fn conv2d(
-        &self,
-        x: &Tensor,
-        weight: &Tensor,
-        bias: Option<&Tensor>,
-        cfg: ConvCfg,
-    ) -> Result<Tensor> {
+impl Kernels for CandleKernels {
+    fn name(&self) -> &str {
+        self.name_static()
+    }
+
+    fn conv2d(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, cfg: ConvCfg) -> Result<Tensor> {
         let y = x.conv2d(weight, cfg.padding, cfg.stride, cfg.dilation, cfg.groups)?;
         match bias {
             Some(b) => Ok(y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?)?),
@@ -234,7 +240,11 @@ impl Kernels for CandleKernels {
         let c = x.dim(1)?;
         let mean = x.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?;
         let centered = x.broadcast_sub(&mean)?;
-        let var = centered.sqr()?.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?;
+        let var = centered
+            .sqr()?
+            .mean_keepdim(0)?
+            .mean_keepdim(2)?
+            .mean_keepdim(3)?;
         let scale = (var.clone() + eps)?.sqrt()?.recip()?;
         let y = centered
             .broadcast_mul(&scale)?
@@ -262,8 +272,7 @@ impl Kernels for CandleKernels {
         // Fold into one scale and shift per channel: two broadcast ops over the activation.
         let scale = ((var + eps)?.sqrt()?.recip()? * gamma)?;
         let shift = (beta - (mean * &scale)?)?;
-        Ok(x
-            .broadcast_mul(&scale.reshape((1, c, 1, 1))?)?
+        Ok(x.broadcast_mul(&scale.reshape((1, c, 1, 1))?)?
             .broadcast_add(&shift.reshape((1, c, 1, 1))?)?)
     }
 
@@ -271,7 +280,10 @@ impl Kernels for CandleKernels {
         if cfg.padding * 2 > cfg.kernel {
             return Err(crate::Error::param(
                 "max pool padding",
-                format!("padding {} must be at most half the kernel {}", cfg.padding, cfg.kernel),
+                format!(
+                    "padding {} must be at most half the kernel {}",
+                    cfg.padding, cfg.kernel
+                ),
             ));
         }
         // Padding uses the lowest finite value so that the mask products below never meet
@@ -324,10 +336,7 @@ impl Kernels for CandleKernels {
         }
         if h % oh == 0 && w % ow == 0 {
             let (kh, kw) = (h / oh, w / ow);
-            return Ok(x
-                .reshape((n, c, oh, kh, ow, kw))?
-                .mean(D::Minus1)?
-                .mean(3)?);
+            return Ok(x.reshape((n, c, oh, kh, ow, kw))?.mean(D::Minus1)?.mean(3)?);
         }
         // General case: PyTorch's bins [floor(i*h/oh), ceil((i+1)*h/oh)).
         let bins = |i: usize, o: usize, n: usize| (i * n / o, ((i + 1) * n).div_ceil(o));

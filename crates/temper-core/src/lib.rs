@@ -49,9 +49,7 @@ pub mod summary;
 pub mod weights;
 
 pub use error::{Error, Result, ShapeMismatch, WeightMismatch};
-pub use model::{
-    Backbone, Classifier, Ctx, ForwardOpts, ModeGuard, Mode, ModelInfo, Network, Normalization,
-};
+pub use model::{Backbone, Classifier, Ctx, ForwardOpts, Mode, ModeGuard, ModelInfo, Network, Normalization};
 pub use store::{Builder, Entry, Init, ParamStore, Role};
 
 /// Re-export of candle, so downstream crates use the same version.

@@ -102,7 +102,11 @@ impl Conv2d {
                     s = self.cfg.stride,
                     i = in_per_group * self.cfg.groups,
                     o = out_ch,
-                    g = if self.cfg.groups > 1 { format!(" g{}", self.cfg.groups) } else { String::new() }
+                    g = if self.cfg.groups > 1 {
+                        format!(" g{}", self.cfg.groups)
+                    } else {
+                        String::new()
+                    }
                 ),
                 output: shape_wo_batch(&y),
                 params,
@@ -217,8 +221,7 @@ impl BatchNorm2d {
                 } else {
                     return Err(crate::Error::BadInput {
                         model: self.name.clone(),
-                        reason: "BatchNorm in train mode needs more than one value per channel"
-                            .into(),
+                        reason: "BatchNorm in train mode needs more than one value per channel".into(),
                     });
                 }
                 y
@@ -247,12 +250,26 @@ impl BatchNorm2d {
 
 /// Max pooling with PyTorch's semantics.
 pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize, ctx: &Ctx<'_>) -> Result<Tensor> {
-    ctx.kernels.max_pool2d(x, PoolCfg { kernel, stride, padding })
+    ctx.kernels.max_pool2d(
+        x,
+        PoolCfg {
+            kernel,
+            stride,
+            padding,
+        },
+    )
 }
 
 /// Average pooling with PyTorch's semantics (padding counted).
 pub fn avg_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize, ctx: &Ctx<'_>) -> Result<Tensor> {
-    ctx.kernels.avg_pool2d(x, PoolCfg { kernel, stride, padding })
+    ctx.kernels.avg_pool2d(
+        x,
+        PoolCfg {
+            kernel,
+            stride,
+            padding,
+        },
+    )
 }
 
 /// Mean over the spatial dimensions, `(N, C, H, W) -> (N, C)`.
@@ -282,7 +299,13 @@ pub fn dropout(x: &Tensor, p: f64, ctx: &Ctx<'_>) -> Result<Tensor> {
     let mask: Vec<f32> = {
         let mut rng = ctx.rng.lock().unwrap_or_else(|e| e.into_inner());
         (0..n)
-            .map(|_| if rng.random::<f64>() < keep { (1.0 / keep) as f32 } else { 0.0 })
+            .map(|_| {
+                if rng.random::<f64>() < keep {
+                    (1.0 / keep) as f32
+                } else {
+                    0.0
+                }
+            })
             .collect()
     };
     let mask = Tensor::from_vec(mask, x.shape(), x.device())?;

@@ -133,7 +133,12 @@ pub fn load_bytes(
         if !ok {
             return Err(bad_file(
                 path,
-                format!("tensor '{}' has dtype {:?}, expected {:?}", e.name, t.dtype(), want),
+                format!(
+                    "tensor '{}' has dtype {:?}, expected {:?}",
+                    e.name,
+                    t.dtype(),
+                    want
+                ),
             ));
         }
         if want == DType::F32 && file_dtype.is_none() {
@@ -173,7 +178,11 @@ fn to_dtype(tensors: Vec<(String, Tensor)>, dtype: DType) -> Result<Vec<(String,
     tensors
         .into_iter()
         .map(|(k, t)| {
-            let t = if t.dtype().is_float() { t.to_dtype(dtype)? } else { t };
+            let t = if t.dtype().is_float() {
+                t.to_dtype(dtype)?
+            } else {
+                t
+            };
             Ok((k, t))
         })
         .collect()

@@ -77,7 +77,10 @@ impl ModelKind {
             .find(|k| k.name() == name)
             .ok_or_else(|| {
                 let names: Vec<&str> = ModelKind::ALL.iter().map(|k| k.name()).collect();
-                Error::param("model", format!("unknown model '{name}'; known: {}", names.join(", ")))
+                Error::param(
+                    "model",
+                    format!("unknown model '{name}'; known: {}", names.join(", ")),
+                )
             })
     }
 
@@ -85,16 +88,21 @@ impl ModelKind {
     pub fn default_input(self) -> [usize; 3] {
         match self {
             ModelKind::SmallCnn => [1, 28, 28],
-            ModelKind::ResNet18 | ModelKind::ResNet34 | ModelKind::ResNet50 | ModelKind::Vgg16Bn | ModelKind::MobileNetV2 => {
-                [3, 224, 224]
-            }
+            ModelKind::ResNet18
+            | ModelKind::ResNet34
+            | ModelKind::ResNet50
+            | ModelKind::Vgg16Bn
+            | ModelKind::MobileNetV2 => [3, 224, 224],
             _ => [3, 32, 32],
         }
     }
 
     /// True for the torchvision ResNets, which take `--stem`.
     pub fn has_stem(self) -> bool {
-        matches!(self, ModelKind::ResNet18 | ModelKind::ResNet34 | ModelKind::ResNet50)
+        matches!(
+            self,
+            ModelKind::ResNet18 | ModelKind::ResNet34 | ModelKind::ResNet50
+        )
     }
 }
 
@@ -141,7 +149,11 @@ impl ModelConfig {
             num_classes,
             in_channels: c,
             input_size: (h, w),
-            stem: if kind.default_input()[1] >= 64 { Stem::Imagenet } else { Stem::Cifar },
+            stem: if kind.default_input()[1] >= 64 {
+                Stem::Imagenet
+            } else {
+                Stem::Cifar
+            },
             width: 1.0,
             dropout: None,
             wrn_sub_block1: false,
@@ -169,7 +181,11 @@ impl ModelConfig {
         let min = match self.kind {
             ModelKind::SmallCnn => 4,
             ModelKind::Vgg16Bn => 32,
-            ModelKind::ResNet18 | ModelKind::ResNet34 | ModelKind::ResNet50 if self.stem == Stem::Imagenet => 32,
+            ModelKind::ResNet18 | ModelKind::ResNet34 | ModelKind::ResNet50
+                if self.stem == Stem::Imagenet =>
+            {
+                32
+            }
             ModelKind::MobileNetV2 => 32,
             _ => 8,
         };

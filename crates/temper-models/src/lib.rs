@@ -56,7 +56,10 @@ impl Stem {
         match s {
             "cifar" => Ok(Stem::Cifar),
             "imagenet" => Ok(Stem::Imagenet),
-            _ => Err(temper_core::Error::param("stem", format!("'{s}' is not one of cifar, imagenet"))),
+            _ => Err(temper_core::Error::param(
+                "stem",
+                format!("'{s}' is not one of cifar, imagenet"),
+            )),
         }
     }
 }
@@ -64,7 +67,10 @@ impl Stem {
 /// Builds a model with freshly initialised parameters (drawn from the global seed's `init`
 /// stream, so the same seed gives the same model on every machine).
 pub fn build(cfg: &ValidModelConfig, device: &Device) -> Result<Network> {
-    let b = Builder::new(device, temper_core::seed::rng(&format!("init/{}", cfg.get().kind)));
+    let b = Builder::new(
+        device,
+        temper_core::seed::rng(&format!("init/{}", cfg.get().kind)),
+    );
     assemble(cfg, b, device)
 }
 
@@ -111,7 +117,10 @@ fn assemble(cfg: &ValidModelConfig, b: Builder, device: &Device) -> Result<Netwo
 pub fn layer_table(model: &dyn Classifier) -> Result<Vec<LayerRecord>> {
     let [c, h, w] = model.input_shape();
     let x = Tensor::zeros((1, c, h, w), DType::F32, model.device())?;
-    let opts = temper_core::ForwardOpts { mode: temper_core::Mode::Eval, param_grads: false };
+    let opts = temper_core::ForwardOpts {
+        mode: temper_core::Mode::Eval,
+        param_grads: false,
+    };
     let (out, rows) = temper_core::summary::trace(|| model.forward_opts(&x, opts));
     out?;
     Ok(rows)

@@ -2,10 +2,10 @@
 //! its `width_mult` channel rounding.
 
 use crate::ValidModelConfig;
+use candle_core::Tensor;
 use temper_core::kernels::ConvCfg;
 use temper_core::nn::{dropout, global_avg_pool, relu6, BatchNorm2d, Conv2d, Linear};
 use temper_core::{Backbone, Builder, Ctx, Result};
-use candle_core::Tensor;
 
 /// torchvision's `_make_divisible`: round to a multiple of `divisor`, never more than 10%
 /// below `v`.
@@ -27,7 +27,12 @@ struct ConvBn {
 
 impl ConvBn {
     fn new(b: &Builder, i: usize, o: usize, k: usize, stride: usize, groups: usize) -> Result<Self> {
-        let cfg = ConvCfg { stride, padding: (k - 1) / 2, groups, ..ConvCfg::default() };
+        let cfg = ConvCfg {
+            stride,
+            padding: (k - 1) / 2,
+            groups,
+            ..ConvCfg::default()
+        };
         Ok(ConvBn {
             conv: Conv2d::new(&b.pp(0), i, o, k, cfg, false)?,
             bn: BatchNorm2d::new(&b.pp(1), o)?,
@@ -68,7 +73,12 @@ impl InvertedResidual {
             bn: BatchNorm2d::new(&c.pp(off + 2), o)?,
             act: false,
         };
-        Ok(InvertedResidual { expand, depthwise, project, residual: stride == 1 && i == o })
+        Ok(InvertedResidual {
+            expand,
+            depthwise,
+            project,
+            residual: stride == 1 && i == o,
+        })
     }
 
     fn forward(&self, x: &Tensor, ctx: &Ctx<'_>) -> Result<Tensor> {
@@ -96,8 +106,15 @@ pub(crate) struct MobileNetV2 {
 pub(crate) fn build(b: &Builder, cfg: &ValidModelConfig) -> Result<MobileNetV2> {
     let c = cfg.get();
     let w = c.width;
-    let setting: [(usize, usize, usize, usize); 7] =
-        [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)];
+    let setting: [(usize, usize, usize, usize); 7] = [
+        (1, 16, 1, 1),
+        (6, 24, 2, 2),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    ];
     let f = b.pp("features");
     let mut input = make_divisible(32.0 * w, 8);
     let last = make_divisible(1280.0 * w.max(1.0), 8);
@@ -107,7 +124,13 @@ pub(crate) fn build(b: &Builder, cfg: &ValidModelConfig) -> Result<MobileNetV2> 
     for (t, ch, n, s) in setting {
         let out = make_divisible(ch as f64 * w, 8);
         for i in 0..n {
-            blocks.push(InvertedResidual::new(&f.pp(idx), input, out, if i == 0 { s } else { 1 }, t)?);
+            blocks.push(InvertedResidual::new(
+                &f.pp(idx),
+                input,
+                out,
+                if i == 0 { s } else { 1 },
+                t,
+            )?);
             input = out;
             idx += 1;
         }

@@ -3,10 +3,10 @@
 //! `bn`, `linear`).
 
 use crate::ValidModelConfig;
+use candle_core::Tensor;
 use temper_core::kernels::ConvCfg;
 use temper_core::nn::{global_avg_pool, relu, BatchNorm2d, Conv2d, Linear};
 use temper_core::{Backbone, Builder, Ctx, Result};
-use candle_core::Tensor;
 
 struct PreActBlock {
     bn1: BatchNorm2d,
@@ -18,7 +18,11 @@ struct PreActBlock {
 
 impl PreActBlock {
     fn new(b: &Builder, in_planes: usize, planes: usize, stride: usize) -> Result<Self> {
-        let c3 = |s| ConvCfg { stride: s, padding: 1, ..ConvCfg::default() };
+        let c3 = |s| ConvCfg {
+            stride: s,
+            padding: 1,
+            ..ConvCfg::default()
+        };
         // Created in the reference's registration order (shortcut last) so the store lists
         // keys in the order of PyTorch's state_dict.
         Ok(PreActBlock {
@@ -27,8 +31,18 @@ impl PreActBlock {
             bn2: BatchNorm2d::new(&b.pp("bn2"), planes)?,
             conv2: Conv2d::new(&b.pp("conv2"), planes, planes, 3, c3(1), false)?,
             shortcut: if stride != 1 || in_planes != planes {
-                let cfg = ConvCfg { stride, ..ConvCfg::default() };
-                Some(Conv2d::new(&b.pp("shortcut").pp(0), in_planes, planes, 1, cfg, false)?)
+                let cfg = ConvCfg {
+                    stride,
+                    ..ConvCfg::default()
+                };
+                Some(Conv2d::new(
+                    &b.pp("shortcut").pp(0),
+                    in_planes,
+                    planes,
+                    1,
+                    cfg,
+                    false,
+                )?)
             } else {
                 None
             },
@@ -63,7 +77,10 @@ pub(crate) fn build(b: &Builder, cfg: &ValidModelConfig) -> Result<PreActResNet>
         c.in_channels,
         widths[0],
         3,
-        ConvCfg { padding: 1, ..ConvCfg::default() },
+        ConvCfg {
+            padding: 1,
+            ..ConvCfg::default()
+        },
         false,
     )?;
     let mut layers = Vec::new();
@@ -72,7 +89,12 @@ pub(crate) fn build(b: &Builder, cfg: &ValidModelConfig) -> Result<PreActResNet>
         let stride = if li == 0 { 1 } else { 2 };
         for bi in 0..2 {
             let s = if bi == 0 { stride } else { 1 };
-            layers.push(PreActBlock::new(&b.pp(format!("layer{}", li + 1)).pp(bi), in_planes, planes, s)?);
+            layers.push(PreActBlock::new(
+                &b.pp(format!("layer{}", li + 1)).pp(bi),
+                in_planes,
+                planes,
+                s,
+            )?);
             in_planes = planes;
         }
     }

@@ -7,13 +7,17 @@
 //! same key names.
 
 use crate::{Stem, ValidModelConfig};
+use candle_core::Tensor;
 use temper_core::kernels::ConvCfg;
 use temper_core::nn::{global_avg_pool, max_pool2d, relu, BatchNorm2d, Conv2d, Linear};
 use temper_core::{Backbone, Builder, Ctx, Result};
-use candle_core::Tensor;
 
 fn conv(b: &Builder, i: usize, o: usize, k: usize, stride: usize) -> Result<Conv2d> {
-    let cfg = ConvCfg { stride, padding: k / 2, ..ConvCfg::default() };
+    let cfg = ConvCfg {
+        stride,
+        padding: k / 2,
+        ..ConvCfg::default()
+    };
     Conv2d::new(b, i, o, k, cfg, false)
 }
 
@@ -55,11 +59,25 @@ fn downsample(b: &Builder, i: usize, o: usize, stride: usize) -> Result<Option<D
 impl Block {
     fn forward(&self, x: &Tensor, ctx: &Ctx<'_>) -> Result<Tensor> {
         let (out, down) = match self {
-            Block::Basic { conv1, bn1, conv2, bn2, down } => {
+            Block::Basic {
+                conv1,
+                bn1,
+                conv2,
+                bn2,
+                down,
+            } => {
                 let o = relu(&bn1.forward(&conv1.forward(x, ctx)?, ctx)?)?;
                 (bn2.forward(&conv2.forward(&o, ctx)?, ctx)?, down)
             }
-            Block::Bottleneck { conv1, bn1, conv2, bn2, conv3, bn3, down } => {
+            Block::Bottleneck {
+                conv1,
+                bn1,
+                conv2,
+                bn2,
+                conv3,
+                bn3,
+                down,
+            } => {
                 let o = relu(&bn1.forward(&conv1.forward(x, ctx)?, ctx)?)?;
                 let o = relu(&bn2.forward(&conv2.forward(&o, ctx)?, ctx)?)?;
                 (bn3.forward(&conv3.forward(&o, ctx)?, ctx)?, down)
@@ -81,7 +99,12 @@ pub(crate) struct ResNet {
     fc: Linear,
 }
 
-pub(crate) fn build(b: &Builder, cfg: &ValidModelConfig, depths: [usize; 4], bottleneck: bool) -> Result<ResNet> {
+pub(crate) fn build(
+    b: &Builder,
+    cfg: &ValidModelConfig,
+    depths: [usize; 4],
+    bottleneck: bool,
+) -> Result<ResNet> {
     let c = cfg.get();
     let base = cfg.scaled(64);
     let conv1 = match c.stem {

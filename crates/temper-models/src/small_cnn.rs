@@ -5,10 +5,10 @@
 //! keeps adversarial training on a laptop CPU to minutes.
 
 use crate::ValidModelConfig;
+use candle_core::Tensor;
 use temper_core::kernels::ConvCfg;
 use temper_core::nn::{relu, Conv2d, Linear};
 use temper_core::{Backbone, Builder, Ctx, Result};
-use candle_core::Tensor;
 
 pub(crate) struct SmallCnn {
     conv1: Conv2d,
@@ -25,7 +25,11 @@ fn down(n: usize) -> usize {
 pub(crate) fn build(b: &Builder, cfg: &ValidModelConfig) -> Result<SmallCnn> {
     let c = cfg.get();
     let (c1, c2, hidden) = (cfg.scaled(16), cfg.scaled(32), cfg.scaled(100));
-    let s = ConvCfg { stride: 2, padding: 1, ..ConvCfg::default() };
+    let s = ConvCfg {
+        stride: 2,
+        padding: 1,
+        ..ConvCfg::default()
+    };
     let (h, w) = (down(down(c.input_size.0)), down(down(c.input_size.1)));
     Ok(SmallCnn {
         conv1: Conv2d::new(&b.pp("conv1"), c.in_channels, c1, 4, s, true)?,

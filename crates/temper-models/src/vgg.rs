@@ -2,13 +2,15 @@
 //! its 7x7 adaptive average pool and 4096-wide classifier.
 
 use crate::ValidModelConfig;
+use candle_core::Tensor;
 use temper_core::kernels::ConvCfg;
 use temper_core::nn::{dropout, max_pool2d, relu, BatchNorm2d, Conv2d, Linear};
 use temper_core::{Backbone, Builder, Ctx, Result};
-use candle_core::Tensor;
 
 /// torchvision's configuration "D": channel counts, 0 for a max pool.
-const CFG_D: [usize; 18] = [64, 64, 0, 128, 128, 0, 256, 256, 256, 0, 512, 512, 512, 0, 512, 512, 512, 0];
+const CFG_D: [usize; 18] = [
+    64, 64, 0, 128, 128, 0, 256, 256, 256, 0, 512, 512, 512, 0, 512, 512, 512, 0,
+];
 
 enum Feature {
     ConvBn(Conv2d, BatchNorm2d),
@@ -33,7 +35,17 @@ pub(crate) fn build(b: &Builder, cfg: &ValidModelConfig) -> Result<Vgg> {
             idx += 1;
         } else {
             let o = cfg.scaled(v);
-            let conv = Conv2d::new(&f.pp(idx), ch, o, 3, ConvCfg { padding: 1, ..ConvCfg::default() }, true)?;
+            let conv = Conv2d::new(
+                &f.pp(idx),
+                ch,
+                o,
+                3,
+                ConvCfg {
+                    padding: 1,
+                    ..ConvCfg::default()
+                },
+                true,
+            )?;
             let bn = BatchNorm2d::new(&f.pp(idx + 1), o)?;
             features.push(Feature::ConvBn(conv, bn));
             idx += 3;

@@ -2,10 +2,10 @@
 //! (`block1.layer.0.bn1`, `convShortcut`, `bn1`, `fc`).
 
 use crate::ValidModelConfig;
+use candle_core::Tensor;
 use temper_core::kernels::ConvCfg;
 use temper_core::nn::{global_avg_pool, relu, BatchNorm2d, Conv2d, Linear};
 use temper_core::{Backbone, Builder, Ctx, Result};
-use candle_core::Tensor;
 
 struct WideBlock {
     bn1: BatchNorm2d,
@@ -17,7 +17,11 @@ struct WideBlock {
 
 impl WideBlock {
     fn new(b: &Builder, i: usize, o: usize, stride: usize) -> Result<Self> {
-        let c3 = |s| ConvCfg { stride: s, padding: 1, ..ConvCfg::default() };
+        let c3 = |s| ConvCfg {
+            stride: s,
+            padding: 1,
+            ..ConvCfg::default()
+        };
         // Created in RobustBench's registration order (shortcut last) so the store lists
         // keys in the order of PyTorch's state_dict.
         Ok(WideBlock {
@@ -26,7 +30,17 @@ impl WideBlock {
             bn2: BatchNorm2d::new(&b.pp("bn2"), o)?,
             conv2: Conv2d::new(&b.pp("conv2"), o, o, 3, c3(1), false)?,
             shortcut: if i != o {
-                Some(Conv2d::new(&b.pp("convShortcut"), i, o, 1, ConvCfg { stride, ..ConvCfg::default() }, false)?)
+                Some(Conv2d::new(
+                    &b.pp("convShortcut"),
+                    i,
+                    o,
+                    1,
+                    ConvCfg {
+                        stride,
+                        ..ConvCfg::default()
+                    },
+                    false,
+                )?)
             } else {
                 None
             },
@@ -68,7 +82,17 @@ pub(crate) fn build(b: &Builder, cfg: &ValidModelConfig, depth: usize) -> Result
     let k = ((10.0 * c.width).round() as usize).max(1);
     let ch = [16, 16 * k, 32 * k, 64 * k];
     let n = (depth - 4) / 6;
-    let conv1 = Conv2d::new(&b.pp("conv1"), c.in_channels, ch[0], 3, ConvCfg { padding: 1, ..ConvCfg::default() }, false)?;
+    let conv1 = Conv2d::new(
+        &b.pp("conv1"),
+        c.in_channels,
+        ch[0],
+        3,
+        ConvCfg {
+            padding: 1,
+            ..ConvCfg::default()
+        },
+        false,
+    )?;
     let mut blocks = group(&b.pp("block1"), n, ch[0], ch[1], 1)?;
     if c.wrn_sub_block1 {
         // Defined, and present in some checkpoints, but never used by the forward pass.

@@ -102,10 +102,18 @@ fn zoo_matches_pytorch_in_eval_and_train_mode() -> Result<()> {
         let mut checked = 0;
         for (k, want) in io.iter().filter(|(k, _)| k.starts_with("after.")) {
             let name = &k["after.".len()..];
-            let got = model.params().get(name).with_context(|| format!("{}: no buffer {name}", c.case))?;
+            let got = model
+                .params()
+                .get(name)
+                .with_context(|| format!("{}: no buffer {name}", c.case))?;
             let got = got.var.as_tensor();
             if want.dtype() == DType::I64 {
-                assert_eq!(got.to_scalar::<i64>()?, want.to_scalar::<i64>()?, "{}: {name}", c.case);
+                assert_eq!(
+                    got.to_scalar::<i64>()?,
+                    want.to_scalar::<i64>()?,
+                    "{}: {name}",
+                    c.case
+                );
             } else {
                 let b = rel_err(got, want)?;
                 assert!(b < 1e-4, "{}: buffer {name} rel err {b:e}", c.case);
@@ -113,7 +121,12 @@ fn zoo_matches_pytorch_in_eval_and_train_mode() -> Result<()> {
             checked += 1;
         }
         if model.params().buffers().count() > 0 {
-            assert_eq!(checked, model.params().buffers().count(), "{}: buffers not all checked", c.case);
+            assert_eq!(
+                checked,
+                model.params().buffers().count(),
+                "{}: buffers not all checked",
+                c.case
+            );
         }
         println!("{:<28} eval {e:.2e}  train {t:.2e}  buffers {checked}", c.case);
     }

@@ -1,0 +1,43 @@
+//! `temper info`.
+
+use anyhow::Result;
+use clap::Args;
+
+/// Arguments of `temper info`.
+#[derive(Args, Debug)]
+pub struct InfoArgs {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: InfoArgs) -> Result<()> {
+    let features = temper_core::device::compiled_features();
+    let devices = temper_core::device::available();
+    if args.json {
+        let v = serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "features": features,
+            "devices": devices,
+            "kernels": temper_core::kernels::CandleKernels.name_static(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("temper {}", env!("CARGO_PKG_VERSION"));
+    println!(
+        "features: {}",
+        if features.is_empty() {
+            "cpu only (build with --features cuda, cudnn or metal for GPUs)".to_string()
+        } else {
+            features.join(", ")
+        }
+    );
+    println!("devices:  {}", devices.join(", "));
+    println!("kernels:  {}", temper_core::kernels::CandleKernels.name_static());
+    println!(
+        "threads:  {} (set RAYON_NUM_THREADS to change)",
+        candle_core::utils::get_num_threads()
+    );
+    Ok(())
+}
