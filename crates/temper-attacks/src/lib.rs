@@ -36,6 +36,7 @@ mod loss;
 mod norm;
 mod pgd;
 mod problem;
+pub mod spec;
 
 pub use cw::{CarliniWagner, CwParams};
 pub use error::{Error, Result};

@@ -78,3 +78,88 @@ impl ModelArgs {
         Ok(cfg.check()?)
     }
 }
+
+/// Which data set, and which part of it.
+#[derive(Args, Debug, Clone)]
+pub struct DataArgs {
+    /// Data set: mnist10k (bundled, needs no files), mnist, fashion-mnist, cifar10, cifar100,
+    /// image-folder.
+    #[arg(long, short = 'd', default_value = "mnist10k")]
+    pub dataset: String,
+    /// Directory holding the data set's files (not needed for mnist10k).
+    #[arg(long)]
+    pub data_dir: Option<std::path::PathBuf>,
+    /// Split to use: train or test.
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Use only the first N samples of the split.
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+impl DataArgs {
+    /// Loads the chosen split (and applies `--limit`).
+    pub fn load(&self) -> Result<temper_data::Dataset> {
+        let split: temper_data::Split = self.split.parse()?;
+        let ds = temper_data::load(&self.dataset, self.data_dir.as_deref(), split)?;
+        match self.limit {
+            Some(0) => anyhow::bail!("--limit must be at least 1"),
+            Some(n) if n < ds.len() => Ok(ds.subset(&(0..n).collect::<Vec<_>>())?),
+            _ => Ok(ds),
+        }
+    }
+}
+
+/// Where to run.
+#[derive(Args, Debug, Clone)]
+pub struct DeviceArgs {
+    /// Device: cpu, cuda, cuda:N, metal.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Global seed for every random choice (initialisation, shuffling, attack starts).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl DeviceArgs {
+    /// Opens the device and sets the global seed.
+    pub fn init(&self) -> Result<candle_core::Device> {
+        temper_core::seed::set_seed(self.seed);
+        Ok(temper_core::device::parse(&self.device)?)
+    }
+}
+
+/// Builds the model, loading `weights` (strictly) when given.
+pub fn load_model(
+    cfg: &ValidModelConfig,
+    weights: Option<&std::path::Path>,
+    device: &candle_core::Device,
+) -> Result<temper_core::Network> {
+    match weights {
+        Some(w) => {
+            let (net, report) =
+                temper_models::build_from_file(cfg, w, temper_core::weights::Strictness::Strict, device)?;
+            tracing::info!(loaded = report.loaded, file = %w.display(), "weights loaded");
+            Ok(net)
+        }
+        None => Ok(temper_models::build(cfg, device)?),
+    }
+}
+
+/// Checks that a data set fits a model: same channels and class count.
+pub fn check_fit(model: &dyn temper_core::Classifier, data: &temper_data::Dataset) -> Result<()> {
+    let [c, h, w] = data.shape();
+    let [mc, _, _] = model.input_shape();
+    if c != mc {
+        anyhow::bail!("data set '{}' has {c}-channel {h}x{w} images but the model takes {mc} channels (use --in-channels)", data.name());
+    }
+    if data.num_classes() > model.num_classes() {
+        anyhow::bail!(
+            "data set '{}' has {} classes but the model has {} outputs (use --num-classes)",
+            data.name(),
+            data.num_classes(),
+            model.num_classes()
+        );
+    }
+    Ok(())
+}

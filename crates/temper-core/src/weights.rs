@@ -125,11 +125,11 @@ pub fn load_bytes(
             .load(&dev)
             .map_err(|err| bad_file(path, format!("tensor '{}': {err}", e.name)))?;
         let want = entry_dtype(e);
-        let ok = match (t.dtype(), want) {
-            (DType::F32 | DType::F16 | DType::BF16 | DType::F64, DType::F32) => true,
-            (DType::I64 | DType::U32 | DType::U8, DType::I64) => true,
-            _ => false,
-        };
+        let ok = matches!(
+            (t.dtype(), want),
+            (DType::F32 | DType::F16 | DType::BF16 | DType::F64, DType::F32)
+                | (DType::I64 | DType::U32 | DType::U8, DType::I64)
+        );
         if !ok {
             return Err(bad_file(
                 path,

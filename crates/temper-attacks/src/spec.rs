@@ -1,0 +1,226 @@
+//! Attacks described by short strings, as users type them: `fgsm`, `fgsm-rs`, `pgd`,
+//! `pgd-20`, `pgd-l2-50`, `cw`, `cw-200`; and budgets such as `8/255`.
+
+use crate::error::param;
+use crate::{Attack, CwParams, FgsmParams, LossKind, Norm, PgdParams, Result};
+
+/// Parses a number written as a decimal (`0.3`, `1e-2`) or a fraction (`8/255`).
+///
+/// ```
+/// assert_eq!(temper_attacks::spec::parse_number("8/255", "eps").unwrap(), 8.0 / 255.0);
+/// assert_eq!(temper_attacks::spec::parse_number("0.3", "eps").unwrap(), 0.3);
+/// assert!(temper_attacks::spec::parse_number("8/0", "eps").is_err());
+/// ```
+pub fn parse_number(s: &str, name: &'static str) -> Result<f64> {
+    let bad = || param(name, format!("'{s}' is not a number such as 0.03 or 8/255"));
+    let v = match s.trim().split_once('/') {
+        Some((a, b)) => {
+            let a: f64 = a.trim().parse().map_err(|_| bad())?;
+            let b: f64 = b.trim().parse().map_err(|_| bad())?;
+            if b == 0.0 {
+                return Err(bad());
+            }
+            a / b
+        }
+        None => s.trim().parse().map_err(|_| bad())?,
+    };
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err(bad())
+    }
+}
+
+/// Parses a sweep `start:stop:step` (each a number as in [`parse_number`]), inclusive of
+/// `stop` up to rounding, or a comma-separated list.
+pub fn parse_sweep(s: &str, name: &'static str) -> Result<Vec<f64>> {
+    if s.contains(':') {
+        let parts: Vec<&str> = s.split(':').collect();
+        if parts.len() != 3 {
+            return Err(param(name, format!("'{s}' is not start:stop:step")));
+        }
+        let (a, b, st) = (parse_number(parts[0], name)?, parse_number(parts[1], name)?, parse_number(parts[2], name)?);
+        if st <= 0.0 || b < a {
+            return Err(param(name, format!("'{s}' needs step > 0 and stop >= start")));
+        }
+        let n = ((b - a) / st + 1e-9).floor() as usize;
+        if n > 1000 {
+            return Err(param(name, format!("'{s}' has more than 1000 points")));
+        }
+        Ok((0..=n).map(|i| a + st * i as f64).collect())
+    } else {
+        s.split(',').map(|p| parse_number(p, name)).collect()
+    }
+}
+
+/// The family of an attack spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttackKind {
+    /// One signed-gradient step of size eps.
+    Fgsm,
+    /// FGSM from a uniform random start (Fast-AT).
+    FgsmRs,
+    /// Projected gradient descent.
+    Pgd,
+    /// Carlini-Wagner L2.
+    Cw,
+}
+
+/// A parsed attack name: family, optional norm and optional step count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttackSpec {
+    /// The family.
+    pub kind: AttackKind,
+    /// `pgd-l2-..` fixes the norm; otherwise the caller's choice (L-inf by default).
+    pub norm: Option<Norm>,
+    /// `pgd-20`, `cw-200`: the number of steps.
+    pub steps: Option<usize>,
+    /// The text it was parsed from.
+    pub text: String,
+}
+
+/// Settings an attack spec is completed with.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttackSettings {
+    /// Budget in pixel units.
+    pub eps: f64,
+    /// Step size; `None` picks `2.5 * eps / steps` for PGD (Madry et al.) and `1.25 * eps`
+    /// for FGSM-RS (Wong et al.).
+    pub alpha: Option<f64>,
+    /// Norm when the spec does not fix one.
+    pub norm: Norm,
+    /// PGD restarts.
+    pub restarts: usize,
+    /// PGD steps when the spec does not say (`pgd` alone).
+    pub steps: usize,
+    /// Objective for FGSM and PGD.
+    pub loss: LossKind,
+    /// Random start for PGD.
+    pub random_start: bool,
+}
+
+impl Default for AttackSettings {
+    fn default() -> Self {
+        AttackSettings {
+            eps: 8.0 / 255.0,
+            alpha: None,
+            norm: Norm::Linf,
+            restarts: 1,
+            steps: 10,
+            loss: LossKind::CrossEntropy,
+            random_start: true,
+        }
+    }
+}
+
+impl AttackSpec {
+    /// Parses `fgsm`, `fgsm-rs`, `pgd`, `pgd-N`, `pgd-linf-N`, `pgd-l2-N`, `cw`, `cw-N`.
+    pub fn parse(s: &str) -> Result<Self> {
+        let t = s.trim().to_ascii_lowercase();
+        let bad = || param("attack", format!("'{s}' is not one of fgsm, fgsm-rs, pgd[-l2|-linf][-STEPS], cw[-STEPS]"));
+        let mut parts: Vec<&str> = t.split('-').collect();
+        let kind = match parts.first().copied() {
+            Some("fgsm") if parts.get(1) == Some(&"rs") => {
+                parts.remove(1);
+                AttackKind::FgsmRs
+            }
+            Some("fgsm") => AttackKind::Fgsm,
+            Some("pgd") => AttackKind::Pgd,
+            Some("cw") => AttackKind::Cw,
+            _ => return Err(bad()),
+        };
+        let mut norm = None;
+        let mut steps = None;
+        for p in &parts[1..] {
+            match *p {
+                "l2" if kind == AttackKind::Pgd => norm = Some(Norm::L2),
+                "linf" | "inf" if kind == AttackKind::Pgd => norm = Some(Norm::Linf),
+                n if matches!(kind, AttackKind::Pgd | AttackKind::Cw) => {
+                    let v: usize = n.parse().map_err(|_| bad())?;
+                    if v == 0 {
+                        return Err(param("steps", format!("'{s}' asks for zero steps")));
+                    }
+                    steps = Some(v);
+                }
+                _ => return Err(bad()),
+            }
+        }
+        Ok(AttackSpec { kind, norm, steps, text: s.trim().to_string() })
+    }
+
+    /// Parses a comma-separated list such as `fgsm,pgd-20,cw`.
+    pub fn parse_list(s: &str) -> Result<Vec<Self>> {
+        s.split(',').filter(|p| !p.trim().is_empty()).map(Self::parse).collect()
+    }
+
+    /// The attack, completed and validated with `settings`.
+    pub fn build(&self, settings: &AttackSettings) -> Result<Box<dyn Attack>> {
+        let eps = settings.eps;
+        Ok(match self.kind {
+            AttackKind::Fgsm => Box::new(FgsmParams { eps, random_start: None, loss: settings.loss }.check()?),
+            AttackKind::FgsmRs => Box::new(
+                FgsmParams { eps, random_start: Some(settings.alpha.unwrap_or(1.25 * eps).max(1e-12)), loss: settings.loss }
+                    .check()?,
+            ),
+            AttackKind::Pgd => {
+                let steps = self.steps.unwrap_or(settings.steps);
+                Box::new(
+                    PgdParams {
+                        norm: self.norm.unwrap_or(settings.norm),
+                        eps,
+                        alpha: settings.alpha.unwrap_or((2.5 * eps / steps as f64).max(1e-12)),
+                        steps,
+                        restarts: settings.restarts,
+                        random_start: settings.random_start,
+                        loss: settings.loss,
+                        early_stop: false,
+                    }
+                    .check()?,
+                )
+            }
+            AttackKind::Cw => {
+                let mut p = CwParams::default();
+                if let Some(s) = self.steps {
+                    p.steps = s;
+                }
+                Box::new(p.check()?)
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse() -> Result<()> {
+        assert_eq!(AttackSpec::parse("pgd-20")?.steps, Some(20));
+        assert_eq!(AttackSpec::parse("pgd-l2-50")?.norm, Some(Norm::L2));
+        assert_eq!(AttackSpec::parse("fgsm-rs")?.kind, AttackKind::FgsmRs);
+        assert_eq!(AttackSpec::parse("cw-200")?.steps, Some(200));
+        for bad in ["pgd-x", "fgsm-3", "deepfool", "pgd-0", ""] {
+            assert!(AttackSpec::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(AttackSpec::parse_list("fgsm, pgd-20,cw")?.len(), 3);
+        Ok(())
+    }
+
+    #[test]
+    fn sweeps_parse() -> Result<()> {
+        let v = parse_sweep("0:8/255:2/255", "eps")?;
+        assert_eq!(v.len(), 5);
+        assert!((v[4] - 8.0 / 255.0).abs() < 1e-12);
+        assert_eq!(parse_sweep("0.1,0.2", "eps")?, vec![0.1, 0.2]);
+        assert!(parse_sweep("1:0:0.1", "eps").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn defaults_follow_the_literature() -> Result<()> {
+        let s = AttackSettings { eps: 0.3, ..AttackSettings::default() };
+        let a = AttackSpec::parse("pgd-40")?.build(&s)?;
+        assert!(a.name().contains("alpha=0.0187") && a.name().contains("steps=40"), "{}", a.name());
+        Ok(())
+    }
+}
