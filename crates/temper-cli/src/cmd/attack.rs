@@ -72,8 +72,17 @@ pub fn run(a: AttackArgs) -> Result<()> {
     if a.batch_size == 0 {
         anyhow::bail!("--batch-size must be at least 1");
     }
-    println!("model:   {} ({} parameters)", model.info().name, model.params().num_trainable());
-    println!("data:    {} {} ({} images)", data.name(), a.data.split, data.len());
+    println!(
+        "model:   {} ({} parameters)",
+        model.info().name,
+        model.params().num_trainable()
+    );
+    println!(
+        "data:    {} {} ({} images)",
+        data.name(),
+        a.data.split,
+        data.len()
+    );
     println!("attack:  {}", attack.name());
     let start = std::time::Instant::now();
     let mut rng = temper_core::seed::rng("attack");
@@ -87,7 +96,10 @@ pub fn run(a: AttackArgs) -> Result<()> {
         let b = data.batch(chunk, &device)?;
         let logits = model.forward_opts(
             &b.images,
-            temper_core::ForwardOpts { mode: temper_core::Mode::Eval, param_grads: false },
+            temper_core::ForwardOpts {
+                mode: temper_core::Mode::Eval,
+                param_grads: false,
+            },
         )?;
         let pred = logits.argmax(1)?.to_vec1::<u32>()?;
         let y = b.labels.to_dtype(candle_core::DType::U32)?;
@@ -114,9 +126,18 @@ pub fn run(a: AttackArgs) -> Result<()> {
     println!();
     println!("clean accuracy:   {:6.2}%  ({clean}/{n})", pct(clean));
     println!("robust accuracy:  {:6.2}%  ({robust}/{n})", pct(robust));
-    println!("mean ‖δ‖∞:        {:.5}   (max {:.5})", sum_linf / n.max(1) as f64, max_linf);
+    println!(
+        "mean ‖δ‖∞:        {:.5}   (max {:.5})",
+        sum_linf / n.max(1) as f64,
+        max_linf
+    );
     println!("mean ‖δ‖₂:        {:.5}", sum_l2 / n.max(1) as f64);
-    println!("cost:             {} forward + {} backward image passes, {secs:.1} s ({:.0} images/s)", cost.forward, cost.backward, n as f64 / secs.max(1e-9));
+    println!(
+        "cost:             {} forward + {} backward image passes, {secs:.1} s ({:.0} images/s)",
+        cost.forward,
+        cost.backward,
+        n as f64 / secs.max(1e-9)
+    );
     if let Some(path) = &a.save_adv {
         let adv = candle_core::Tensor::cat(&advs, 0)?;
         let lab = candle_core::Tensor::cat(&labels, 0)?;
