@@ -39,7 +39,11 @@ pub fn parse_sweep(s: &str, name: &'static str) -> Result<Vec<f64>> {
         if parts.len() != 3 {
             return Err(param(name, format!("'{s}' is not start:stop:step")));
         }
-        let (a, b, st) = (parse_number(parts[0], name)?, parse_number(parts[1], name)?, parse_number(parts[2], name)?);
+        let (a, b, st) = (
+            parse_number(parts[0], name)?,
+            parse_number(parts[1], name)?,
+            parse_number(parts[2], name)?,
+        );
         if st <= 0.0 || b < a {
             return Err(param(name, format!("'{s}' needs step > 0 and stop >= start")));
         }
@@ -117,7 +121,12 @@ impl AttackSpec {
     /// Parses `fgsm`, `fgsm-rs`, `pgd`, `pgd-N`, `pgd-linf-N`, `pgd-l2-N`, `cw`, `cw-N`.
     pub fn parse(s: &str) -> Result<Self> {
         let t = s.trim().to_ascii_lowercase();
-        let bad = || param("attack", format!("'{s}' is not one of fgsm, fgsm-rs, pgd[-l2|-linf][-STEPS], cw[-STEPS]"));
+        let bad = || {
+            param(
+                "attack",
+                format!("'{s}' is not one of fgsm, fgsm-rs, pgd[-l2|-linf][-STEPS], cw[-STEPS]"),
+            )
+        };
         let mut parts: Vec<&str> = t.split('-').collect();
         let kind = match parts.first().copied() {
             Some("fgsm") if parts.get(1) == Some(&"rs") => {
@@ -145,22 +154,41 @@ impl AttackSpec {
                 _ => return Err(bad()),
             }
         }
-        Ok(AttackSpec { kind, norm, steps, text: s.trim().to_string() })
+        Ok(AttackSpec {
+            kind,
+            norm,
+            steps,
+            text: s.trim().to_string(),
+        })
     }
 
     /// Parses a comma-separated list such as `fgsm,pgd-20,cw`.
     pub fn parse_list(s: &str) -> Result<Vec<Self>> {
-        s.split(',').filter(|p| !p.trim().is_empty()).map(Self::parse).collect()
+        s.split(',')
+            .filter(|p| !p.trim().is_empty())
+            .map(Self::parse)
+            .collect()
     }
 
     /// The attack, completed and validated with `settings`.
     pub fn build(&self, settings: &AttackSettings) -> Result<Box<dyn Attack>> {
         let eps = settings.eps;
         Ok(match self.kind {
-            AttackKind::Fgsm => Box::new(FgsmParams { eps, random_start: None, loss: settings.loss }.check()?),
+            AttackKind::Fgsm => Box::new(
+                FgsmParams {
+                    eps,
+                    random_start: None,
+                    loss: settings.loss,
+                }
+                .check()?,
+            ),
             AttackKind::FgsmRs => Box::new(
-                FgsmParams { eps, random_start: Some(settings.alpha.unwrap_or(1.25 * eps).max(1e-12)), loss: settings.loss }
-                    .check()?,
+                FgsmParams {
+                    eps,
+                    random_start: Some(settings.alpha.unwrap_or(1.25 * eps).max(1e-12)),
+                    loss: settings.loss,
+                }
+                .check()?,
             ),
             AttackKind::Pgd => {
                 let steps = self.steps.unwrap_or(settings.steps);
@@ -218,9 +246,16 @@ mod tests {
 
     #[test]
     fn defaults_follow_the_literature() -> Result<()> {
-        let s = AttackSettings { eps: 0.3, ..AttackSettings::default() };
+        let s = AttackSettings {
+            eps: 0.3,
+            ..AttackSettings::default()
+        };
         let a = AttackSpec::parse("pgd-40")?.build(&s)?;
-        assert!(a.name().contains("alpha=0.0187") && a.name().contains("steps=40"), "{}", a.name());
+        assert!(
+            a.name().contains("alpha=0.0187") && a.name().contains("steps=40"),
+            "{}",
+            a.name()
+        );
         Ok(())
     }
 }
