@@ -32,7 +32,7 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 0.1)]
     eps: f64,
     /// Test images for the eps-sweep charts (the headline numbers use all 2,000).
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 300)]
     sweep_images: usize,
     #[command(flatten)]
     device: DeviceArgs,

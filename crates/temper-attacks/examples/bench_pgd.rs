@@ -1,0 +1,127 @@
+//! PGD step throughput (images per second) for small-cnn and preact-resnet18, with two
+//! references measured in the same run: a plain candle forward+backward of the same model
+//! with parameter gradients (what a naive input-gradient step costs), and, when a Python
+//! with torch is available (`TEMPER_PYTHON`, default `python3`), PyTorch's PGD step on the
+//! same architecture, batch and thread count.
+//!
+//! `cargo run --release -p temper-attacks --example bench_pgd [-- --quick]`
+
+use candle_core::{Device, Tensor, Var};
+use std::time::Instant;
+use temper_attacks::{Attack, Goal, PgdParams};
+use temper_core::Classifier;
+use temper_models::{build, ModelConfig, ModelKind};
+
+fn time<F: FnMut() -> anyhow::Result<()>>(reps: usize, mut f: F) -> anyhow::Result<f64> {
+    f()?; // warm-up
+    let start = Instant::now();
+    for _ in 0..reps {
+        f()?;
+    }
+    Ok(start.elapsed().as_secs_f64() / reps as f64)
+}
+
+const PYTORCH: &str = r#"
+import sys, time, torch, torch.nn as nn, torch.nn.functional as F
+torch.set_num_threads(int(sys.argv[3]))
+class SmallCnn(nn.Module):
+    def __init__(s):
+        super().__init__(); s.c1=nn.Conv2d(1,16,4,2,1); s.c2=nn.Conv2d(16,32,4,2,1); s.f1=nn.Linear(1568,100); s.f2=nn.Linear(100,10)
+    def forward(s,x): return s.f2(F.relu(s.f1(F.relu(s.c2(F.relu(s.c1(x)))).flatten(1))))
+class Block(nn.Module):
+    def __init__(s,i,o,st):
+        super().__init__(); s.b1=nn.BatchNorm2d(i); s.c1=nn.Conv2d(i,o,3,st,1,bias=False); s.b2=nn.BatchNorm2d(o); s.c2=nn.Conv2d(o,o,3,1,1,bias=False)
+        s.sc=nn.Conv2d(i,o,1,st,bias=False) if st!=1 or i!=o else None
+    def forward(s,x):
+        o=F.relu(s.b1(x)); sc=s.sc(o) if s.sc is not None else x
+        return s.c2(F.relu(s.b2(s.c1(o))))+sc
+class PreAct(nn.Module):
+    def __init__(s):
+        super().__init__(); s.c=nn.Conv2d(3,64,3,1,1,bias=False); L=[]; i=64
+        for o,st in [(64,1),(64,1),(128,2),(128,1),(256,2),(256,1),(512,2),(512,1)]: L.append(Block(i,o,st)); i=o
+        s.l=nn.Sequential(*L); s.b=nn.BatchNorm2d(512); s.f=nn.Linear(512,10)
+    def forward(s,x): return s.f(F.adaptive_avg_pool2d(F.relu(s.b(s.l(s.c(x)))),1).flatten(1))
+name, bs = sys.argv[1], int(sys.argv[2])
+m = SmallCnn() if name=="small-cnn" else PreAct()
+m.eval()
+for p in m.parameters(): p.requires_grad_(False)
+x = torch.rand(bs,1,28,28) if name=="small-cnn" else torch.rand(bs,3,32,32)
+y = torch.randint(0,10,(bs,))
+def step():
+    a = x.clone().requires_grad_(True)
+    g, = torch.autograd.grad(F.cross_entropy(m(a),y,reduction="sum"), a)
+    return (x + (a + 0.01*g.sign() - x).clamp(-0.03,0.03)).clamp(0,1)
+step()
+reps = int(sys.argv[4]); t=time.perf_counter()
+for _ in range(reps): step()
+print(bs*reps/(time.perf_counter()-t))
+"#;
+
+fn pytorch(name: &str, bs: usize, reps: usize) -> Option<f64> {
+    let py = std::env::var("TEMPER_PYTHON").unwrap_or_else(|_| "python3".into());
+    let threads = candle_core::utils::get_num_threads().to_string();
+    let out = std::process::Command::new(py)
+        .args(["-c", PYTORCH, name, &bs.to_string(), &threads, &reps.to_string()])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+fn main() -> anyhow::Result<()> {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let dev = Device::Cpu;
+    println!(
+        "PGD step throughput on {} CPU threads (images/s, higher is better)",
+        candle_core::utils::get_num_threads()
+    );
+    println!(
+        "{:<16} {:>6} {:>12} {:>16} {:>12} {:>10} {:>12}",
+        "model", "batch", "temper PGD", "candle fwd+bwd", "ratio", "PyTorch", "vs PyTorch"
+    );
+    let mut rows = Vec::new();
+    for (kind, bs, reps) in [
+        (ModelKind::SmallCnn, 128, if quick { 3 } else { 20 }),
+        (ModelKind::PreActResNet18, 32, if quick { 1 } else { 3 }),
+    ] {
+        let model = build(&ModelConfig::new(kind, 10).check()?, &dev)?;
+        let [c, h, w] = model.input_shape();
+        let x = Tensor::rand(0f32, 1f32, (bs, c, h, w), &dev)?;
+        let y = Tensor::zeros(bs, candle_core::DType::U32, &dev)?;
+        let pgd = PgdParams {
+            steps: 1,
+            ..PgdParams::default()
+        }
+        .check()?;
+        let mut rng = temper_core::seed::rng("bench");
+        // One PGD step plus the final evaluation forward; subtract nothing, it is the real cost.
+        let t_pgd = time(reps, || {
+            pgd.perturb(&model, &x, &y, Goal::Untargeted, &mut rng)?;
+            Ok(())
+        })?;
+        let t_ref = time(reps, || {
+            let v = Var::from_tensor(&x)?;
+            let loss = candle_nn::loss::cross_entropy(&model.forward(v.as_tensor())?, &y)?;
+            loss.backward()?;
+            Ok(())
+        })?;
+        let (ours, reference) = (bs as f64 / t_pgd, bs as f64 / t_ref);
+        let torch = pytorch(kind.name(), bs, reps.max(2));
+        println!(
+            "{:<16} {:>6} {:>12.0} {:>16.0} {:>12.2} {:>10} {:>12}",
+            kind.name(),
+            bs,
+            ours,
+            reference,
+            ours / reference,
+            torch.map_or("-".into(), |t| format!("{t:.0}")),
+            torch.map_or("-".into(), |t| format!("{:.2}x", ours / t))
+        );
+        rows.push(serde_json::json!({"model": kind.name(), "batch": bs, "temper_pgd_img_s": ours,
+            "candle_fwd_bwd_img_s": reference, "ratio_vs_candle": ours / reference, "pytorch_pgd_img_s": torch}));
+    }
+    println!("{}", serde_json::json!({"bench": "pgd_step", "rows": rows}));
+    Ok(())
+}
