@@ -68,9 +68,10 @@ impl std::fmt::Display for WeightMismatch {
 /// Errors raised by `temper-core` and re-used by the model zoo.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A tensor operation failed inside candle.
+    /// A tensor operation failed inside candle (boxed: candle's error is large, and this
+    /// enum travels through every `Result`).
     #[error("tensor operation failed: {0}")]
-    Candle(#[from] candle_core::Error),
+    Candle(Box<candle_core::Error>),
 
     /// Reading or writing a file failed.
     #[error("{op} '{path}': {source}")]
@@ -101,7 +102,7 @@ pub enum Error {
         /// The model's name.
         model: String,
         /// Every missing, unexpected and mis-shaped key.
-        mismatch: WeightMismatch,
+        mismatch: Box<WeightMismatch>,
     },
 
     /// A user-supplied parameter is out of range or malformed.
@@ -130,6 +131,12 @@ pub enum Error {
         /// What is wrong with the input.
         reason: String,
     },
+}
+
+impl From<candle_core::Error> for Error {
+    fn from(e: candle_core::Error) -> Self {
+        Error::Candle(Box::new(e))
+    }
 }
 
 impl Error {

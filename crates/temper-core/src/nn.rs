@@ -47,7 +47,7 @@ impl Conv2d {
         cfg: ConvCfg,
         bias: bool,
     ) -> Result<Self> {
-        if cfg.groups == 0 || in_ch % cfg.groups != 0 || out_ch % cfg.groups != 0 {
+        if cfg.groups == 0 || !in_ch.is_multiple_of(cfg.groups) || !out_ch.is_multiple_of(cfg.groups) {
             return Err(crate::Error::param(
                 b.path("groups"),
                 format!("{} groups do not divide {in_ch} -> {out_ch} channels", cfg.groups),

@@ -109,7 +109,7 @@ pub fn load_bytes(
         return Err(Error::WeightMismatch {
             path: path.to_path_buf(),
             model: model_name.to_string(),
-            mismatch,
+            mismatch: Box::new(mismatch),
         });
     }
 

@@ -60,7 +60,7 @@ fn parse_records(bytes: &[u8], path: &Path, num_classes: &[usize]) -> Result<(Ve
         });
     }
     let whole = bytes.len() / record;
-    if bytes.len() % record != 0 {
+    if !bytes.len().is_multiple_of(record) {
         return Err(Error::Truncated {
             path: path.to_path_buf(),
             offset: bytes.len() as u64,

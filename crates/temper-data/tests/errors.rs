@@ -10,7 +10,7 @@ fn idx_images(n: u32, r: u32, c: u32) -> Vec<u8> {
     for d in [n, r, c] {
         v.extend(d.to_be_bytes());
     }
-    v.extend(std::iter::repeat(7u8).take((n * r * c) as usize));
+    v.extend(std::iter::repeat_n(7u8, (n * r * c) as usize));
     v
 }
 

@@ -85,7 +85,7 @@ fn mnist_raw_gz_and_torchvision_layouts_agree() -> R {
 fn record(labels: &[u8], v: u8) -> Vec<u8> {
     let mut r = labels.to_vec();
     for k in 0..3u8 {
-        r.extend(std::iter::repeat(v.wrapping_add(k)).take(1024));
+        r.extend(std::iter::repeat_n(v.wrapping_add(k), 1024));
     }
     r
 }

@@ -23,7 +23,7 @@ pub struct EveryIters {
 
 impl CheckpointPolicy for EveryIters {
     fn should_save(&self, iter: u64, epoch_end: bool) -> bool {
-        epoch_end || (self.every > 0 && iter % self.every == 0)
+        epoch_end || (self.every > 0 && iter.is_multiple_of(self.every))
     }
 }
 

@@ -86,7 +86,7 @@ impl PlainRenderer {
 
 impl Renderer for PlainRenderer {
     fn iter(&mut self, i: &IterInfo) {
-        if i.iter % self.every == 0 || i.iter == i.total {
+        if i.iter.is_multiple_of(self.every) || i.iter == i.total {
             eprintln!(
                 "[{:>6.1}s] it {}/{} ep {:.2} loss {:.4} acc {:.3} lr {:.2e}",
                 self.start.elapsed().as_secs_f64(),

@@ -406,7 +406,7 @@ fn run(
                 acc: macc,
                 lr,
             });
-            if pos.iter % cfg.log_every == 0 {
+            if pos.iter.is_multiple_of(cfg.log_every) {
                 log.write(
                     &json!({"kind": "train", "epoch": epoch as f64 + pos.batch as f64 / per_epoch as f64,
                     "iter": pos.iter, "loss": mloss, "acc": macc, "lr": lr}),
