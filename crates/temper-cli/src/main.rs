@@ -22,14 +22,30 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// The main job on the bundled data: train, attack, adversarially fine-tune, report.
+    Demo(cmd::demo::DemoArgs),
     /// Version, compiled features and the devices this machine offers.
     Info(cmd::info::InfoArgs),
     /// The model zoo: list models, print a model's layers, parameters and cost.
     #[command(subcommand)]
     Model(cmd::model::ModelCmd),
+    /// Attack a model on a data set and report clean and robust accuracy.
+    Attack(Box<cmd::attack::AttackArgs>),
+    /// Train a model: natural, PGD-AT, Fast-AT (fgsm-rs) or TRADES.
+    Train(Box<cmd::train::TrainArgs>),
+    /// Adversarially fine-tune pre-trained weights (PGD, slow-start-fast-decay schedule).
+    Finetune(Box<cmd::train::FinetuneArgs>),
     /// Data sets: inspect counts, class balance, channel statistics and sample images.
     #[command(subcommand)]
     Data(cmd::data::DataCmd),
+    /// Evaluate robustness: clean, per-attack and worst-case accuracy, eps sweeps,
+    /// gradient-masking checks; writes report.json, report.md and charts.
+    Eval(Box<cmd::eval::EvalArgs>),
+    /// Redraw the training-curve charts of a run from RUN_DIR/metrics.jsonl.
+    Report(cmd::report::ReportArgs),
+    /// Learning-rate schedules: draw one.
+    #[command(subcommand)]
+    Sched(cmd::sched::SchedCmd),
 }
 
 fn main() -> std::process::ExitCode {
@@ -42,9 +58,16 @@ fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo(a) => cmd::demo::run(a),
         Command::Info(a) => cmd::info::run(a),
         Command::Model(c) => cmd::model::run(c),
+        Command::Attack(a) => cmd::attack::run(*a),
+        Command::Train(a) => cmd::train::run_train(*a),
+        Command::Finetune(a) => cmd::train::run_finetune(*a),
         Command::Data(c) => cmd::data::run(c),
+        Command::Eval(a) => cmd::eval::run(*a),
+        Command::Report(a) => cmd::report::run(a),
+        Command::Sched(c) => cmd::sched::run(c),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

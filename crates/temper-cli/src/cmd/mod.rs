@@ -1,5 +1,11 @@
 //! One module per subcommand.
 
+pub mod attack;
 pub mod data;
+pub mod demo;
+pub mod eval;
 pub mod info;
 pub mod model;
+pub mod report;
+pub mod sched;
+pub mod train;

@@ -1,0 +1,452 @@
+//! Clean accuracy, robust accuracy per attack and the per-sample worst case over a list of
+//! attacks.
+
+use crate::masking::{self, MaskingChecks, MaskingParams, ValidMaskingParams};
+use crate::metrics::{Accuracy, ConfusionMatrix, CostSummary, NormAcc, NormStats};
+use crate::model_ops::{check_fit, class_names, predict, select};
+use crate::threat::Threat;
+use crate::{Error, Result};
+use candle_core::{DType, Device, Tensor};
+use std::time::Instant;
+use temper_attacks::{Attack, Cost, Goal, Norm};
+use temper_core::Classifier;
+use temper_data::Dataset;
+
+/// An attack under the name the report shows for it (usually its spec, `pgd-20`).
+pub type NamedAttack = (String, Box<dyn Attack>);
+
+/// Unchecked evaluation options; [`EvalParams::check`] makes the [`ValidEvalParams`] that
+/// [`evaluate`] takes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalParams {
+    /// Images per batch.
+    pub batch_size: usize,
+    /// The threat model: an attack's success counts only inside this ball.
+    pub threat: Threat,
+    /// Gradient-masking checks to run, or `None` to skip them.
+    pub masking: Option<MaskingParams>,
+}
+
+impl EvalParams {
+    /// Batches of 250, the given threat model and the default masking checks.
+    pub fn new(norm: Norm, eps: f64) -> Self {
+        EvalParams {
+            batch_size: 250,
+            threat: Threat { norm, eps },
+            masking: Some(MaskingParams::default()),
+        }
+    }
+
+    /// Validates: `batch_size >= 1`, `eps` finite and `>= 0`, and the masking options.
+    pub fn check(self) -> Result<ValidEvalParams> {
+        if self.batch_size == 0 {
+            return Err(Error::param("batch-size", "must be at least 1"));
+        }
+        let threat = Threat::new(self.threat.norm, self.threat.eps)?;
+        let masking = self.masking.map(MaskingParams::check).transpose()?;
+        Ok(ValidEvalParams {
+            batch_size: self.batch_size,
+            threat,
+            masking,
+        })
+    }
+}
+
+/// Validated evaluation options.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidEvalParams {
+    batch_size: usize,
+    threat: Threat,
+    masking: Option<ValidMaskingParams>,
+}
+
+impl ValidEvalParams {
+    /// Images per batch.
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    /// The threat model.
+    pub fn threat(&self) -> Threat {
+        self.threat
+    }
+
+    /// The masking checks, if any.
+    pub fn masking(&self) -> Option<&ValidMaskingParams> {
+        self.masking.as_ref()
+    }
+}
+
+/// Accuracy on clean inputs.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CleanResult {
+    /// Over every sample.
+    pub accuracy: Accuracy,
+    /// Per true class, indexed by label.
+    pub per_class: Vec<Accuracy>,
+    /// `confusion.counts[true][predicted]`.
+    pub confusion: ConfusionMatrix,
+}
+
+/// What the AutoAttack-style cascade did with one attack.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CascadeStep {
+    /// Samples this attack was run on: those still classified correctly after the attacks
+    /// before it.
+    pub attacked: usize,
+    /// Of those, the samples it broke.
+    pub broken: usize,
+    /// Passes spent on them.
+    pub forward: u64,
+    /// Backward passes spent on them.
+    pub backward: u64,
+}
+
+/// One attack's results.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AttackResult {
+    /// The name given in the attack list, e.g. `pgd-20`.
+    pub name: String,
+    /// The attack's own description with its hyper-parameters.
+    pub description: String,
+    /// The attack's norm.
+    pub norm: Norm,
+    /// The attack's budget, `None` for minimum-norm attacks (Carlini-Wagner).
+    pub eps: Option<f64>,
+    /// Robust accuracy under this attack alone: correct on the clean point and not broken
+    /// inside the threat model, over every sample.
+    pub robust: Accuracy,
+    /// Per true class.
+    pub per_class: Vec<Accuracy>,
+    /// Samples broken over samples attacked (the clean-correct ones).
+    pub success_rate: f64,
+    /// Successes thrown away because the adversarial example lay outside the threat model.
+    pub outside_threat: usize,
+    /// Perturbation sizes over every attacked sample.
+    pub perturbation: NormStats,
+    /// Perturbation sizes over the adversarial examples that count (broken samples).
+    pub perturbation_adversarial: NormStats,
+    /// Work and time for this attack on every clean-correct sample.
+    pub cost: CostSummary,
+    /// This attack's step of the worst-case cascade.
+    pub cascade: CascadeStep,
+}
+
+/// The per-sample worst case over the attack list.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct WorstCase {
+    /// Correct on the clean point and not broken by any attack.
+    pub accuracy: Accuracy,
+    /// Per true class.
+    pub per_class: Vec<Accuracy>,
+    /// Predictions under the worst case: the adversarial prediction of the attack that broke
+    /// a sample, the clean prediction otherwise.
+    pub confusion: ConfusionMatrix,
+    /// Passes the cascade needed (each attack on the survivors of the ones before it only).
+    pub forward: u64,
+    /// Backward passes the cascade needed.
+    pub backward: u64,
+}
+
+/// Everything [`evaluate`] measures.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Evaluation {
+    /// Samples evaluated.
+    pub samples: usize,
+    /// The threat model of every robust accuracy.
+    pub threat: Threat,
+    /// Class names, indexed by label (the model's extra outputs, if any, by number).
+    pub classes: Vec<String>,
+    /// Clean accuracy.
+    pub clean: CleanResult,
+    /// One entry per attack, in the order given.
+    pub attacks: Vec<AttackResult>,
+    /// The worst case over all attacks, `None` when the list is empty.
+    pub worst_case: Option<WorstCase>,
+    /// Gradient-masking checks, `None` when they were not asked for.
+    pub masking: Option<MaskingChecks>,
+    /// Everything together: clean pass, attacks and checks.
+    pub cost: CostSummary,
+}
+
+/// One attack's outcome on one sample.
+#[derive(Debug, Clone, Copy)]
+struct Outcome {
+    broken: bool,
+    outside: bool,
+    pred: u32,
+    linf: f32,
+    l2: f32,
+}
+
+/// Per-attack running totals.
+#[derive(Default)]
+struct AttackAcc {
+    cost: Cost,
+    seconds: f64,
+    attacked: usize,
+    broken: usize,
+    outside: usize,
+    norms: NormAcc,
+    norms_adv: NormAcc,
+    cascade: CascadeStep,
+}
+
+/// Runs `attack` on rows `rows` of the batch and returns one outcome per row.
+#[allow(clippy::too_many_arguments)]
+fn run_on(
+    model: &dyn Classifier,
+    name: &str,
+    attack: &dyn Attack,
+    x: &Tensor,
+    y: &Tensor,
+    rows: &[usize],
+    threat: &Threat,
+    rng: &mut temper_core::seed::Rng,
+    acc: &mut AttackAcc,
+) -> Result<(Vec<Outcome>, Cost)> {
+    let start = Instant::now();
+    let (xs, ys) = (select(x, rows)?, select(y, rows)?);
+    let out = attack
+        .perturb(model, &xs, &ys, Goal::Untargeted, rng)
+        .map_err(Error::attack(name))?;
+    acc.seconds += start.elapsed().as_secs_f64();
+    acc.cost += out.cost;
+    let outcomes = (0..rows.len())
+        .map(|i| {
+            let inside = threat.contains(out.linf[i], out.l2[i]);
+            Outcome {
+                broken: out.success[i] && inside,
+                outside: out.success[i] && !inside,
+                pred: out.pred[i],
+                linf: out.linf[i],
+                l2: out.l2[i],
+            }
+        })
+        .collect();
+    Ok((outcomes, out.cost))
+}
+
+/// Evaluates `model` on `data` under `attacks` within `params.threat()`.
+///
+/// Robust accuracy counts a sample when the model classifies it correctly and the attack
+/// finds no adversarial example inside the threat model. The worst case is computed
+/// AutoAttack-style: each attack runs only on the samples that every attack before it left
+/// classified correctly. To report each attack alone as well, an attack is afterwards run on
+/// the clean-correct samples the cascade kept from it; so every attack sees every
+/// clean-correct sample exactly once, and the worst case is at most every single attack's
+/// robust accuracy by construction. Misclassified samples are never attacked.
+///
+/// Random choices (attack starts, noise) come from the `eval` stream of
+/// [`temper_core::seed`], so the same global seed gives the same report.
+pub fn evaluate(
+    model: &dyn Classifier,
+    data: &Dataset,
+    attacks: &[NamedAttack],
+    params: &ValidEvalParams,
+    device: &Device,
+) -> Result<Evaluation> {
+    check_fit(model, data)?;
+    let start = Instant::now();
+    let threat = params.threat;
+    let k = model.num_classes();
+    let n = data.len();
+    let mut rng = temper_core::seed::rng("eval");
+    let mut clean_cost = Cost::default();
+    let mut clean_cm = ConfusionMatrix::new(k);
+    let mut worst_cm = ConfusionMatrix::new(k);
+    let mut per_attack_cm: Vec<ConfusionMatrix> = attacks.iter().map(|_| ConfusionMatrix::new(k)).collect();
+    let mut accs: Vec<AttackAcc> = attacks.iter().map(|_| AttackAcc::default()).collect();
+    // Per sample, kept for the masking checks that compare on a subset.
+    let mut correct_all = Vec::with_capacity(n);
+    let mut broken_all: Vec<Vec<bool>> = attacks.iter().map(|_| Vec::with_capacity(n)).collect();
+
+    let indices: Vec<usize> = (0..n).collect();
+    for chunk in indices.chunks(params.batch_size) {
+        let batch = data.batch(chunk, device)?;
+        let y = batch.labels.to_dtype(DType::U32)?;
+        let labels = y.to_vec1::<u32>()?;
+        let pred = predict(model, &batch.images, &mut clean_cost)?;
+        let correct: Vec<bool> = pred.iter().zip(&labels).map(|(p, l)| p == l).collect();
+        let mut outcomes: Vec<Vec<Option<Outcome>>> =
+            attacks.iter().map(|_| vec![None; chunk.len()]).collect();
+        // The worst-case cascade: each attack on the survivors of the ones before it.
+        let mut alive: Vec<usize> = (0..chunk.len()).filter(|&i| correct[i]).collect();
+        let mut worst_pred = pred.clone();
+        for (a, (name, attack)) in attacks.iter().enumerate() {
+            if alive.is_empty() {
+                break;
+            }
+            let (outs, cost) = run_on(
+                model,
+                name,
+                attack.as_ref(),
+                &batch.images,
+                &y,
+                &alive,
+                &threat,
+                &mut rng,
+                &mut accs[a],
+            )?;
+            let step = &mut accs[a].cascade;
+            step.attacked += alive.len();
+            step.forward += cost.forward;
+            step.backward += cost.backward;
+            let mut next = Vec::with_capacity(alive.len());
+            for (&row, o) in alive.iter().zip(outs) {
+                outcomes[a][row] = Some(o);
+                if o.broken {
+                    step.broken += 1;
+                    worst_pred[row] = o.pred;
+                } else {
+                    next.push(row);
+                }
+            }
+            alive = next;
+        }
+        // Each attack alone: run it on the clean-correct samples an earlier attack took.
+        for (a, (name, attack)) in attacks.iter().enumerate() {
+            let missing: Vec<usize> = (0..chunk.len())
+                .filter(|&i| correct[i] && outcomes[a][i].is_none())
+                .collect();
+            if missing.is_empty() {
+                continue;
+            }
+            let (outs, _) = run_on(
+                model,
+                name,
+                attack.as_ref(),
+                &batch.images,
+                &y,
+                &missing,
+                &threat,
+                &mut rng,
+                &mut accs[a],
+            )?;
+            for (&row, o) in missing.iter().zip(outs) {
+                outcomes[a][row] = Some(o);
+            }
+        }
+        for i in 0..chunk.len() {
+            clean_cm.add(labels[i], pred[i]);
+            worst_cm.add(labels[i], worst_pred[i]);
+            correct_all.push(correct[i]);
+        }
+        for (a, acc) in accs.iter_mut().enumerate() {
+            for i in 0..chunk.len() {
+                let o = outcomes[a][i];
+                let broken = o.is_some_and(|o| o.broken);
+                broken_all[a].push(broken);
+                per_attack_cm[a].add(
+                    labels[i],
+                    if broken {
+                        o.map_or(pred[i], |o| o.pred)
+                    } else {
+                        pred[i]
+                    },
+                );
+                if let Some(o) = o {
+                    acc.attacked += 1;
+                    acc.norms.add(o.linf, o.l2);
+                    acc.outside += usize::from(o.outside);
+                    if o.broken {
+                        acc.broken += 1;
+                        acc.norms_adv.add(o.linf, o.l2);
+                    }
+                }
+            }
+        }
+    }
+
+    let results: Vec<AttackResult> = attacks
+        .iter()
+        .zip(&accs)
+        .zip(&per_attack_cm)
+        .map(|(((name, attack), acc), cm)| {
+            let robust = cm.counts.iter().enumerate().map(|(t, row)| row[t] as usize).sum();
+            AttackResult {
+                name: name.clone(),
+                description: attack.name(),
+                norm: attack.norm(),
+                eps: attack.eps(),
+                robust: Accuracy::new(robust, n),
+                per_class: cm.per_class(),
+                success_rate: Accuracy::new(acc.broken, acc.attacked).accuracy,
+                outside_threat: acc.outside,
+                perturbation: acc.norms.stats(),
+                perturbation_adversarial: acc.norms_adv.stats(),
+                cost: CostSummary::new(acc.cost, acc.attacked, acc.seconds),
+                cascade: acc.cascade,
+            }
+        })
+        .collect();
+    let worst_case = (!attacks.is_empty()).then(|| WorstCase {
+        accuracy: worst_cm.accuracy(),
+        per_class: worst_cm.per_class(),
+        confusion: worst_cm.clone(),
+        forward: accs.iter().map(|a| a.cascade.forward).sum(),
+        backward: accs.iter().map(|a| a.cascade.backward).sum(),
+    });
+
+    let masking = match &params.masking {
+        Some(mp) => {
+            let m = mp.samples().min(n);
+            let subset = |flags: &[bool]| {
+                let robust = (0..m).filter(|&i| correct_all[i] && !flags[i]).count();
+                Accuracy::new(robust, m)
+            };
+            let on_subset: Vec<(String, Accuracy)> = attacks
+                .iter()
+                .zip(&broken_all)
+                .map(|((name, _), b)| (name.clone(), subset(b)))
+                .collect();
+            Some(masking::run_checks(
+                model,
+                data,
+                threat,
+                &on_subset,
+                mp,
+                params.batch_size,
+                device,
+            )?)
+        }
+        None => None,
+    };
+
+    let mut total = clean_cost;
+    for a in &accs {
+        total += a.cost;
+    }
+    if let Some(m) = &masking {
+        total += m.cost.passes();
+    }
+    Ok(Evaluation {
+        samples: n,
+        threat,
+        classes: class_names(data, k),
+        clean: CleanResult {
+            accuracy: clean_cm.accuracy(),
+            per_class: clean_cm.per_class(),
+            confusion: clean_cm,
+        },
+        attacks: results,
+        worst_case,
+        masking,
+        cost: CostSummary::new(total, n, start.elapsed().as_secs_f64()),
+    })
+}
+
+impl Evaluation {
+    /// The gradient-masking flags raised by the checks (none when no check ran).
+    pub fn flags(&self) -> Vec<crate::MaskingFlag> {
+        self.masking
+            .as_ref()
+            .map(MaskingChecks::flags)
+            .unwrap_or_default()
+    }
+
+    /// The result of the attack named `name`.
+    pub fn attack(&self, name: &str) -> Option<&AttackResult> {
+        self.attacks.iter().find(|a| a.name == name)
+    }
+}
