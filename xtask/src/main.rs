@@ -171,7 +171,13 @@ fn bench(args: &[String]) -> Result<()> {
                 eprintln!("skip: {krate} has no example {ex} yet");
                 continue;
             }
-            run(cargo().args(["run", "--release", "-p", krate, "--example", ex, "--"]))?;
+            let mut cmd = cargo();
+            cmd.args(["run", "--release", "-p", krate, "--example", ex, "--"]);
+            if *ex == "bench_loader" {
+                // The CIFAR-10 JPEG folder, extracted from ../shared/data/cifar10 (skipped when absent).
+                cmd.arg(std::env::var("TEMPER_CIFAR10_DIR").unwrap_or_else(|_| "../cifar10/train".into()));
+            }
+            run(&mut cmd)?;
         }
     }
     Ok(())
@@ -231,6 +237,8 @@ fn accuracies(text: &str) -> (String, String) {
 /// a constant LR at equal epochs; PGD-20 robust test accuracy at eps 0.1 and 0.3 and cost.
 fn evidence(args: &[String]) -> Result<()> {
     let out = root().join(args.first().map(String::as_str).unwrap_or("runs/evidence"));
+    // Test images per evaluation: all 2,000 by default, fewer on a busy machine.
+    let limit = args.get(1).cloned().unwrap_or_else(|| "2000".into());
     run(cargo().args(["build", "--release", "-p", "temper-cli"]))?;
     let o = |n: &str| out.join(n);
     let s = |p: &Path| p.to_string_lossy().into_owned();
@@ -334,6 +342,8 @@ fn evidence(args: &[String]) -> Result<()> {
                 alpha,
                 "--batch-size",
                 "500",
+                "--limit",
+                &limit,
             ])?;
             cells.push(accuracies(&text));
         }
