@@ -70,6 +70,7 @@ struct Stage {
     eval_seconds: f64,
 }
 
+#[allow(clippy::too_many_arguments)] // One call site; a struct would only rename the arguments.
 fn evaluate(
     model: &temper_core::Network,
     weights: &Path,
