@@ -7,9 +7,10 @@ use temper_models::{ModelConfig, ModelKind, Stem, ValidModelConfig};
 /// Which model, and how it is shaped.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Model name from `temper model list`, e.g. small-cnn, preact-resnet18, resnet50.
+    /// Model name from `temper model list`, e.g. small-cnn, preact-resnet18, resnet50
+    /// (required; `temper train --resume` reads it from the run instead).
     #[arg(long, short = 'm')]
-    pub model: String,
+    pub model: Option<String>,
     /// Number of output classes.
     #[arg(long, default_value_t = 10)]
     pub num_classes: usize,
@@ -23,7 +24,7 @@ pub struct ModelArgs {
     #[arg(long)]
     pub stem: Option<String>,
     /// Width multiplier on every channel count (1 = the published model).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub width: f64,
     /// Input normalisation inside the model: none, cifar10, imagenet, or
     /// "mean=0.5,0.5,0.5;std=0.25,0.25,0.25" (default: the model's usual).
@@ -49,7 +50,11 @@ fn parse_size(s: &str) -> Result<(usize, usize)> {
 impl ModelArgs {
     /// The validated model configuration these arguments describe.
     pub fn config(&self) -> Result<ValidModelConfig> {
-        let kind = ModelKind::parse(&self.model)?;
+        let name = self
+            .model
+            .as_deref()
+            .context("--model is required (see `temper model list`)")?;
+        let kind = ModelKind::parse(name)?;
         let mut cfg = ModelConfig::new(kind, self.num_classes);
         if let Some(c) = self.in_channels {
             cfg.in_channels = c;

@@ -11,7 +11,7 @@ use temper_train::{Method, RunOptions, TrainConfig, TrainReport};
 #[derive(Args, Debug)]
 pub struct RunArgs {
     #[command(flatten)]
-    model: Option<ModelArgs>,
+    model: ModelArgs,
     /// Data set: mnist10k (bundled), mnist, fashion-mnist, cifar10, cifar100, image-folder.
     #[arg(long, short = 'd', default_value = "mnist10k")]
     dataset: String,
@@ -95,11 +95,7 @@ pub struct FinetuneArgs {
 }
 
 fn config(method: Method, weights: Option<PathBuf>, r: &RunArgs) -> Result<TrainConfig> {
-    let m = r
-        .model
-        .as_ref()
-        .context("--model is required (or --resume RUN_DIR)")?;
-    let mut cfg = TrainConfig::new(method, m.config()?.get().clone(), &r.dataset);
+    let mut cfg = TrainConfig::new(method, r.model.config()?.get().clone(), &r.dataset);
     cfg.weights = weights;
     cfg.data_dir = r.data_dir.clone();
     cfg.seed = r.device.seed;

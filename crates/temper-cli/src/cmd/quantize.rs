@@ -1,0 +1,224 @@
+//! `temper quantize`: post-training quantization of a model to a packed safetensors file.
+
+use crate::args::{check_fit, load_model, DataArgs, DeviceArgs, ModelArgs};
+use anyhow::{Context, Result};
+use clap::Args;
+use std::path::PathBuf;
+use temper_core::Classifier;
+use temper_quant::mixed::{allocate, sensitivity, SizeBudget};
+use temper_quant::{
+    eval, export, quantize, ActCalibration, ActParams, AlphabetScale, GpfqParams, Granularity, Method,
+    QuantModel, QuantParams, WeightScheme,
+};
+
+/// How to quantize, shared by `temper quantize` and `temper quant sweep`.
+#[derive(Args, Debug, Clone)]
+pub struct QuantOpts {
+    /// Rounding: rtn (round to nearest) or gpfq (greedy path-following, uses calibration).
+    #[arg(long, default_value = "rtn")]
+    pub method: String,
+    /// One weight step per output channel instead of one per tensor.
+    #[arg(long)]
+    pub per_channel: bool,
+    /// Asymmetric uniform grids (with zero points); rtn only.
+    #[arg(long)]
+    pub asymmetric: bool,
+    /// Quantize the input of every quantized layer to this many bits (2-8), per tensor,
+    /// calibrated on --calib images; weight-only when omitted.
+    #[arg(long)]
+    pub act_bits: Option<u8>,
+    /// Activation range calibration: minmax, percentile[:P] (default 99.99) or mse.
+    #[arg(long, default_value = "minmax")]
+    pub act_calib: String,
+    /// Calibration images, drawn (seeded) from the train split of the data set.
+    #[arg(long, default_value_t = 512)]
+    pub calib: usize,
+    /// Bit width of the first and last layers (weights, and inputs with --act-bits); 0 treats
+    /// them like the others.
+    #[arg(long, default_value_t = 8)]
+    pub first_last_bits: u8,
+    /// Keep BatchNorm separate instead of folding it into the convolution before it.
+    #[arg(long)]
+    pub no_fold: bool,
+    /// Shift biases by the mean output error on the calibration images.
+    #[arg(long)]
+    pub bias_correction: bool,
+    /// GPFQ alphabet scale C: auto (searched per channel or layer) or a number.
+    #[arg(long, default_value = "auto")]
+    pub gpfq_c: String,
+    /// GPFQ: most input rows (patches) per layer.
+    #[arg(long, default_value_t = 32_768)]
+    pub gpfq_rows: usize,
+}
+
+impl QuantOpts {
+    /// The quantization settings for weight grid `scheme`.
+    pub fn params(&self, scheme: WeightScheme, batch_size: usize) -> Result<QuantParams> {
+        let gpfq = GpfqParams {
+            c: AlphabetScale::parse(&self.gpfq_c)?,
+            max_rows: self.gpfq_rows,
+        };
+        let mut p = QuantParams::new(scheme);
+        p.method = Method::parse(&self.method, gpfq)?;
+        p.granularity = if self.per_channel {
+            Granularity::PerChannel
+        } else {
+            Granularity::PerTensor
+        };
+        p.first_last_bits = (self.first_last_bits != 0).then_some(self.first_last_bits);
+        p.act = match self.act_bits {
+            Some(bits) => Some(ActParams {
+                bits,
+                calibration: ActCalibration::parse(&self.act_calib)?,
+            }),
+            None => None,
+        };
+        p.fold_batchnorm = !self.no_fold;
+        p.bias_correction = self.bias_correction;
+        p.batch_size = batch_size;
+        Ok(p)
+    }
+
+    /// The calibration set: `--calib` images of the train split of `data`'s data set.
+    pub fn calibration(&self, data: &DataArgs) -> Result<temper_data::Dataset> {
+        if self.calib == 0 {
+            let test = data.load()?;
+            return Ok(test.subset(&[])?);
+        }
+        let train = temper_data::load(&data.dataset, data.data_dir.as_deref(), temper_data::Split::Train)
+            .with_context(|| format!("calibration images come from the train split of {}", data.dataset))?;
+        Ok(eval::calibration_set(&train, self.calib, "calibration")?)
+    }
+}
+
+/// Arguments of `temper quantize`.
+#[derive(Args, Debug)]
+pub struct QuantizeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Float weights: safetensors with PyTorch state_dict names.
+    #[arg(long, short = 'w')]
+    weights: PathBuf,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Weight grid: a width of 2 to 8 bits, ternary or binary.
+    #[arg(long, short = 'b', default_value = "8")]
+    bits: String,
+    #[command(flatten)]
+    quant: QuantOpts,
+    /// Mixed precision: pick per-layer widths from --mixed-bits so the quantized weights fit
+    /// this budget, e.g. 4.5bits (average per weight) or 40kb.
+    #[arg(long)]
+    size_budget: Option<String>,
+    /// Candidate widths for --size-budget.
+    #[arg(long, default_value = "8,6,4,3,2")]
+    mixed_bits: String,
+    /// Batch size.
+    #[arg(long, default_value_t = 250)]
+    batch_size: usize,
+    /// The quantized file to write (packed integer weights, scales, metadata).
+    #[arg(long, short = 'o')]
+    out: PathBuf,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+fn kib(b: u64) -> String {
+    format!("{:.1} KiB", b as f64 / 1024.0)
+}
+
+/// One line per quantized layer: weight grid, storage, input grid, GPFQ error.
+pub fn print_layers(q: &QuantModel) {
+    println!("  {:<28} {:>18} {:>14} {:>10}  input grid", "layer", "shape", "weights", "bytes");
+    for l in q.layers() {
+        let input = match l.input {
+            Some(a) => {
+                let (lo, hi) = a.range();
+                format!("{} bits [{lo:.3}, {hi:.3}]", a.bits)
+            }
+            None => "float".into(),
+        };
+        let err = l.gpfq_error.map_or(String::new(), |e| format!("  (gpfq error {e:.4})"));
+        println!(
+            "  {:<28} {:>18} {:>14} {:>10}  {input}{err}",
+            l.name,
+            format!("{:?}", l.weight.shape()),
+            format!("{} {}", l.weight.scheme(), if l.weight.scale().len() > 1 { "pc" } else { "pt" }),
+            l.weight.stored_bytes(),
+        );
+    }
+}
+
+pub fn run(a: QuantizeArgs) -> Result<()> {
+    let device = a.device.init()?;
+    let cfg = a.model.config()?;
+    let model = load_model(&cfg, Some(&a.weights), &device)?;
+    let data = a.data.load()?;
+    check_fit(&model, &data)?;
+    if a.batch_size == 0 {
+        anyhow::bail!("--batch-size must be at least 1");
+    }
+    let scheme = WeightScheme::parse(&a.bits, !a.quant.asymmetric)?;
+    let mut params = a.quant.params(scheme, a.batch_size)?;
+    let calib_set = a.quant.calibration(&a.data)?;
+    let calib = eval::calibration_images(&calib_set, calib_set.len(), "calibration", &device)?;
+    println!("model:    {} ({} parameters) from {}", model.info().name, model.params().num_trainable(), a.weights.display());
+    println!("data:     {} {} ({} images); calibration: {} images of the train split", data.name(), a.data.split, data.len(), calib_set.len());
+
+    if let Some(budget) = &a.size_budget {
+        let budget = SizeBudget::parse(budget)?;
+        let candidates = WeightScheme::parse_list(&a.mixed_bits, !a.quant.asymmetric)?;
+        if calib_set.is_empty() {
+            anyhow::bail!("--size-budget measures layer sensitivities on the calibration images: use --calib N");
+        }
+        let sens = sensitivity(&model, &cfg, &calib, &calib, calib_set.labels(), &candidates, &params)?;
+        println!("sensitivity (accuracy drop with only that layer quantized, on the calibration images):");
+        for l in &sens.layers {
+            let cells: Vec<String> = l.trials.iter().map(|t| format!("{} {:+.2}", t.scheme, -100.0 * t.drop)).collect();
+            println!("  {:<28} {}", l.layer, cells.join("  "));
+        }
+        let mut pinned = std::collections::BTreeMap::new();
+        if let Some(b) = params.first_last_bits {
+            let edge = WeightScheme::Uniform { bits: b, symmetric: !a.quant.asymmetric };
+            if !candidates.contains(&edge) {
+                anyhow::bail!("--first-last-bits {b} must be one of --mixed-bits (or 0)");
+            }
+            let (first, last) = (sens.layers.first(), sens.layers.last());
+            for l in first.into_iter().chain(last) {
+                pinned.insert(l.layer.clone(), edge);
+            }
+        }
+        let alloc = allocate(&sens, budget, &pinned)?;
+        println!("mixed precision: {} of {} budget bytes", alloc.bytes, alloc.budget);
+        params.layers = alloc.precisions();
+    }
+
+    let params = params.check()?;
+    let start = std::time::Instant::now();
+    let q = quantize(&model, &cfg, &calib, &params)?;
+    let secs = start.elapsed().as_secs_f64();
+    let info = q.quant_info();
+    let fold = &info.fold;
+    println!(
+        "quantize: {} {}, {}, first/last {}, {}; BatchNorm folded {} (kept in float {}); {secs:.1} s",
+        info.method.name(),
+        scheme,
+        info.granularity.name().replace('_', "-"),
+        info.first_last_bits.map_or("as the rest".to_string(), |b| format!("{b}-bit")),
+        info.act.map_or("weights only".to_string(), |x| format!("activations {} bits", x.bits)),
+        fold.folded.len(),
+        fold.kept.len(),
+    );
+    print_layers(&q);
+
+    let before = eval::accuracy(&model, &data, a.batch_size)?;
+    let after = eval::accuracy(&q, &data, a.batch_size)?;
+    let report = export::save(&q, &a.out).with_context(|| format!("cannot write '{}'", a.out.display()))?;
+    let weights_file = std::fs::metadata(&a.weights).map(|m| m.len()).unwrap_or(report.float_bytes);
+    println!();
+    println!("clean accuracy: float {:.2}% -> quantized {:.2}% ({:+.2} points)", 100.0 * before, 100.0 * after, 100.0 * (after - before));
+    println!("float file:     {} ({})", kib(weights_file), a.weights.display());
+    println!("quantized file: {} ({})", kib(report.quantized_bytes), a.out.display());
+    println!("compression:    {:.2}x ({:.2}x against the same tensors saved as f32)", weights_file as f64 / report.quantized_bytes.max(1) as f64, report.ratio());
+    Ok(())
+}
