@@ -46,6 +46,13 @@ enum Command {
     /// Learning-rate schedules: draw one.
     #[command(subcommand)]
     Sched(cmd::sched::SchedCmd),
+    /// Quantize a model after training (uniform 2-8 bit, ternary, binary; round to nearest or
+    /// GPFQ) to a packed safetensors file; prints accuracy before and after and the file sizes.
+    Quantize(Box<cmd::quantize::QuantizeArgs>),
+    /// Quantized models: robustness across bit widths (through the quantizer and transfer),
+    /// inspect a quantized file.
+    #[command(subcommand)]
+    Quant(cmd::quant::QuantCmd),
 }
 
 fn main() -> std::process::ExitCode {
@@ -68,6 +75,8 @@ fn main() -> std::process::ExitCode {
         Command::Eval(a) => cmd::eval::run(*a),
         Command::Report(a) => cmd::report::run(a),
         Command::Sched(c) => cmd::sched::run(c),
+        Command::Quantize(a) => cmd::quantize::run(*a),
+        Command::Quant(c) => cmd::quant::run(c),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

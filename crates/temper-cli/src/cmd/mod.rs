@@ -6,6 +6,8 @@ pub mod demo;
 pub mod eval;
 pub mod info;
 pub mod model;
+pub mod quant;
+pub mod quantize;
 pub mod report;
 pub mod sched;
 pub mod train;

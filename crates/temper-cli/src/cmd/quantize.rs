@@ -79,15 +79,33 @@ impl QuantOpts {
         Ok(p)
     }
 
-    /// The calibration set: `--calib` images of the train split of `data`'s data set.
-    pub fn calibration(&self, data: &DataArgs) -> Result<temper_data::Dataset> {
+    /// The calibration set: `--calib` images of the train split of `data`'s data set, or
+    /// `None` for `--calib 0`.
+    pub fn calibration(&self, data: &DataArgs) -> Result<Option<temper_data::Dataset>> {
         if self.calib == 0 {
-            let test = data.load()?;
-            return Ok(test.subset(&[])?);
+            return Ok(None);
         }
         let train = temper_data::load(&data.dataset, data.data_dir.as_deref(), temper_data::Split::Train)
             .with_context(|| format!("calibration images come from the train split of {}", data.dataset))?;
-        Ok(eval::calibration_set(&train, self.calib, "calibration")?)
+        Ok(Some(eval::calibration_set(&train, self.calib, "calibration")?))
+    }
+}
+
+/// The images of a calibration set on the model's device, `(0, C, H, W)` for none.
+pub fn calibration_tensor(
+    set: Option<&temper_data::Dataset>,
+    model: &dyn Classifier,
+) -> Result<candle_core::Tensor> {
+    match set {
+        Some(s) if !s.is_empty() => Ok(s.to_batch(model.device())?.images),
+        _ => {
+            let [c, h, w] = model.input_shape();
+            Ok(candle_core::Tensor::zeros(
+                (0, c, h, w),
+                candle_core::DType::F32,
+                model.device(),
+            )?)
+        }
     }
 }
 
@@ -129,7 +147,10 @@ fn kib(b: u64) -> String {
 
 /// One line per quantized layer: weight grid, storage, input grid, GPFQ error.
 pub fn print_layers(q: &QuantModel) {
-    println!("  {:<28} {:>18} {:>14} {:>10}  input grid", "layer", "shape", "weights", "bytes");
+    println!(
+        "  {:<28} {:>18} {:>14} {:>10}  input grid",
+        "layer", "shape", "weights", "bytes"
+    );
     for l in q.layers() {
         let input = match l.input {
             Some(a) => {
@@ -138,12 +159,18 @@ pub fn print_layers(q: &QuantModel) {
             }
             None => "float".into(),
         };
-        let err = l.gpfq_error.map_or(String::new(), |e| format!("  (gpfq error {e:.4})"));
+        let err = l
+            .gpfq_error
+            .map_or(String::new(), |e| format!("  (gpfq error {e:.4})"));
         println!(
             "  {:<28} {:>18} {:>14} {:>10}  {input}{err}",
             l.name,
             format!("{:?}", l.weight.shape()),
-            format!("{} {}", l.weight.scheme(), if l.weight.scale().len() > 1 { "pc" } else { "pt" }),
+            format!(
+                "{} {}",
+                l.weight.scheme(),
+                if l.weight.scale().len() > 1 { "pc" } else { "pt" }
+            ),
             l.weight.stored_bytes(),
         );
     }
@@ -161,25 +188,44 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     let scheme = WeightScheme::parse(&a.bits, !a.quant.asymmetric)?;
     let mut params = a.quant.params(scheme, a.batch_size)?;
     let calib_set = a.quant.calibration(&a.data)?;
-    let calib = eval::calibration_images(&calib_set, calib_set.len(), "calibration", &device)?;
-    println!("model:    {} ({} parameters) from {}", model.info().name, model.params().num_trainable(), a.weights.display());
-    println!("data:     {} {} ({} images); calibration: {} images of the train split", data.name(), a.data.split, data.len(), calib_set.len());
+    let calib = calibration_tensor(calib_set.as_ref(), &model)?;
+    let n_calib = calib_set.as_ref().map_or(0, |s| s.len());
+    println!(
+        "model:    {} ({} parameters) from {}",
+        model.info().name,
+        model.params().num_trainable(),
+        a.weights.display()
+    );
+    println!(
+        "data:     {} ({} images); calibration: {n_calib} images of the train split",
+        data.name(),
+        data.len()
+    );
 
     if let Some(budget) = &a.size_budget {
         let budget = SizeBudget::parse(budget)?;
         let candidates = WeightScheme::parse_list(&a.mixed_bits, !a.quant.asymmetric)?;
-        if calib_set.is_empty() {
-            anyhow::bail!("--size-budget measures layer sensitivities on the calibration images: use --calib N");
-        }
-        let sens = sensitivity(&model, &cfg, &calib, &calib, calib_set.labels(), &candidates, &params)?;
-        println!("sensitivity (accuracy drop with only that layer quantized, on the calibration images):");
+        let Some(held) = &calib_set else {
+            anyhow::bail!(
+                "--size-budget measures layer sensitivities on the calibration images: use --calib N"
+            );
+        };
+        let sens = sensitivity(&model, &cfg, &calib, &calib, held.labels(), &candidates, &params)?;
+        println!("sensitivity (accuracy points lost with only that layer quantized, calibration images):");
         for l in &sens.layers {
-            let cells: Vec<String> = l.trials.iter().map(|t| format!("{} {:+.2}", t.scheme, -100.0 * t.drop)).collect();
+            let cells: Vec<String> = l
+                .trials
+                .iter()
+                .map(|t| format!("{} {:5.2}", t.scheme, 100.0 * t.drop))
+                .collect();
             println!("  {:<28} {}", l.layer, cells.join("  "));
         }
         let mut pinned = std::collections::BTreeMap::new();
         if let Some(b) = params.first_last_bits {
-            let edge = WeightScheme::Uniform { bits: b, symmetric: !a.quant.asymmetric };
+            let edge = WeightScheme::Uniform {
+                bits: b,
+                symmetric: !a.quant.asymmetric,
+            };
             if !candidates.contains(&edge) {
                 anyhow::bail!("--first-last-bits {b} must be one of --mixed-bits (or 0)");
             }
@@ -189,7 +235,10 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
             }
         }
         let alloc = allocate(&sens, budget, &pinned)?;
-        println!("mixed precision: {} of {} budget bytes", alloc.bytes, alloc.budget);
+        println!(
+            "mixed precision: {} of {} budget bytes",
+            alloc.bytes, alloc.budget
+        );
         params.layers = alloc.precisions();
     }
 
@@ -204,8 +253,12 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         info.method.name(),
         scheme,
         info.granularity.name().replace('_', "-"),
-        info.first_last_bits.map_or("as the rest".to_string(), |b| format!("{b}-bit")),
-        info.act.map_or("weights only".to_string(), |x| format!("activations {} bits", x.bits)),
+        info.first_last_bits
+            .map_or("as the rest".to_string(), |b| format!("{b}-bit")),
+        info.act.map_or("weights only".to_string(), |x| format!(
+            "activations {} bits",
+            x.bits
+        )),
         fold.folded.len(),
         fold.kept.len(),
     );
@@ -214,11 +267,26 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     let before = eval::accuracy(&model, &data, a.batch_size)?;
     let after = eval::accuracy(&q, &data, a.batch_size)?;
     let report = export::save(&q, &a.out).with_context(|| format!("cannot write '{}'", a.out.display()))?;
-    let weights_file = std::fs::metadata(&a.weights).map(|m| m.len()).unwrap_or(report.float_bytes);
+    let weights_file = std::fs::metadata(&a.weights)
+        .map(|m| m.len())
+        .unwrap_or(report.float_bytes);
     println!();
-    println!("clean accuracy: float {:.2}% -> quantized {:.2}% ({:+.2} points)", 100.0 * before, 100.0 * after, 100.0 * (after - before));
+    println!(
+        "clean accuracy: float {:.2}% -> quantized {:.2}% ({:+.2} points)",
+        100.0 * before,
+        100.0 * after,
+        100.0 * (after - before)
+    );
     println!("float file:     {} ({})", kib(weights_file), a.weights.display());
-    println!("quantized file: {} ({})", kib(report.quantized_bytes), a.out.display());
-    println!("compression:    {:.2}x ({:.2}x against the same tensors saved as f32)", weights_file as f64 / report.quantized_bytes.max(1) as f64, report.ratio());
+    println!(
+        "quantized file: {} ({})",
+        kib(report.quantized_bytes),
+        a.out.display()
+    );
+    println!(
+        "compression:    {:.2}x ({:.2}x against the same tensors saved as f32)",
+        weights_file as f64 / report.quantized_bytes.max(1) as f64,
+        report.ratio()
+    );
     Ok(())
 }

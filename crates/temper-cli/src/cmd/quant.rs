@@ -1,0 +1,240 @@
+//! `temper quant`: robustness of quantized models across bit widths, and quantized files.
+
+use crate::args::{check_fit, load_model, DataArgs, DeviceArgs, ModelArgs};
+use crate::cmd::quantize::{calibration_tensor, print_layers, QuantOpts};
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+use temper_attacks::spec::{parse_number, AttackSettings, AttackSpec};
+use temper_attacks::{LossKind, Norm};
+use temper_core::Classifier;
+use temper_quant::sweep::{sweep, SweepParams, SweepRow};
+use temper_quant::{eval, export, WeightScheme};
+
+/// Quantized models: sweep bit widths under attack, inspect a quantized file.
+#[derive(Subcommand, Debug)]
+pub enum QuantCmd {
+    /// Quantize to each bit width and report clean accuracy, robust accuracy through the
+    /// quantizer (white-box, straight-through gradients) and under transfer attacks crafted on
+    /// the float model, with file sizes; writes sweep.json, sweep.md and sweep.png.
+    Sweep(Box<SweepArgs>),
+    /// Print a quantized file's layers, schemes and sizes; with --dataset, its clean accuracy.
+    Inspect(InspectArgs),
+}
+
+/// Arguments of `temper quant sweep`.
+#[derive(Args, Debug)]
+pub struct SweepArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Float weights: safetensors with PyTorch state_dict names.
+    #[arg(long, short = 'w')]
+    weights: PathBuf,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Weight grids to try: widths of 2 to 8 bits, ternary, binary.
+    #[arg(long, short = 'b', default_value = "8,6,4,3,2,ternary")]
+    bits: String,
+    #[command(flatten)]
+    quant: QuantOpts,
+    /// Attacks, comma-separated: fgsm, fgsm-rs, pgd, pgd-N, pgd-l2-N, cw, cw-N.
+    #[arg(long, short = 'a', default_value = "pgd-20")]
+    attacks: String,
+    /// Threat model norm: linf or l2.
+    #[arg(long, default_value = "linf")]
+    norm: String,
+    /// Budget in pixel units: 0.1, 8/255, ...
+    #[arg(long, default_value = "0.1")]
+    eps: String,
+    /// Step size (default: 2.5*eps/steps for PGD).
+    #[arg(long)]
+    alpha: Option<String>,
+    /// PGD steps when the attack name has none.
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// PGD restarts.
+    #[arg(long, default_value_t = 1)]
+    restarts: usize,
+    /// Objective for FGSM/PGD: ce or cw.
+    #[arg(long, default_value = "ce")]
+    loss: String,
+    /// Batch size.
+    #[arg(long, default_value_t = 250)]
+    batch_size: usize,
+    /// Folder for sweep.json, sweep.md and sweep.png.
+    #[arg(long, value_name = "OUT_DIR")]
+    report: PathBuf,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+/// Arguments of `temper quant inspect`.
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// A file written by `temper quantize`.
+    file: PathBuf,
+    /// Also measure clean accuracy on this data set (test split).
+    #[arg(long, short = 'd')]
+    dataset: Option<String>,
+    /// Directory holding the data set's files (not needed for mnist10k).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+pub fn run(c: QuantCmd) -> Result<()> {
+    match c {
+        QuantCmd::Sweep(a) => run_sweep(*a),
+        QuantCmd::Inspect(a) => run_inspect(a),
+    }
+}
+
+fn pct(v: f64) -> String {
+    format!("{:6.2}%", 100.0 * v)
+}
+
+fn run_sweep(a: SweepArgs) -> Result<()> {
+    let device = a.device.init()?;
+    let cfg = a.model.config()?;
+    let model = load_model(&cfg, Some(&a.weights), &device)?;
+    let data = a.data.load()?;
+    check_fit(&model, &data)?;
+    let schemes = WeightScheme::parse_list(&a.bits, !a.quant.asymmetric)?;
+    let settings = AttackSettings {
+        eps: parse_number(&a.eps, "eps")?,
+        alpha: a.alpha.as_deref().map(|s| parse_number(s, "alpha")).transpose()?,
+        norm: Norm::parse(&a.norm)?,
+        restarts: a.restarts,
+        steps: a.steps,
+        loss: LossKind::parse(&a.loss)?,
+        random_start: true,
+    };
+    let attacks = AttackSpec::parse_list(&a.attacks)?
+        .into_iter()
+        .map(|s| Ok((s.text.clone(), s.build(&settings)?)))
+        .collect::<Result<Vec<_>>>()?;
+    if attacks.is_empty() {
+        anyhow::bail!("--attacks names no attack");
+    }
+    let params = SweepParams {
+        schemes,
+        quant: a.quant.params(WeightScheme::bits(8), a.batch_size)?,
+        batch_size: a.batch_size,
+    }
+    .check()?;
+    let calib_set = a.quant.calibration(&a.data)?;
+    let calib = calibration_tensor(calib_set.as_ref(), &model)?;
+    let n_calib = calib_set.as_ref().map_or(0, |s| s.len());
+    println!("model:   {} from {}", model.info().name, a.weights.display());
+    println!(
+        "data:    {} ({} images); calibration: {n_calib} images of the train split",
+        data.name(),
+        data.len()
+    );
+    for (n, at) in &attacks {
+        println!("attack:  {n} = {}", at.name());
+    }
+    let names: Vec<String> = attacks.iter().map(|(n, _)| n.clone()).collect();
+    let start = std::time::Instant::now();
+    let mut print_row = |r: &SweepRow| {
+        let cells: Vec<String> = names
+            .iter()
+            .map(|n| {
+                let t = if r.scheme.is_none() {
+                    "(source)".to_string()
+                } else {
+                    pct(r.transfer[n])
+                };
+                format!("{n} through {}  transfer {t}", pct(r.robust[n]))
+            })
+            .collect();
+        println!(
+            "{:>10}  clean {}  {}  file {:>9.1} KiB ({:5.2}x)  [{:.0} s]",
+            r.label,
+            pct(r.clean),
+            cells.join("  "),
+            r.file_bytes as f64 / 1024.0,
+            r.ratio,
+            start.elapsed().as_secs_f64()
+        );
+    };
+    let report = sweep(&model, &cfg, &calib, &data, &attacks, &params, &mut print_row)?;
+    let files = report
+        .write(&a.report)
+        .with_context(|| format!("cannot write the report to '{}'", a.report.display()))?;
+    println!();
+    print!("{}", report.to_markdown());
+    println!();
+    for f in files {
+        println!("wrote {}", f.display());
+    }
+    Ok(())
+}
+
+fn run_inspect(a: InspectArgs) -> Result<()> {
+    let device = a.device.init()?;
+    if !export::is_quantized(&a.file)? {
+        anyhow::bail!(
+            "'{}' is not a file written by `temper quantize`",
+            a.file.display()
+        );
+    }
+    let q = export::load(&a.file, &device)?;
+    let size = std::fs::metadata(&a.file)
+        .with_context(|| format!("cannot read '{}'", a.file.display()))?
+        .len();
+    let info = q.quant_info();
+    println!("file:     {} ({:.1} KiB)", a.file.display(), size as f64 / 1024.0);
+    println!(
+        "model:    {} ({} classes, input {:?})",
+        q.info().name,
+        q.num_classes(),
+        q.input_shape()
+    );
+    println!(
+        "scheme:   {} {}, {}, first/last {}, {}, {} calibration images",
+        info.method.name(),
+        info.scheme,
+        info.granularity.name().replace('_', "-"),
+        info.first_last_bits
+            .map_or("as the rest".to_string(), |b| format!("{b}-bit")),
+        info.act.map_or("weights only".to_string(), |x| format!(
+            "activations {} bits",
+            x.bits
+        )),
+        info.calib_images
+    );
+    let kept = if info.fold.kept.is_empty() {
+        "none".to_string()
+    } else {
+        info.fold.kept.join(", ")
+    };
+    println!(
+        "folded:   {} BatchNorms; kept in float: {kept}",
+        info.fold.folded.len()
+    );
+    print_layers(&q);
+    let float = export::float_bytes(&q)?;
+    println!(
+        "size:     {:.1} KiB quantized weights; {:.2}x smaller than f32",
+        q.quantized_weight_bytes() as f64 / 1024.0,
+        float as f64 / size.max(1) as f64
+    );
+    if let Some(name) = &a.dataset {
+        let data = DataArgs {
+            dataset: name.clone(),
+            data_dir: a.data_dir.clone(),
+            split: "test".into(),
+            limit: None,
+        }
+        .load()?;
+        check_fit(&q, &data)?;
+        println!(
+            "clean accuracy on {}: {:.2}%",
+            data.name(),
+            100.0 * eval::accuracy(&q, &data, 250)?
+        );
+    }
+    Ok(())
+}

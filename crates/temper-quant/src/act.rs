@@ -1,0 +1,195 @@
+//! Activation quantization: the input of every quantized layer is rounded onto a per-tensor
+//! uniform grid, with a straight-through gradient.
+//!
+//! [`ActKernels`] wraps the model's kernels and quantizes the input of each convolution and
+//! linear layer it knows, recognising the layer by its weight (see [`crate::record`]). The
+//! grids come from calibration ([`crate::calib`]).
+
+use crate::record::storage_key;
+use crate::uniform::asymmetric_grid;
+use crate::Result;
+use candle_core::Tensor;
+use std::collections::HashMap;
+use std::sync::Arc;
+use temper_core::kernels::{BatchStats, ConvCfg, Kernels, PoolCfg};
+
+/// A per-tensor asymmetric uniform grid for activations: codes `0..2^bits - 1`, value
+/// `(code - zero_point) * scale`.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ActQuant {
+    /// Bit width, 2 to 8.
+    pub bits: u8,
+    /// The grid step.
+    pub scale: f32,
+    /// The code of 0.0.
+    pub zero_point: i16,
+}
+
+impl ActQuant {
+    /// The grid over `[lo, hi]` (widened to contain 0, so ReLU zeros stay exact).
+    pub fn from_range(lo: f32, hi: f32, bits: u8) -> Self {
+        let (scale, zero_point) = asymmetric_grid(lo, hi, Self::qmax(bits));
+        ActQuant {
+            bits,
+            scale,
+            zero_point,
+        }
+    }
+
+    fn qmax(bits: u8) -> i16 {
+        (1i16 << bits) - 1
+    }
+
+    /// The represented range `[lo, hi]`.
+    pub fn range(&self) -> (f32, f32) {
+        let lo = f32::from(-self.zero_point) * self.scale;
+        let hi = f32::from(Self::qmax(self.bits) - self.zero_point) * self.scale;
+        (lo, hi)
+    }
+
+    /// Rounds one value onto the grid (the host twin of [`ActQuant::fake_quant`]).
+    pub fn round(&self, v: f32) -> f32 {
+        let c = (v * (1.0 / self.scale) + f32::from(self.zero_point))
+            .round()
+            .clamp(0.0, f32::from(Self::qmax(self.bits)));
+        (c - f32::from(self.zero_point)) * self.scale
+    }
+
+    /// Rounds `x` onto the grid; no gradient flows through the result.
+    pub fn fake_quant(&self, x: &Tensor) -> Result<Tensor> {
+        let z = f64::from(self.zero_point);
+        let c = x
+            .detach()
+            .affine(f64::from(1.0 / self.scale), z)?
+            .round()?
+            .clamp(0f32, f32::from(Self::qmax(self.bits)))?;
+        // (code - zero point) is an exact small integer, so the value is exactly
+        // integer * scale, as an integer pipeline computes it.
+        Ok(c.affine(1.0, -z)?.affine(f64::from(self.scale), 0.0)?)
+    }
+
+    /// Rounds `x` onto the grid forward and passes the gradient straight through.
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        crate::ste::straight_through(x, &self.fake_quant(x)?)
+    }
+}
+
+/// Kernels that quantize the inputs of known convolution and linear layers, then delegate.
+pub struct ActKernels {
+    inner: Arc<dyn Kernels>,
+    by_weight: HashMap<usize, ActQuant>,
+}
+
+impl std::fmt::Debug for ActKernels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActKernels")
+            .field("inner", &self.inner.name())
+            .field("layers", &self.by_weight.len())
+            .finish()
+    }
+}
+
+impl ActKernels {
+    /// Wraps `inner`; `layers` pairs each layer's weight tensor (a clone of the model's
+    /// parameter) with its input grid.
+    pub fn new(inner: Arc<dyn Kernels>, layers: &[(Tensor, ActQuant)]) -> Self {
+        ActKernels {
+            inner,
+            by_weight: layers.iter().map(|(w, q)| (storage_key(w), *q)).collect(),
+        }
+    }
+
+    /// The same grids over other kernels.
+    pub fn rewrap(&self, inner: Arc<dyn Kernels>) -> Self {
+        ActKernels {
+            inner,
+            by_weight: self.by_weight.clone(),
+        }
+    }
+
+    fn input(&self, x: &Tensor, weight: &Tensor) -> temper_core::Result<Tensor> {
+        match self.by_weight.get(&storage_key(weight)) {
+            Some(q) => q
+                .apply(x)
+                .map_err(|e| temper_core::Error::param("activation quantization", e.to_string())),
+            None => Ok(x.clone()),
+        }
+    }
+}
+
+impl Kernels for ActKernels {
+    fn name(&self) -> &str {
+        "temper-quant-activations"
+    }
+
+    fn conv2d(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        cfg: ConvCfg,
+    ) -> temper_core::Result<Tensor> {
+        self.inner.conv2d(&self.input(x, weight)?, weight, bias, cfg)
+    }
+
+    fn linear(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> temper_core::Result<Tensor> {
+        self.inner.linear(&self.input(x, weight)?, weight, bias)
+    }
+
+    fn batch_norm_train(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f64,
+    ) -> temper_core::Result<(Tensor, BatchStats)> {
+        self.inner.batch_norm_train(x, gamma, beta, eps)
+    }
+
+    fn batch_norm_eval(
+        &self,
+        x: &Tensor,
+        mean: &Tensor,
+        var: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f64,
+    ) -> temper_core::Result<Tensor> {
+        self.inner.batch_norm_eval(x, mean, var, gamma, beta, eps)
+    }
+
+    fn max_pool2d(&self, x: &Tensor, cfg: PoolCfg) -> temper_core::Result<Tensor> {
+        self.inner.max_pool2d(x, cfg)
+    }
+
+    fn avg_pool2d(&self, x: &Tensor, cfg: PoolCfg) -> temper_core::Result<Tensor> {
+        self.inner.avg_pool2d(x, cfg)
+    }
+
+    fn adaptive_avg_pool2d(&self, x: &Tensor, oh: usize, ow: usize) -> temper_core::Result<Tensor> {
+        self.inner.adaptive_avg_pool2d(x, oh, ow)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn device_and_host_rounding_agree() -> Result<()> {
+        let q = ActQuant::from_range(-0.5, 3.0, 4);
+        let v: Vec<f32> = (0..200).map(|i| -1.0 + i as f32 * 0.0237).collect();
+        let t = Tensor::from_vec(v.clone(), v.len(), &Device::Cpu)?;
+        let d = q.fake_quant(&t)?.to_vec1::<f32>()?;
+        for (a, b) in v.iter().zip(&d) {
+            assert_eq!(q.round(*a), *b);
+        }
+        let (lo, hi) = q.range();
+        // Rounding the zero point moves the range by at most half a step.
+        let half = 0.5 * q.scale + 1e-6;
+        assert!(lo <= -0.5 + half && hi >= 3.0 - half, "{lo} {hi}");
+        assert!(d.contains(&0.0));
+        Ok(())
+    }
+}

@@ -1,0 +1,191 @@
+//! [`QuantModel`]: a quantized classifier that every Temper tool takes as it is.
+
+use crate::act::{ActKernels, ActQuant};
+use crate::fold::FoldReport;
+use crate::graph::LayerGraph;
+use crate::params::{ActParams, Method};
+use crate::{Granularity, QTensor, Result, WeightScheme};
+use candle_core::{Device, Tensor};
+use std::sync::Arc;
+use temper_core::kernels::Kernels;
+use temper_core::{Classifier, ForwardOpts, Mode, ModelInfo, Network, ParamStore};
+use temper_models::ValidModelConfig;
+
+/// One quantized convolution or linear layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantizedLayer {
+    /// The PyTorch module name.
+    pub name: String,
+    /// The quantized (BatchNorm-folded) weight.
+    pub weight: QTensor,
+    /// The grid of the layer's input, when activations are quantized.
+    pub input: Option<ActQuant>,
+    /// GPFQ's relative output error on the calibration rows, `|XW - X~Q| / |XW|`.
+    pub gpfq_error: Option<f64>,
+}
+
+/// How a model was quantized: written into exported files and reports.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct QuantInfo {
+    /// The default weight grid.
+    pub scheme: WeightScheme,
+    /// Scales per tensor or per output channel.
+    pub granularity: Granularity,
+    /// Round to nearest or GPFQ.
+    pub method: Method,
+    /// The first and last layers' width, if they have their own.
+    pub first_last_bits: Option<u8>,
+    /// Activation quantization, if any.
+    pub act: Option<ActParams>,
+    /// BatchNorms folded into convolutions, and those kept in float.
+    pub fold: FoldReport,
+    /// Whether biases were corrected on calibration data.
+    pub bias_correction: bool,
+    /// Number of calibration images used (0 for data-free round to nearest).
+    pub calib_images: usize,
+}
+
+/// A quantized model. It implements [`Classifier`], so attacks, evaluation and every other
+/// tool run on it unchanged.
+///
+/// Forward: the network's parameters hold the dequantized weights (`code * scale`, exactly
+/// the values an integer kernel multiplies by, after BatchNorm folding), and, when
+/// activations are quantized, every quantized layer's input is rounded onto its calibrated
+/// grid by kernels wrapped around the model's own ([`ActKernels`]).
+///
+/// Backward: activation rounding passes gradients straight through
+/// ([`crate::ste::straight_through`]), so white-box attacks see the gradient of the quantized
+/// network rather than the zero gradient of a rounding step. Weights need no estimator for
+/// input gradients (the product with fixed quantized weights is differentiated exactly); a
+/// gradient with respect to a weight parameter is the straight-through gradient of its
+/// float latent.
+///
+/// A post-training-quantized model is an inference artefact: its BatchNorms are folded into
+/// constants, so it always computes with eval-mode semantics. [`Classifier::set_mode`] is
+/// recorded (so [`temper_core::ModeGuard`] works) but does not change the computation.
+pub struct QuantModel {
+    net: Network,
+    config: ValidModelConfig,
+    graph: LayerGraph,
+    layers: Vec<QuantizedLayer>,
+    info: QuantInfo,
+    act_layers: Vec<(Tensor, ActQuant)>,
+}
+
+impl std::fmt::Debug for QuantModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuantModel")
+            .field("model", &self.net.info().name)
+            .field("layers", &self.layers.len())
+            .field("info", &self.info)
+            .finish()
+    }
+}
+
+impl QuantModel {
+    /// Assembles a quantized model from a network whose parameters already hold the
+    /// dequantized weights, and installs the activation grids of `layers`.
+    pub(crate) fn assemble(
+        net: Network,
+        config: ValidModelConfig,
+        graph: LayerGraph,
+        layers: Vec<QuantizedLayer>,
+        info: QuantInfo,
+    ) -> Result<Self> {
+        let mut act_layers = Vec::new();
+        for l in &layers {
+            if let Some(q) = l.input {
+                let key = format!("{}.weight", l.name);
+                let e = net
+                    .params()
+                    .get(&key)
+                    .ok_or_else(|| crate::error::param(&key, "is not a parameter of the model"))?;
+                act_layers.push((e.var.as_tensor().clone(), q));
+            }
+        }
+        let m = QuantModel {
+            net,
+            config,
+            graph,
+            layers,
+            info,
+            act_layers,
+        };
+        m.set_kernels(m.net.kernels());
+        Ok(m)
+    }
+
+    /// Replaces the compute under every layer; activation quantization, if any, stays on top.
+    pub fn set_kernels(&self, kernels: Arc<dyn Kernels>) {
+        if self.act_layers.is_empty() {
+            self.net.set_kernels(kernels);
+        } else {
+            self.net
+                .set_kernels(Arc::new(ActKernels::new(kernels, &self.act_layers)));
+        }
+    }
+
+    /// The underlying network, with dequantized weights and (if enabled) activation kernels.
+    /// Swap its kernels with [`QuantModel::set_kernels`]: `Network::set_kernels` on it would
+    /// drop the activation grids.
+    pub fn network(&self) -> &Network {
+        &self.net
+    }
+
+    /// The architecture.
+    pub fn config(&self) -> &ValidModelConfig {
+        &self.config
+    }
+
+    /// The layer graph (execution order, BatchNorm pairs).
+    pub fn graph(&self) -> &LayerGraph {
+        &self.graph
+    }
+
+    /// The quantized layers, in execution order (layers kept in float are absent).
+    pub fn layers(&self) -> &[QuantizedLayer] {
+        &self.layers
+    }
+
+    /// How the model was quantized.
+    pub fn quant_info(&self) -> &QuantInfo {
+        &self.info
+    }
+
+    /// Bytes of the quantized weights as exported (packed codes, scales and zero points).
+    pub fn quantized_weight_bytes(&self) -> usize {
+        self.layers.iter().map(|l| l.weight.stored_bytes()).sum()
+    }
+}
+
+impl Classifier for QuantModel {
+    fn info(&self) -> &ModelInfo {
+        self.net.info()
+    }
+
+    fn forward_opts(&self, x: &Tensor, opts: ForwardOpts) -> temper_core::Result<Tensor> {
+        self.net.forward_opts(
+            x,
+            ForwardOpts {
+                mode: Mode::Eval,
+                param_grads: opts.param_grads,
+            },
+        )
+    }
+
+    fn mode(&self) -> Mode {
+        self.net.mode()
+    }
+
+    fn set_mode(&self, mode: Mode) {
+        self.net.set_mode(mode);
+    }
+
+    fn params(&self) -> &ParamStore {
+        self.net.params()
+    }
+
+    fn device(&self) -> &Device {
+        self.net.device()
+    }
+}

@@ -1,0 +1,420 @@
+//! How much robustness survives quantization: clean accuracy, robust accuracy under attacks
+//! run *through* the quantizer, and robust accuracy under attacks crafted on the float model
+//! (transfer), for a list of bit widths, with file sizes.
+//!
+//! Robust accuracy counts an image when the model classifies both it and its adversarial
+//! version correctly. White-box attacks differentiate the quantized model itself, with
+//! straight-through gradients for rounded activations ([`crate::ste`]); without them the
+//! robust accuracy of a quantized model looks better than it is. Transfer attacks are crafted
+//! once on the float model and replayed on every quantized one.
+
+use crate::error::param;
+use crate::export::{float_bytes, to_bytes};
+use crate::params::{ActParams, QuantParams};
+use crate::{eval, quantize, Granularity, Result, WeightScheme};
+use candle_core::{DType, Device, Tensor};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use temper_attacks::{Attack, Goal};
+use temper_core::Classifier;
+use temper_data::Dataset;
+use temper_eval::chart::{Figure, LegendPosition, Panel, Series};
+use temper_models::ValidModelConfig;
+
+/// Unchecked sweep settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SweepParams {
+    /// The weight grids to try, e.g. 8, 6, 4, 3, 2 bits and ternary.
+    pub schemes: Vec<WeightScheme>,
+    /// Everything else about quantization; its `scheme` is replaced by each of `schemes`.
+    pub quant: QuantParams,
+    /// Images per attack batch.
+    pub batch_size: usize,
+}
+
+impl SweepParams {
+    /// Validates: at least one scheme, every row's quantization settings valid, a batch size
+    /// of at least 1.
+    pub fn check(self) -> Result<ValidSweepParams> {
+        if self.schemes.is_empty() {
+            return Err(param("bits", "the sweep needs at least one bit width"));
+        }
+        for s in &self.schemes {
+            QuantParams {
+                scheme: *s,
+                ..self.quant.clone()
+            }
+            .check()?;
+        }
+        if self.batch_size == 0 {
+            return Err(param("batch-size", "must be at least 1"));
+        }
+        Ok(ValidSweepParams(self))
+    }
+}
+
+/// [`SweepParams`] that passed [`SweepParams::check`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidSweepParams(SweepParams);
+
+impl ValidSweepParams {
+    /// The checked settings.
+    pub fn get(&self) -> &SweepParams {
+        &self.0
+    }
+}
+
+/// One row of the table: a model at one width.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SweepRow {
+    /// `float`, `8-bit`, ..., `ternary`.
+    pub label: String,
+    /// The weight grid (`None` for the float model).
+    pub scheme: Option<WeightScheme>,
+    /// Bits per weight for charts: 32 for float, 1.58 for ternary.
+    pub bits: f64,
+    /// Clean accuracy in `[0, 1]`.
+    pub clean: f64,
+    /// Robust accuracy under each attack run on this model, by attack name.
+    pub robust: BTreeMap<String, f64>,
+    /// Robust accuracy under each attack crafted on the float model, by attack name.
+    pub transfer: BTreeMap<String, f64>,
+    /// Size of the model file in bytes (f32 safetensors for float, packed for the others).
+    pub file_bytes: u64,
+    /// Float file size over this file's size.
+    pub ratio: f64,
+}
+
+/// The outcome of a sweep.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SweepReport {
+    /// The model's name.
+    pub model: String,
+    /// The data set's name.
+    pub dataset: String,
+    /// Images evaluated.
+    pub images: usize,
+    /// Calibration images used.
+    pub calib_images: usize,
+    /// `rtn` or `gpfq`.
+    pub method: String,
+    /// Weight step granularity.
+    pub granularity: Granularity,
+    /// The first and last layers' width, if separate.
+    pub first_last_bits: Option<u8>,
+    /// Activation quantization, if any.
+    pub act: Option<ActParams>,
+    /// The attacks, in the order given, as their full descriptions.
+    pub attacks: Vec<String>,
+    /// The float model first, then one row per width.
+    pub rows: Vec<SweepRow>,
+}
+
+/// Per image: correct on the clean input and on the adversarial one.
+fn robust_fraction(clean_ok: &[bool], adv_ok: &[bool]) -> f64 {
+    let n = clean_ok.iter().zip(adv_ok).filter(|(c, a)| **c && **a).count();
+    n as f64 / clean_ok.len().max(1) as f64
+}
+
+/// Runs `attack` on `model` over `data`; returns per image whether the model withstood it,
+/// and the adversarial images (on the host) when `keep` is set.
+fn attack_all(
+    model: &dyn Classifier,
+    attack: &dyn Attack,
+    data: &Dataset,
+    batch: usize,
+    stream: &str,
+    keep: bool,
+) -> Result<(Vec<bool>, Vec<Tensor>)> {
+    let mut rng = temper_core::seed::rng(stream);
+    let idx: Vec<usize> = (0..data.len()).collect();
+    let (mut ok, mut advs) = (Vec::with_capacity(data.len()), Vec::new());
+    for chunk in idx.chunks(batch) {
+        let b = data.batch(chunk, model.device())?;
+        let y = b.labels.to_dtype(DType::U32)?;
+        let out = attack.perturb(model, &b.images, &y, Goal::Untargeted, &mut rng)?;
+        ok.extend(out.success.iter().map(|s| !s));
+        if keep {
+            advs.push(out.adv.to_device(&Device::Cpu)?);
+        }
+    }
+    Ok((ok, advs))
+}
+
+/// Per image: does `model` classify the stored adversarial images correctly?
+fn replay(model: &dyn Classifier, advs: &[Tensor], labels: &[u32], batch: usize) -> Result<Vec<bool>> {
+    let mut pred = Vec::with_capacity(labels.len());
+    for a in advs {
+        pred.extend(eval::predict(model, &a.to_device(model.device())?, batch)?);
+    }
+    Ok(pred.iter().zip(labels).map(|(p, l)| p == l).collect())
+}
+
+/// Runs the sweep: the float model, then `float` quantized to each width of `params`,
+/// calibrated on `calib`, each evaluated on every image of `data` (clean, under every attack
+/// of `attacks` through the quantizer, and under the same attacks crafted on the float
+/// model). `progress` receives a line per finished row.
+pub fn sweep(
+    float: &dyn Classifier,
+    config: &ValidModelConfig,
+    calib: &Tensor,
+    data: &Dataset,
+    attacks: &[(String, Box<dyn Attack>)],
+    params: &ValidSweepParams,
+    progress: &mut dyn FnMut(&SweepRow),
+) -> Result<SweepReport> {
+    let p = params.get();
+    let batch = p.batch_size;
+    let labels = data.labels();
+    let float_size = float_bytes(float)?;
+
+    let clean_pred = eval::predict_dataset(float, data, batch)?;
+    let clean_ok: Vec<bool> = clean_pred.iter().zip(labels).map(|(a, b)| a == b).collect();
+    let mut float_row = SweepRow {
+        label: "float".into(),
+        scheme: None,
+        bits: 32.0,
+        clean: eval::agreement(&clean_pred, labels),
+        robust: BTreeMap::new(),
+        transfer: BTreeMap::new(),
+        file_bytes: float_size,
+        ratio: 1.0,
+    };
+    let mut sources: Vec<Vec<Tensor>> = Vec::new();
+    for (name, a) in attacks {
+        let (ok, advs) = attack_all(
+            float,
+            a.as_ref(),
+            data,
+            batch,
+            &format!("sweep/{name}/float"),
+            true,
+        )?;
+        let r = robust_fraction(&clean_ok, &ok);
+        float_row.robust.insert(name.clone(), r);
+        // The float model is the transfer source: its transfer accuracy is its own.
+        float_row.transfer.insert(name.clone(), r);
+        sources.push(advs);
+    }
+    progress(&float_row);
+    let mut rows = vec![float_row];
+
+    for &scheme in &p.schemes {
+        let qp = QuantParams {
+            scheme,
+            ..p.quant.clone()
+        }
+        .check()?;
+        let q = quantize(float, config, calib, &qp)?;
+        let pred = eval::predict_dataset(&q, data, batch)?;
+        let q_ok: Vec<bool> = pred.iter().zip(labels).map(|(a, b)| a == b).collect();
+        let bytes = to_bytes(&q)?.len() as u64;
+        let mut row = SweepRow {
+            label: scheme.label(),
+            scheme: Some(scheme),
+            bits: scheme.effective_bits(),
+            clean: eval::agreement(&pred, labels),
+            robust: BTreeMap::new(),
+            transfer: BTreeMap::new(),
+            file_bytes: bytes,
+            ratio: float_size as f64 / bytes.max(1) as f64,
+        };
+        for ((name, a), advs) in attacks.iter().zip(&sources) {
+            let stream = format!("sweep/{name}/{}", scheme.label());
+            let (ok, _) = attack_all(&q, a.as_ref(), data, batch, &stream, false)?;
+            row.robust.insert(name.clone(), robust_fraction(&q_ok, &ok));
+            let t = replay(&q, advs, labels, batch)?;
+            row.transfer.insert(name.clone(), robust_fraction(&q_ok, &t));
+        }
+        progress(&row);
+        rows.push(row);
+    }
+    Ok(SweepReport {
+        model: float.info().name.clone(),
+        dataset: data.name().to_string(),
+        images: data.len(),
+        calib_images: if calib.elem_count() > 0 { calib.dim(0)? } else { 0 },
+        method: p.quant.method.name().to_string(),
+        granularity: p.quant.granularity,
+        first_last_bits: p.quant.first_last_bits,
+        act: p.quant.act,
+        attacks: attacks
+            .iter()
+            .map(|(n, a)| format!("{n}: {}", a.name()))
+            .collect(),
+        rows,
+    })
+}
+
+fn human_bytes(b: u64) -> String {
+    if b >= 1 << 20 {
+        format!("{:.2} MiB", b as f64 / f64::from(1u32 << 20))
+    } else if b >= 1 << 10 {
+        format!("{:.1} KiB", b as f64 / 1024.0)
+    } else {
+        format!("{b} B")
+    }
+}
+
+impl SweepReport {
+    fn attack_names(&self) -> Vec<String> {
+        self.rows
+            .first()
+            .map(|r| r.robust.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn settings(&self) -> String {
+        let method = match self.method.as_str() {
+            "gpfq" => "GPFQ",
+            _ => "round to nearest",
+        };
+        let edges = match self.first_last_bits {
+            Some(b) => format!("first and last layer at {b} bits"),
+            None => "all layers at the row's width".into(),
+        };
+        let act = match &self.act {
+            Some(a) => format!("activations {} bits ({:?})", a.bits, a.calibration),
+            None => "float activations".into(),
+        };
+        format!(
+            "{method}, {} steps, {edges}, {act}, {} calibration images",
+            self.granularity.name().replace('_', "-"),
+            self.calib_images
+        )
+    }
+
+    /// The table as Markdown.
+    pub fn to_markdown(&self) -> String {
+        let names = self.attack_names();
+        let mut s = format!(
+            "# Quantization sweep: {} on {} ({} images)\n\n{}.\n\nAttacks: {}.\n\n",
+            self.model,
+            self.dataset,
+            self.images,
+            self.settings(),
+            self.attacks.join("; ")
+        );
+        s.push_str(
+            "Robust accuracy counts images classified correctly both clean and attacked. \
+             *Through* runs the attack on the quantized model itself (straight-through \
+             gradients for rounded activations); *transfer* replays the adversarial images \
+             crafted on the float model.\n\n",
+        );
+        s.push_str("| weights | bits | clean |");
+        for n in &names {
+            s.push_str(&format!(" {n} through | {n} transfer |"));
+        }
+        s.push_str(" file | ratio |\n|---|---:|---:|");
+        for _ in &names {
+            s.push_str("---:|---:|");
+        }
+        s.push_str("---:|---:|\n");
+        let pct = |v: f64| format!("{:.2}%", 100.0 * v);
+        for r in &self.rows {
+            s.push_str(&format!("| {} | {:.2} | {} |", r.label, r.bits, pct(r.clean)));
+            for n in &names {
+                let t = if r.scheme.is_none() {
+                    "(source)".to_string()
+                } else {
+                    r.transfer.get(n).map_or("-".into(), |v| pct(*v))
+                };
+                s.push_str(&format!(
+                    " {} | {t} |",
+                    r.robust.get(n).map_or("-".into(), |v| pct(*v))
+                ));
+            }
+            s.push_str(&format!(" {} | {:.2}x |\n", human_bytes(r.file_bytes), r.ratio));
+        }
+        s
+    }
+
+    /// The chart: accuracies against bits per weight (float as dashed reference levels) and
+    /// the compression ratio.
+    pub fn figure(&self) -> Figure {
+        let quant: Vec<&SweepRow> = self.rows.iter().filter(|r| r.scheme.is_some()).collect();
+        let xs = || quant.iter().map(|r| r.bits);
+        let (x0, x1) = xs().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
+            (a.min(x), b.max(x))
+        });
+        let line = |name: String, f: &dyn Fn(&SweepRow) -> Option<f64>| Series {
+            name,
+            points: quant
+                .iter()
+                .filter_map(|r| f(r).map(|v| (r.bits, 100.0 * v)))
+                .collect(),
+            markers: true,
+        };
+        let mut series = vec![line("clean".into(), &|r| Some(r.clean))];
+        for n in self.attack_names() {
+            series.push(line(format!("{n} through quantizer"), &|r| {
+                r.robust.get(&n).copied()
+            }));
+            series.push(line(format!("{n} transfer from float"), &|r| {
+                r.transfer.get(&n).copied()
+            }));
+        }
+        if let Some(f) = self.rows.iter().find(|r| r.scheme.is_none()) {
+            series.push(Series {
+                name: "float clean".into(),
+                points: vec![(x0, 100.0 * f.clean), (x1, 100.0 * f.clean)],
+                markers: false,
+            });
+            for (n, v) in &f.robust {
+                series.push(Series {
+                    name: format!("float {n}"),
+                    points: vec![(x0, 100.0 * v), (x1, 100.0 * v)],
+                    markers: false,
+                });
+            }
+        }
+        let ratio = Series {
+            name: "float size / quantized size".into(),
+            points: quant.iter().map(|r| (r.bits, r.ratio)).collect(),
+            markers: true,
+        };
+        Figure {
+            title: format!("Quantization sweep: {} on {}", self.model, self.dataset),
+            panels: vec![
+                Panel {
+                    title: "Accuracy vs weight bits".into(),
+                    x_label: "bits per weight (ternary = 1.58)".into(),
+                    y_label: "accuracy (%)".into(),
+                    series,
+                    y_range: Some((0.0, 102.0)),
+                    legend: LegendPosition::LowerRight,
+                },
+                Panel {
+                    title: "Compression".into(),
+                    x_label: "bits per weight (ternary = 1.58)".into(),
+                    y_label: "compression ratio (x)".into(),
+                    series: vec![ratio],
+                    y_range: None,
+                    legend: LegendPosition::UpperRight,
+                },
+            ],
+            columns: 2,
+            panel_size: (820, 560),
+        }
+    }
+
+    /// Writes `sweep.json`, `sweep.md` and `sweep.png` into `dir` (created if needed),
+    /// atomically, and returns their paths.
+    pub fn write(&self, dir: &Path) -> Result<Vec<PathBuf>> {
+        std::fs::create_dir_all(dir).map_err(|e| crate::Error::Io {
+            op: "cannot create",
+            path: dir.to_path_buf(),
+            source: e,
+        })?;
+        let json = serde_json::to_vec_pretty(self).map_err(|e| param("report", e.to_string()))?;
+        let paths = [
+            dir.join("sweep.json"),
+            dir.join("sweep.md"),
+            dir.join("sweep.png"),
+        ];
+        temper_core::fsutil::write_atomic(&paths[0], &json)?;
+        temper_core::fsutil::write_atomic(&paths[1], self.to_markdown().as_bytes())?;
+        self.figure().save(&paths[2])?;
+        Ok(paths.to_vec())
+    }
+}
