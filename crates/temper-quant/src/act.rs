@@ -2,7 +2,7 @@
 //! uniform grid, with a straight-through gradient.
 //!
 //! [`ActKernels`] wraps the model's kernels and quantizes the input of each convolution and
-//! linear layer it knows, recognising the layer by its weight (see [`crate::record`]). The
+//! linear layer it knows, recognising the layer by the storage of its weight tensor. The
 //! grids come from calibration ([`crate::calib`]).
 
 use crate::record::storage_key;

@@ -12,7 +12,7 @@
 //! where `Q` rounds to the nearest element of the alphabet `delta * {-K, ..., K}`. Each choice
 //! thus absorbs the error of the choices before it, and the quantized layer tracks the float
 //! layer's *output* rather than its weights, correcting the drift that earlier quantized
-//! layers introduced. Convolutions are unfolded into patches ([`crate::im2col`]) and grouped
+//! layers introduced. Convolutions are unfolded into patches (im2col) and grouped
 //! convolutions handled group by group.
 //!
 //! The step is `delta = C * max|w| / K` for `b`-bit grids (`K = 2^(b-1) - 1`, so the codes

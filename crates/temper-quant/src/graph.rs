@@ -1,8 +1,9 @@
 //! The layer graph a quantizer needs: which convolutions and linear layers a model runs, in
 //! which order, with which geometry, and which BatchNorm directly consumes each one's output.
 //!
-//! It is read off one eval-mode forward pass of a probe batch, by recording kernels
-//! ([`crate::record`]); models need no annotation.
+//! It is read off one eval-mode forward pass of a probe batch by kernels that record every
+//! call (a layer is recognised by the storage of the parameter it passes down, shared with
+//! its entry in the parameter store); models need no annotation.
 
 use crate::record::{record, CallKind, Capture};
 use crate::{Error, Result};
