@@ -136,8 +136,7 @@ impl Attack for CarliniWagner {
         let sign = if p.targeted { 1.0 } else { -1.0 };
         // atanh of the clean image, shrunk slightly so pixels at 0 or 1 stay finite.
         let w0 = {
-            let s = ((x * 2.0)? - 1.0)? * 0.999_999;
-            let s = s?;
+            let s = (((x * 2.0)? - 1.0)? * 0.999_999)?;
             (((&s + 1.0)? / (1.0 - &s)?)?.log()? * 0.5)?
         };
         let mut c = vec![prm.c; n];

@@ -212,14 +212,13 @@ impl Best {
         }
         let m = mask_like(&take, &adv)?;
         let merged = ((&adv * &m)? + (&b.adv * (1.0 - &m)?)?)?;
-        let pick = |i: usize| take[i];
         Ok(Best {
             adv: merged,
             success: (0..take.len())
-                .map(|i| if pick(i) { success[i] } else { b.success[i] })
+                .map(|i| if take[i] { success[i] } else { b.success[i] })
                 .collect(),
             loss: (0..take.len())
-                .map(|i| if pick(i) { loss[i] } else { b.loss[i] })
+                .map(|i| if take[i] { loss[i] } else { b.loss[i] })
                 .collect(),
         })
     }

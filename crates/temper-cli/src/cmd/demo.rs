@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use temper_attacks::spec::{AttackSettings, AttackSpec};
 use temper_attacks::Norm;
-use temper_core::Classifier;
 use temper_eval::{chart, EvalParams, Report, SweepParams};
 use temper_models::{ModelConfig, ModelKind};
 use temper_train::{Method, RunOptions, TrainConfig, TrainReport};
@@ -296,6 +295,5 @@ pub fn run(a: DemoArgs) -> Result<()> {
     ] {
         println!("  {}", a.out.join(name).display());
     }
-    let _ = tuned.info();
     Ok(())
 }
