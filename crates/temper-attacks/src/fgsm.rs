@@ -60,8 +60,13 @@ impl Fgsm {
 impl Attack for Fgsm {
     fn name(&self) -> String {
         match self.0.random_start {
-            None => format!("fgsm(eps={:.4})", self.0.eps),
-            Some(a) => format!("fgsm-rs(eps={:.4}, alpha={:.4})", self.0.eps, a),
+            None => format!("fgsm(eps={:.4}, loss={})", self.0.eps, self.0.loss.name()),
+            Some(a) => format!(
+                "fgsm-rs(eps={:.4}, alpha={:.4}, loss={})",
+                self.0.eps,
+                a,
+                self.0.loss.name()
+            ),
         }
     }
 

@@ -24,6 +24,14 @@ impl LossKind {
             _ => Err(crate::error::param("loss", format!("'{s}' is not one of ce, cw"))),
         }
     }
+
+    /// The short name `parse` accepts: `ce` or `cw`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            LossKind::CrossEntropy => "ce",
+            LossKind::CwMargin => "cw",
+        }
+    }
 }
 
 /// One-hot `(N, K)` f32 for `labels` `(N,)`.

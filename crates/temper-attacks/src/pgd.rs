@@ -145,12 +145,13 @@ impl Attack for Pgd {
     fn name(&self) -> String {
         let c = &self.0;
         format!(
-            "pgd-{}(eps={:.4}, alpha={:.4}, steps={}, restarts={})",
+            "pgd-{}(eps={:.4}, alpha={:.4}, steps={}, restarts={}, loss={})",
             c.norm.name(),
             c.eps,
             c.alpha,
             c.steps,
-            c.restarts
+            c.restarts,
+            c.loss.name()
         )
     }
 

@@ -1,5 +1,6 @@
 //! Attacks described by short strings, as users type them: `fgsm`, `fgsm-rs`, `pgd`,
-//! `pgd-20`, `pgd-l2-50`, `cw`, `cw-200`; and budgets such as `8/255`.
+//! `pgd-20`, `pgd-l2-50`, `pgd-cw-20` (PGD on the CW margin loss), `cw`, `cw-200`; and
+//! budgets such as `8/255`.
 
 use crate::error::param;
 use crate::{Attack, CwParams, FgsmParams, LossKind, Norm, PgdParams, Result};
@@ -79,6 +80,8 @@ pub struct AttackSpec {
     pub norm: Option<Norm>,
     /// `pgd-20`, `cw-200`: the number of steps.
     pub steps: Option<usize>,
+    /// `pgd-cw-20`, `fgsm-ce`: the objective, overriding the caller's (FGSM and PGD only).
+    pub loss: Option<LossKind>,
     /// The text it was parsed from.
     pub text: String,
 }
@@ -118,13 +121,17 @@ impl Default for AttackSettings {
 }
 
 impl AttackSpec {
-    /// Parses `fgsm`, `fgsm-rs`, `pgd`, `pgd-N`, `pgd-linf-N`, `pgd-l2-N`, `cw`, `cw-N`.
+    /// Parses `fgsm`, `fgsm-rs`, `pgd`, `pgd-N`, `pgd-linf-N`, `pgd-l2-N`, `cw`, `cw-N`;
+    /// FGSM and PGD names may also carry the loss, `ce` or `cw` (the margin loss of Carlini
+    /// and Wagner), e.g. `pgd-cw-20` or `fgsm-rs-cw`.
     pub fn parse(s: &str) -> Result<Self> {
         let t = s.trim().to_ascii_lowercase();
         let bad = || {
             param(
                 "attack",
-                format!("'{s}' is not one of fgsm, fgsm-rs, pgd[-l2|-linf][-STEPS], cw[-STEPS]"),
+                format!(
+                    "'{s}' is not one of fgsm[-rs][-ce|-cw], pgd[-l2|-linf][-ce|-cw][-STEPS], cw[-STEPS]"
+                ),
             )
         };
         let mut parts: Vec<&str> = t.split('-').collect();
@@ -140,8 +147,12 @@ impl AttackSpec {
         };
         let mut norm = None;
         let mut steps = None;
+        let mut loss = None;
+        let gradient_attack = kind != AttackKind::Cw;
         for p in &parts[1..] {
             match *p {
+                "ce" if gradient_attack && loss.is_none() => loss = Some(LossKind::CrossEntropy),
+                "cw" | "margin" if gradient_attack && loss.is_none() => loss = Some(LossKind::CwMargin),
                 "l2" if kind == AttackKind::Pgd => norm = Some(Norm::L2),
                 "linf" | "inf" if kind == AttackKind::Pgd => norm = Some(Norm::Linf),
                 n if matches!(kind, AttackKind::Pgd | AttackKind::Cw) => {
@@ -158,6 +169,7 @@ impl AttackSpec {
             kind,
             norm,
             steps,
+            loss,
             text: s.trim().to_string(),
         })
     }
@@ -173,12 +185,13 @@ impl AttackSpec {
     /// The attack, completed and validated with `settings`.
     pub fn build(&self, settings: &AttackSettings) -> Result<Box<dyn Attack>> {
         let eps = settings.eps;
+        let loss = self.loss.unwrap_or(settings.loss);
         Ok(match self.kind {
             AttackKind::Fgsm => Box::new(
                 FgsmParams {
                     eps,
                     random_start: None,
-                    loss: settings.loss,
+                    loss,
                 }
                 .check()?,
             ),
@@ -186,7 +199,7 @@ impl AttackSpec {
                 FgsmParams {
                     eps,
                     random_start: Some(settings.alpha.unwrap_or(1.25 * eps).max(1e-12)),
-                    loss: settings.loss,
+                    loss,
                 }
                 .check()?,
             ),
@@ -200,7 +213,7 @@ impl AttackSpec {
                         steps,
                         restarts: settings.restarts,
                         random_start: settings.random_start,
-                        loss: settings.loss,
+                        loss,
                         early_stop: false,
                     }
                     .check()?,
@@ -231,6 +244,23 @@ mod tests {
             assert!(AttackSpec::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(AttackSpec::parse_list("fgsm, pgd-20,cw")?.len(), 3);
+        let p = AttackSpec::parse("pgd-cw-20")?;
+        assert_eq!(
+            (p.kind, p.loss, p.steps),
+            (AttackKind::Pgd, Some(LossKind::CwMargin), Some(20))
+        );
+        assert_eq!(
+            AttackSpec::parse("fgsm-rs-ce")?.loss,
+            Some(LossKind::CrossEntropy)
+        );
+        assert_eq!(AttackSpec::parse("pgd-l2-margin-5")?.norm, Some(Norm::L2));
+        for bad in ["cw-cw", "pgd-ce-cw-10", "fgsm-cw-3"] {
+            assert!(AttackSpec::parse(bad).is_err(), "{bad}");
+        }
+        let s = AttackSettings::default();
+        let a = AttackSpec::parse("pgd-cw-20")?.build(&s)?;
+        let b = AttackSpec::parse("pgd-20")?.build(&s)?;
+        assert_ne!(a.name(), b.name(), "the loss must reach the attack");
         Ok(())
     }
 
