@@ -425,8 +425,8 @@ fn nothing_tracked_is_a_plain_forward() -> Result<()> {
 
 #[test]
 fn large_batch_is_processed_in_chunks_and_still_matches() -> Result<()> {
-    // 40 images of 3 x 96 x 96 with a 5 x 5 kernel unfold to 75 x 9216 x 40 floats, more than
-    // one chunk's budget.
+    // Each of the 40 images of 3 x 96 x 96 unfolds to 75 x 9216 floats with a 5 x 5 kernel, so
+    // the batch runs in many chunks, and results must not depend on where chunks split.
     check(&Case {
         n: 40,
         c: 3,

@@ -10,7 +10,7 @@
 //! Layout. For a chunk of `nb` images, the unfolded input is one `(K, nb * L)` matrix with
 //! `K = C * kh * kw` rows (input channel, kernel row, kernel column) and `nb * L` columns
 //! (image, output row, output column). Every product is then a single large gemm (candle's
-//! own, which runs on its thread pool):
+//! own, which runs on its thread pool), on chunks of images small enough to stay in cache:
 //!
 //! - forward: `Y (O, nb L) = W (O, K) @ cols (K, nb L)`, then permuted to NCHW;
 //! - input gradient: `dcols (K, nb L) = W^T @ dY`, folded back by a scatter-add ("col2im");
@@ -25,9 +25,13 @@ use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Storage, 
 use rayon::prelude::*;
 use std::borrow::Cow;
 
-/// Largest unfolded buffer built at once, in f32 elements (64 MiB); a batch whose unfolded
-/// input is larger is processed in chunks of images, so memory stays bounded for any batch.
-const COLS_BUDGET: usize = 16 << 20;
+/// Target size of one unfolded chunk, in f32 elements (4 MiB): small enough that the chunk is
+/// still in cache when the gemm reads it. Measured on a 2-core machine, chunks of 4 MiB made
+/// a 64-channel 3x3 layer's forward and backward 2-3 times faster than one 64 MiB chunk.
+const COLS_TARGET: usize = 1 << 20;
+
+/// Largest unfolded chunk, in f32 elements (64 MiB), so memory stays bounded for any batch.
+const COLS_MAX: usize = 16 << 20;
 
 /// Kernels with a fast CPU convolution (forward and backward); everything else, and every
 /// case the fast path does not cover (dtypes other than f32, `groups > 1`, non-CPU devices),
@@ -177,9 +181,13 @@ impl Geometry {
         self.oh * self.ow
     }
 
-    /// Images per chunk, so that one unfolded chunk stays within [`COLS_BUDGET`].
+    /// Images per chunk: about [`COLS_TARGET`] elements of unfolded input, but no fewer than
+    /// the weight has (every chunk streams the whole weight through the gemm again, so a
+    /// chunk much smaller than the weight would make that the cost), and at most
+    /// [`COLS_MAX`].
     fn chunk(&self) -> usize {
-        (COLS_BUDGET / (self.k() * self.l()).max(1)).clamp(1, self.n.max(1))
+        let budget = COLS_TARGET.max(self.o * self.k()).min(COLS_MAX);
+        (budget / (self.k() * self.l()).max(1)).clamp(1, self.n.max(1))
     }
 
     /// The output indices `[lo, hi)` along one axis whose input index
