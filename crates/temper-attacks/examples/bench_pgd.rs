@@ -1,15 +1,21 @@
-//! PGD step throughput (images per second) for small-cnn and preact-resnet18, with two
-//! references measured in the same run: a plain candle forward+backward of the same model
-//! with parameter gradients (what a naive input-gradient step costs), and, when a Python
-//! with torch is available (`TEMPER_PYTHON`, default `python3`), PyTorch's PGD step on the
-//! same architecture, batch and thread count.
+//! PGD step and training step throughput (images per second) for small-cnn and
+//! preact-resnet18, each with references measured in the same run:
+//!
+//! - the same step with the reference kernels (`CandleKernels`, candle's own convolution and
+//!   its backward) instead of the default CPU kernels (`FastCpuKernels`), as a ratio
+//!   fast / reference for the PGD step (input gradient only) and for a training step
+//!   (train-mode forward and backward with parameter gradients);
+//! - when a Python with torch is available (`TEMPER_PYTHON`, default `python3`), PyTorch's
+//!   PGD step on the same architecture, batch and thread count.
 //!
 //! `cargo run --release -p temper-attacks --example bench_pgd [-- --quick]`
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{Device, Tensor};
+use std::sync::Arc;
 use std::time::Instant;
 use temper_attacks::{Attack, Goal, PgdParams};
-use temper_core::Classifier;
+use temper_core::kernels::{CandleKernels, FastCpuKernels, Kernels};
+use temper_core::{Classifier, Mode, Network};
 use temper_models::{build, ModelConfig, ModelKind};
 
 fn time<F: FnMut() -> anyhow::Result<()>>(reps: usize, mut f: F) -> anyhow::Result<f64> {
@@ -70,17 +76,54 @@ fn pytorch(name: &str, bs: usize, reps: usize) -> Option<f64> {
     String::from_utf8_lossy(&out.stdout).trim().parse().ok()
 }
 
+/// Seconds per PGD step (one step plus the final evaluation forward: the real cost).
+fn pgd_step(model: &Network, x: &Tensor, y: &Tensor, reps: usize) -> anyhow::Result<f64> {
+    let pgd = PgdParams {
+        steps: 1,
+        ..PgdParams::default()
+    }
+    .check()?;
+    let mut rng = temper_core::seed::rng("bench");
+    time(reps, || {
+        pgd.perturb(model, x, y, Goal::Untargeted, &mut rng)?;
+        Ok(())
+    })
+}
+
+/// Seconds per training step: train-mode forward and backward with parameter gradients.
+fn train_step(model: &Network, x: &Tensor, y: &Tensor, reps: usize) -> anyhow::Result<f64> {
+    model.set_mode(Mode::Train);
+    let t = time(reps, || {
+        let loss = candle_nn::loss::cross_entropy(&model.forward(x)?, y)?;
+        loss.backward()?;
+        Ok(())
+    });
+    model.set_mode(Mode::Eval);
+    t
+}
+
 fn main() -> anyhow::Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
     let dev = Device::Cpu;
     println!(
-        "PGD step throughput on {} CPU threads (images/s, higher is better)",
+        "PGD and training step throughput on {} CPU threads (images/s, higher is better)",
         candle_core::utils::get_num_threads()
     );
     println!(
-        "{:<16} {:>6} {:>12} {:>16} {:>12} {:>10} {:>12}",
-        "model", "batch", "temper PGD", "candle fwd+bwd", "ratio", "PyTorch", "vs PyTorch"
+        "{:<16} {:>5} {:>9} {:>10} {:>6} {:>9} {:>10} {:>6} {:>9} {:>10}",
+        "model",
+        "batch",
+        "PGD fast",
+        "PGD candle",
+        "ratio",
+        "train fast",
+        "train cand",
+        "ratio",
+        "PyTorch",
+        "vs PyTorch"
     );
+    let fast: Arc<dyn Kernels> = Arc::new(FastCpuKernels);
+    let reference: Arc<dyn Kernels> = Arc::new(CandleKernels);
     let mut rows = Vec::new();
     for (kind, bs, reps) in [
         (ModelKind::SmallCnn, 128, if quick { 3 } else { 20 }),
@@ -90,38 +133,41 @@ fn main() -> anyhow::Result<()> {
         let [c, h, w] = model.input_shape();
         let x = Tensor::rand(0f32, 1f32, (bs, c, h, w), &dev)?;
         let y = Tensor::zeros(bs, candle_core::DType::U32, &dev)?;
-        let pgd = PgdParams {
-            steps: 1,
-            ..PgdParams::default()
+        let mut t = [[0f64; 2]; 2]; // [pgd, train] x [fast, reference]
+        for (k, kernels) in [&fast, &reference].into_iter().enumerate() {
+            model.set_kernels(kernels.clone());
+            t[0][k] = pgd_step(&model, &x, &y, reps)?;
+            t[1][k] = train_step(&model, &x, &y, reps)?;
         }
-        .check()?;
-        let mut rng = temper_core::seed::rng("bench");
-        // One PGD step plus the final evaluation forward; subtract nothing, it is the real cost.
-        let t_pgd = time(reps, || {
-            pgd.perturb(&model, &x, &y, Goal::Untargeted, &mut rng)?;
-            Ok(())
-        })?;
-        let t_ref = time(reps, || {
-            let v = Var::from_tensor(&x)?;
-            let loss = candle_nn::loss::cross_entropy(&model.forward(v.as_tensor())?, &y)?;
-            loss.backward()?;
-            Ok(())
-        })?;
-        let (ours, reference) = (bs as f64 / t_pgd, bs as f64 / t_ref);
+        model.set_kernels(fast.clone());
+        let ips = |s: f64| bs as f64 / s;
+        let (pgd_fast, pgd_ref) = (ips(t[0][0]), ips(t[0][1]));
+        let (train_fast, train_ref) = (ips(t[1][0]), ips(t[1][1]));
         let torch = pytorch(kind.name(), bs, reps.max(2));
         println!(
-            "{:<16} {:>6} {:>12.0} {:>16.0} {:>12.2} {:>10} {:>12}",
+            "{:<16} {:>5} {:>9.0} {:>10.0} {:>6.2} {:>9.0} {:>10.0} {:>6.2} {:>9} {:>10}",
             kind.name(),
             bs,
-            ours,
-            reference,
-            ours / reference,
+            pgd_fast,
+            pgd_ref,
+            pgd_fast / pgd_ref,
+            train_fast,
+            train_ref,
+            train_fast / train_ref,
             torch.map_or("-".into(), |t| format!("{t:.0}")),
-            torch.map_or("-".into(), |t| format!("{:.2}x", ours / t))
+            torch.map_or("-".into(), |t| format!("{:.2}x", pgd_fast / t))
         );
-        rows.push(serde_json::json!({"model": kind.name(), "batch": bs, "temper_pgd_img_s": ours,
-            "candle_fwd_bwd_img_s": reference, "ratio_vs_candle": ours / reference, "pytorch_pgd_img_s": torch}));
+        rows.push(serde_json::json!({"model": kind.name(), "batch": bs,
+            "temper_pgd_img_s": pgd_fast, "candle_kernels_pgd_img_s": pgd_ref,
+            "ratio_vs_candle": pgd_fast / pgd_ref,
+            "temper_train_img_s": train_fast, "candle_kernels_train_img_s": train_ref,
+            "train_ratio_vs_candle": train_fast / train_ref,
+            "pytorch_pgd_img_s": torch}));
     }
-    println!("{}", serde_json::json!({"bench": "pgd_step", "rows": rows}));
+    println!(
+        "{}",
+        serde_json::json!({"bench": "pgd_step", "kernels": fast.name(),
+        "reference": reference.name(), "rows": rows})
+    );
     Ok(())
 }

@@ -2,6 +2,9 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
+use temper_attacks::spec::{parse_number, AttackSettings, AttackSpec};
+use temper_attacks::{LossKind, Norm};
+use temper_eval::NamedAttack;
 use temper_models::{ModelConfig, ModelKind, Stem, ValidModelConfig};
 
 /// Which model, and how it is shaped.
@@ -84,6 +87,70 @@ impl ModelArgs {
     }
 }
 
+/// How attacks are completed: budget, step, steps, restarts, loss, norm and start.
+///
+/// Shared by `temper attack`, `temper eval` and `temper quant sweep`; each turns it into one
+/// [`AttackSettings`] that completes every attack name the user gave (`pgd-20`, `fgsm`, ...).
+/// A command with another usual budget changes `--eps`'s default with
+/// `#[command(mut_arg("eps", |a| a.default_value("0.1")))]`.
+#[derive(Args, Debug, Clone)]
+pub struct AttackOpts {
+    /// Threat model norm: linf or l2. `pgd-l2-N` fixes it for one attack; FGSM is L-inf and
+    /// CW is L2 whatever this says.
+    #[arg(long, default_value = "linf")]
+    pub norm: String,
+    /// Budget in pixel units: 8/255, 0.3, ...
+    #[arg(long, default_value = "8/255")]
+    pub eps: String,
+    /// Step size (default: 2.5*eps/steps for PGD, 1.25*eps for FGSM-RS).
+    #[arg(long)]
+    pub alpha: Option<String>,
+    /// PGD steps when the attack name has none (`pgd`; `pgd-40` says 40).
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// PGD restarts; the worst case per sample is kept.
+    #[arg(long, default_value_t = 1)]
+    pub restarts: usize,
+    /// Objective for FGSM/PGD when the attack name has none: ce (cross-entropy) or cw
+    /// (margin).
+    #[arg(long, default_value = "ce")]
+    pub loss: String,
+    /// Start PGD at the clean point instead of a random point of the eps ball.
+    #[arg(long)]
+    pub no_random_start: bool,
+}
+
+impl AttackOpts {
+    /// The settings these options describe (each attack validates them when built).
+    pub fn settings(&self) -> Result<AttackSettings> {
+        Ok(AttackSettings {
+            eps: parse_number(&self.eps, "eps")?,
+            alpha: self
+                .alpha
+                .as_deref()
+                .map(|s| parse_number(s, "alpha"))
+                .transpose()?,
+            norm: Norm::parse(&self.norm)?,
+            restarts: self.restarts,
+            steps: self.steps,
+            loss: LossKind::parse(&self.loss)?,
+            random_start: !self.no_random_start,
+        })
+    }
+
+    /// The attacks of a comma-separated list such as `fgsm,pgd-20`, each named as the user
+    /// wrote it and completed with [`AttackOpts::settings`], with their specs and settings.
+    pub fn build_list(&self, list: &str) -> Result<(AttackSettings, Vec<AttackSpec>, Vec<NamedAttack>)> {
+        let settings = self.settings()?;
+        let specs = AttackSpec::parse_list(list)?;
+        let attacks = specs
+            .iter()
+            .map(|s| Ok((s.text.clone(), s.build(&settings)?)))
+            .collect::<Result<_>>()?;
+        Ok((settings, specs, attacks))
+    }
+}
+
 /// Which data set, and which part of it.
 #[derive(Args, Debug, Clone)]
 pub struct DataArgs {
@@ -149,6 +216,67 @@ pub fn load_model(
         }
         None => Ok(temper_models::build(cfg, device)?),
     }
+}
+
+/// A model to attack or evaluate: a float network, or a quantized model read from a file that
+/// `temper quantize` wrote.
+pub enum LoadedModel {
+    /// A zoo network with float weights.
+    Float(Box<temper_core::Network>),
+    /// A quantized model; attacks go through its quantizer (straight-through gradients).
+    Quantized(Box<temper_quant::QuantModel>),
+}
+
+impl LoadedModel {
+    /// The model as every tool takes it.
+    pub fn classifier(&self) -> &dyn temper_core::Classifier {
+        match self {
+            LoadedModel::Float(n) => n.as_ref(),
+            LoadedModel::Quantized(q) => q.as_ref(),
+        }
+    }
+
+    /// How the model was quantized, e.g. `gpfq 4-bit, per-channel, ...`; `None` for float.
+    pub fn quantization(&self) -> Option<String> {
+        match self {
+            LoadedModel::Float(_) => None,
+            LoadedModel::Quantized(q) => Some(q.quant_info().describe()),
+        }
+    }
+}
+
+/// Loads `weights`: a float state dict into the model `model` describes (a random
+/// initialisation when `None`), or a quantized file from `temper quantize`, whose architecture
+/// comes from the file (`--model`, if given, must name the same one).
+pub fn load_any(
+    model: &ModelArgs,
+    weights: Option<&std::path::Path>,
+    device: &candle_core::Device,
+) -> Result<LoadedModel> {
+    if let Some(w) = weights {
+        if temper_quant::export::is_quantized(w)? {
+            let q = temper_quant::export::load(w, device)?;
+            if model.model.is_some() {
+                let asked = model.config()?;
+                if asked != *q.config() {
+                    anyhow::bail!(
+                        "'{}' holds a quantized {} ({:?}), not the model of --model and its options ({:?}); leave out --model to take the file's",
+                        w.display(),
+                        temper_core::Classifier::info(&q).name,
+                        q.config().get(),
+                        asked.get()
+                    );
+                }
+            }
+            tracing::info!(file = %w.display(), "quantized model loaded");
+            return Ok(LoadedModel::Quantized(Box::new(q)));
+        }
+    }
+    Ok(LoadedModel::Float(Box::new(load_model(
+        &model.config()?,
+        weights,
+        device,
+    )?)))
 }
 
 /// Checks that a data set fits a model: same channels and class count.

@@ -7,9 +7,47 @@
 //! implementation (own CPU kernels, an input-gradient-only backward for attacks, cuDNN calls
 //! on CUDA) implements the same trait and is swapped in with
 //! [`Network::set_kernels`](crate::Network::set_kernels) without touching any model.
+//!
+//! [`FastCpuKernels`] is such an implementation: an im2col + gemm convolution with its own
+//! backward, which skips the weight gradient when the weight is detached (attacks). A
+//! [`Network`](crate::Network) starts with [`default_kernels`] for its device:
+//! [`FastCpuKernels`] on CPU, [`CandleKernels`] elsewhere. The environment variable
+//! `TEMPER_KERNELS` overrides the choice for debugging: `candle` forces the reference,
+//! `fast-cpu` the fast kernels (which still fall back to the reference off the CPU).
+
+mod fast_cpu;
+
+pub use fast_cpu::FastCpuKernels;
 
 use crate::Result;
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
+use std::sync::Arc;
+
+/// The environment variable that overrides [`default_kernels`]: `candle` or `fast-cpu`.
+pub const KERNELS_ENV: &str = "TEMPER_KERNELS";
+
+/// The kernels a new [`Network`](crate::Network) on `device` starts with:
+/// [`select_kernels`] with the value of [`KERNELS_ENV`], if set.
+pub fn default_kernels(device: &Device) -> Result<Arc<dyn Kernels>> {
+    let choice = std::env::var(KERNELS_ENV).ok();
+    select_kernels(choice.as_deref(), device)
+}
+
+/// Kernels by name: `candle` (or `candle-reference`) for [`CandleKernels`], `fast-cpu` (or
+/// `fast`) for [`FastCpuKernels`], and `None` or an empty name for the device's default
+/// ([`FastCpuKernels`] on CPU, [`CandleKernels`] elsewhere).
+pub fn select_kernels(name: Option<&str>, device: &Device) -> Result<Arc<dyn Kernels>> {
+    match name.map(str::trim).unwrap_or("") {
+        "" if device.is_cpu() => Ok(Arc::new(FastCpuKernels)),
+        "" => Ok(Arc::new(CandleKernels)),
+        "candle" | "candle-reference" => Ok(Arc::new(CandleKernels)),
+        "fast-cpu" | "fast" => Ok(Arc::new(FastCpuKernels)),
+        other => Err(crate::Error::param(
+            KERNELS_ENV,
+            format!("unknown kernels '{other}': expected 'candle' or 'fast-cpu'"),
+        )),
+    }
+}
 
 /// Geometry of a 2-D convolution, as in `torch.nn.Conv2d`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

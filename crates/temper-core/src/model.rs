@@ -1,6 +1,6 @@
 //! The one model abstraction: [`Classifier`], and [`Network`], the standard implementation.
 
-use crate::kernels::{CandleKernels, Kernels};
+use crate::kernels::Kernels;
 use crate::seed::Rng;
 use crate::store::ParamStore;
 use crate::{Error, Result};
@@ -254,7 +254,9 @@ impl std::fmt::Debug for Network {
 }
 
 impl Network {
-    /// Assembles a network. It starts in eval mode with [`CandleKernels`].
+    /// Assembles a network. It starts in eval mode with the device's
+    /// [`default_kernels`](crate::kernels::default_kernels) (fast CPU kernels on CPU, the
+    /// candle reference elsewhere; `TEMPER_KERNELS=candle` forces the reference).
     pub fn new(
         info: ModelInfo,
         store: ParamStore,
@@ -263,6 +265,7 @@ impl Network {
         device: &Device,
     ) -> Result<Self> {
         normalization.check(info.input_shape[0])?;
+        let kernels = crate::kernels::default_kernels(device)?;
         let norm_tensors = if normalization.is_identity() {
             None
         } else {
@@ -278,7 +281,7 @@ impl Network {
             normalization,
             norm_tensors,
             train: AtomicBool::new(false),
-            kernels: RwLock::new(Arc::new(CandleKernels)),
+            kernels: RwLock::new(kernels),
             rng: Mutex::new(crate::seed::rng("dropout")),
             device: device.clone(),
         })

@@ -28,6 +28,10 @@ pub struct ModelSection {
     pub parameters: usize,
     /// The weight file, `None` for a freshly initialised model.
     pub weights: Option<String>,
+    /// How the model was quantized (e.g. `gpfq 4-bit, per-channel, first/last 8-bit, weights
+    /// only`), `None` for a float model. Set by the caller: this crate knows no quantizer.
+    #[serde(default)]
+    pub quantization: Option<String>,
 }
 
 impl ModelSection {
@@ -40,6 +44,7 @@ impl ModelSection {
             input_shape: info.input_shape,
             parameters: model.params().num_trainable(),
             weights: weights.map(|w| w.display().to_string()),
+            quantization: None,
         }
     }
 }
@@ -235,6 +240,9 @@ impl Report {
             "model:   {} ({} parameters)",
             self.model.name, self.model.parameters
         );
+        if let Some(q) = &self.model.quantization {
+            let _ = writeln!(s, "         quantized: {q}");
+        }
         let _ = writeln!(
             s,
             "data:    {} ({} images)",
@@ -328,6 +336,12 @@ impl Report {
                 .as_deref()
                 .map_or("none (random initialisation)".to_string(), |w| format!("`{w}`"))
         );
+        if let Some(q) = &self.model.quantization {
+            let _ = writeln!(
+                s,
+                "- Quantized: {q}; attacks run through the quantizer (straight-through gradients)"
+            );
+        }
         let _ = writeln!(
             s,
             "- Data: `{}`, {} images",

@@ -258,10 +258,40 @@ pub fn save(model: &QuantModel, path: impl AsRef<Path>) -> Result<SizeReport> {
     })
 }
 
-/// True when `path` is a safetensors file written by [`save`] (judged by its metadata only).
+/// The largest safetensors header [`is_quantized`] reads (the format's own limit).
+const MAX_HEADER: u64 = 100 * 1024 * 1024;
+
+/// True when `path` is a safetensors file written by [`save`], false for any other
+/// safetensors file (a float state dict). Reads only the header; a file that cannot be read
+/// or is no safetensors file is an error naming it.
 pub fn is_quantized(path: impl AsRef<Path>) -> Result<bool> {
-    let meta = temper_core::weights::read_metadata(path)?;
-    Ok(meta.contains_key(KEY_VERSION))
+    use std::io::Read as _;
+    let path = path.as_ref();
+    let io = |e| Error::Io {
+        op: "cannot read",
+        path: path.to_path_buf(),
+        source: e,
+    };
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .map_err(|_| bad_file(path, "too short for a safetensors file"))?;
+    let n = u64::from_le_bytes(len);
+    let size = f.metadata().map_err(io)?.len();
+    if n > MAX_HEADER || n > size.saturating_sub(8) {
+        return Err(bad_file(
+            path,
+            format!("not a safetensors file (header length {n} for a {size}-byte file)"),
+        ));
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header).map_err(io)?;
+    let header: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| bad_file(path, format!("not a safetensors file: header is no JSON ({e})")))?;
+    Ok(header
+        .get("__metadata__")
+        .and_then(|m| m.get(KEY_VERSION))
+        .is_some())
 }
 
 /// Loads a file written by [`save`] onto `device`.

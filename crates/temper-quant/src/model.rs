@@ -45,6 +45,28 @@ pub struct QuantInfo {
     pub calib_images: usize,
 }
 
+impl QuantInfo {
+    /// One line for people, e.g. `gpfq 4-bit, per-channel, first/last 8-bit, weights only`.
+    pub fn describe(&self) -> String {
+        let mut s = format!(
+            "{} {}, {}, first/last {}, {}",
+            self.method.name(),
+            self.scheme,
+            self.granularity.name().replace('_', "-"),
+            self.first_last_bits
+                .map_or("as the rest".to_string(), |b| format!("{b}-bit")),
+            self.act.map_or("weights only".to_string(), |a| format!(
+                "activations {} bits",
+                a.bits
+            )),
+        );
+        if self.bias_correction {
+            s.push_str(", bias-corrected");
+        }
+        s
+    }
+}
+
 /// A quantized model. It implements [`Classifier`], so attacks, evaluation and every other
 /// tool run on it unchanged.
 ///

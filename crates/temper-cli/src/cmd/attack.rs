@@ -1,19 +1,19 @@
 //! `temper attack`: clean and robust accuracy of a model under one attack.
 
-use crate::args::{check_fit, load_model, DataArgs, DeviceArgs, ModelArgs};
+use crate::args::{check_fit, load_any, AttackOpts, DataArgs, DeviceArgs, ModelArgs};
 use anyhow::{Context, Result};
 use clap::Args;
 use std::path::PathBuf;
-use temper_attacks::spec::{parse_number, AttackSettings, AttackSpec};
-use temper_attacks::{Goal, LossKind, Norm};
-use temper_core::Classifier;
+use temper_attacks::spec::AttackSpec;
+use temper_attacks::Goal;
 
 /// Arguments of `temper attack`.
 #[derive(Args, Debug)]
 pub struct AttackArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Weights: safetensors with PyTorch state_dict names (random initialisation if omitted).
+    /// Weights: safetensors with PyTorch state_dict names (random initialisation if omitted),
+    /// or a file written by `temper quantize`, attacked through its quantizer.
     #[arg(long, short = 'w')]
     weights: Option<PathBuf>,
     #[command(flatten)]
@@ -21,27 +21,8 @@ pub struct AttackArgs {
     /// Attack: fgsm, fgsm-rs, pgd, pgd-N, pgd-l2-N, cw, cw-N.
     #[arg(long, short = 'a', default_value = "pgd")]
     attack: String,
-    /// Threat model norm: linf or l2 (pgd only; fgsm is L-inf, cw is L2).
-    #[arg(long, default_value = "linf")]
-    norm: String,
-    /// Budget in pixel units: 8/255, 0.3, ...
-    #[arg(long, default_value = "8/255")]
-    eps: String,
-    /// Step size (default: 2.5*eps/steps for PGD, 1.25*eps for FGSM-RS).
-    #[arg(long)]
-    alpha: Option<String>,
-    /// PGD steps (overridden by a count in the attack name, e.g. pgd-40).
-    #[arg(long, default_value_t = 10)]
-    steps: usize,
-    /// PGD restarts; the worst case per sample is kept.
-    #[arg(long, default_value_t = 1)]
-    restarts: usize,
-    /// Objective for FGSM/PGD: ce (cross-entropy) or cw (margin).
-    #[arg(long, default_value = "ce")]
-    loss: String,
-    /// Start PGD at the clean point instead of a random point of the eps ball.
-    #[arg(long)]
-    no_random_start: bool,
+    #[command(flatten)]
+    opts: AttackOpts,
     /// Batch size.
     #[arg(long, default_value_t = 250)]
     batch_size: usize,
@@ -54,20 +35,12 @@ pub struct AttackArgs {
 
 pub fn run(a: AttackArgs) -> Result<()> {
     let device = a.device.init()?;
-    let cfg = a.model.config()?;
-    let model = load_model(&cfg, a.weights.as_deref(), &device)?;
+    let loaded = load_any(&a.model, a.weights.as_deref(), &device)?;
+    let model = loaded.classifier();
     let data = a.data.load()?;
-    check_fit(&model, &data)?;
+    check_fit(model, &data)?;
     let spec = AttackSpec::parse(&a.attack)?;
-    let settings = AttackSettings {
-        eps: parse_number(&a.eps, "eps")?,
-        alpha: a.alpha.as_deref().map(|s| parse_number(s, "alpha")).transpose()?,
-        norm: Norm::parse(&a.norm)?,
-        restarts: a.restarts,
-        steps: a.steps,
-        loss: LossKind::parse(&a.loss)?,
-        random_start: !a.no_random_start,
-    };
+    let settings = a.opts.settings()?;
     let attack = spec.build(&settings)?;
     if a.batch_size == 0 {
         anyhow::bail!("--batch-size must be at least 1");
@@ -77,6 +50,9 @@ pub fn run(a: AttackArgs) -> Result<()> {
         model.info().name,
         model.params().num_trainable()
     );
+    if let Some(q) = loaded.quantization() {
+        println!("         quantized: {q}; attacked through the quantizer (straight-through gradients)");
+    }
     println!(
         "data:    {} {} ({} images)",
         data.name(),
@@ -104,7 +80,7 @@ pub fn run(a: AttackArgs) -> Result<()> {
         let pred = logits.argmax(1)?.to_vec1::<u32>()?;
         let y = b.labels.to_dtype(candle_core::DType::U32)?;
         let yv = y.to_vec1::<u32>()?;
-        let out = attack.perturb(&model, &b.images, &y, Goal::Untargeted, &mut rng)?;
+        let out = attack.perturb(model, &b.images, &y, Goal::Untargeted, &mut rng)?;
         cost += out.cost;
         for i in 0..chunk.len() {
             let ok = pred[i] == yv[i];
@@ -141,11 +117,14 @@ pub fn run(a: AttackArgs) -> Result<()> {
     if let Some(path) = &a.save_adv {
         let adv = candle_core::Tensor::cat(&advs, 0)?;
         let lab = candle_core::Tensor::cat(&labels, 0)?;
-        let meta = std::collections::HashMap::from([
+        let mut meta = std::collections::HashMap::from([
             ("attack".to_string(), attack.name()),
             ("model".to_string(), model.info().name.clone()),
             ("dataset".to_string(), data.name().to_string()),
         ]);
+        if let Some(q) = loaded.quantization() {
+            meta.insert("quantization".to_string(), q);
+        }
         temper_core::weights::save_tensors(&[("adv".into(), adv), ("labels".into(), lab)], path, &meta)
             .with_context(|| format!("cannot save adversarial examples to '{}'", path.display()))?;
         println!("adversarial examples written to {}", path.display());

@@ -1,16 +1,13 @@
 //! `temper eval`: clean, per-attack and worst-case robust accuracy, eps sweeps and
 //! gradient-masking checks, written as a report folder.
 
-use crate::args::{check_fit, load_model, DataArgs, DeviceArgs, ModelArgs};
+use crate::args::{check_fit, load_any, AttackOpts, DataArgs, DeviceArgs, ModelArgs};
 use anyhow::{Context, Result};
 use clap::Args;
 use std::path::PathBuf;
-use temper_attacks::spec::{parse_number, parse_sweep, AttackSettings, AttackSpec};
-use temper_attacks::{LossKind, Norm};
-use temper_core::Classifier as _;
+use temper_attacks::spec::{parse_sweep, AttackSpec};
 use temper_eval::{
-    evaluate, sweep, DatasetSection, EvalParams, MaskingParams, ModelSection, NamedAttack, Report,
-    RunSection, SweepParams,
+    evaluate, sweep, DatasetSection, EvalParams, MaskingParams, ModelSection, Report, RunSection, SweepParams,
 };
 
 /// Arguments of `temper eval`.
@@ -18,7 +15,8 @@ use temper_eval::{
 pub struct EvalArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Weights: safetensors with PyTorch state_dict names (random initialisation if omitted).
+    /// Weights: safetensors with PyTorch state_dict names (random initialisation if omitted),
+    /// or a file written by `temper quantize`, evaluated and attacked through its quantizer.
     #[arg(long, short = 'w')]
     weights: Option<PathBuf>,
     #[command(flatten)]
@@ -27,25 +25,10 @@ pub struct EvalArgs {
     /// runs them in this order, each on the samples the ones before it left correct.
     #[arg(long, short = 'a', default_value = "fgsm,pgd-20")]
     attacks: String,
-    /// Threat model norm: linf or l2. Robust accuracy counts adversarial examples inside this
-    /// ball only.
-    #[arg(long, default_value = "linf")]
-    norm: String,
-    /// Budget in pixel units: 8/255, 0.3, ...
-    #[arg(long, default_value = "8/255")]
-    eps: String,
-    /// Step size (default: 2.5*eps/steps for PGD, 1.25*eps for FGSM-RS).
-    #[arg(long)]
-    alpha: Option<String>,
-    /// PGD steps when the attack name has none (`pgd`).
-    #[arg(long, default_value_t = 10)]
-    steps: usize,
-    /// PGD restarts; the worst case per sample is kept.
-    #[arg(long, default_value_t = 1)]
-    restarts: usize,
-    /// Objective for FGSM/PGD: ce (cross-entropy) or cw (margin).
-    #[arg(long, default_value = "ce")]
-    loss: String,
+    /// Attack settings; `--norm` and `--eps` also define the threat model: robust accuracy
+    /// counts adversarial examples inside that ball only.
+    #[command(flatten)]
+    opts: AttackOpts,
     /// Eps sweep, start:stop:step or a comma-separated list (e.g. 0:8/255:1/255); draws
     /// robust_vs_eps.png.
     #[arg(long)]
@@ -71,29 +54,12 @@ pub struct EvalArgs {
 
 pub fn run(a: EvalArgs) -> Result<()> {
     let device = a.device.init()?;
-    let cfg = a.model.config()?;
-    let model = load_model(&cfg, a.weights.as_deref(), &device)?;
+    let loaded = load_any(&a.model, a.weights.as_deref(), &device)?;
+    let model = loaded.classifier();
     let data = a.data.load()?;
-    check_fit(&model, &data)?;
-    let norm = Norm::parse(&a.norm)?;
-    let settings = AttackSettings {
-        eps: parse_number(&a.eps, "eps")?,
-        alpha: a
-            .alpha
-            .as_deref()
-            .map(|s| parse_number(s, "alpha").map_err(anyhow::Error::from))
-            .transpose()?,
-        norm,
-        restarts: a.restarts,
-        steps: a.steps,
-        loss: LossKind::parse(&a.loss)?,
-        random_start: true,
-    };
-    let specs = AttackSpec::parse_list(&a.attacks)?;
-    let attacks: Vec<NamedAttack> = specs
-        .iter()
-        .map(|s| Ok((s.text.clone(), s.build(&settings)?)))
-        .collect::<Result<_>>()?;
+    check_fit(model, &data)?;
+    let (settings, specs, attacks) = a.opts.build_list(&a.attacks)?;
+    let norm = settings.norm;
     let params = EvalParams {
         batch_size: a.batch_size,
         masking: (!a.no_masking_checks).then(|| MaskingParams {
@@ -123,6 +89,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
         None => None,
     };
 
+    if let Some(q) = loaded.quantization() {
+        println!("quantized: {q}; attacks go through the quantizer (straight-through gradients)");
+    }
     println!(
         "evaluating {} on {} ({} images) under {} at {} eps {} ...",
         model.info().name,
@@ -130,19 +99,21 @@ pub fn run(a: EvalArgs) -> Result<()> {
         data.len(),
         a.attacks,
         norm.name(),
-        a.eps
+        a.opts.eps
     );
-    let evaluation = evaluate(&model, &data, &attacks, &params, &device)?;
+    let evaluation = evaluate(model, &data, &attacks, &params, &device)?;
     let mut sweeps = Vec::new();
     if let Some((sp, which)) = &sweep_plan {
         for spec in which {
             println!("sweeping {} over {} eps values ...", spec.text, sp.eps().len());
-            sweeps.push(sweep(&model, &data, spec, &settings, sp, &device)?);
+            sweeps.push(sweep(model, &data, spec, &settings, sp, &device)?);
         }
     }
     let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let mut model_section = ModelSection::of(model, a.weights.as_deref());
+    model_section.quantization = loaded.quantization();
     let report = Report::new(
-        ModelSection::of(&model, a.weights.as_deref()),
+        model_section,
         DatasetSection::of(&data),
         RunSection::new(&a.device.device, Some(command)),
         evaluation,

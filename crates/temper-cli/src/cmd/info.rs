@@ -14,12 +14,17 @@ pub struct InfoArgs {
 pub fn run(args: InfoArgs) -> Result<()> {
     let features = temper_core::device::compiled_features();
     let devices = temper_core::device::available();
+    // What a model on the CPU runs with (TEMPER_KERNELS may override it); models on a GPU
+    // use the candle reference kernels (candle's or cuDNN's convolution).
+    let cpu_kernels = temper_core::kernels::default_kernels(&candle_core::Device::Cpu)?;
+    let gpu_kernels = temper_core::kernels::CandleKernels.name_static();
     if args.json {
         let v = serde_json::json!({
             "version": env!("CARGO_PKG_VERSION"),
             "features": features,
             "devices": devices,
-            "kernels": temper_core::kernels::CandleKernels.name_static(),
+            "kernels": cpu_kernels.name(),
+            "gpu_kernels": gpu_kernels,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -34,7 +39,10 @@ pub fn run(args: InfoArgs) -> Result<()> {
         }
     );
     println!("devices:  {}", devices.join(", "));
-    println!("kernels:  {}", temper_core::kernels::CandleKernels.name_static());
+    println!(
+        "kernels:  {} on cpu, {gpu_kernels} on gpu (TEMPER_KERNELS=candle forces the reference)",
+        cpu_kernels.name()
+    );
     println!(
         "threads:  {} (set RAYON_NUM_THREADS to change)",
         candle_core::utils::get_num_threads()

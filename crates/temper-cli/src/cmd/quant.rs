@@ -1,12 +1,10 @@
 //! `temper quant`: robustness of quantized models across bit widths, and quantized files.
 
-use crate::args::{check_fit, load_model, DataArgs, DeviceArgs, ModelArgs};
+use crate::args::{check_fit, load_model, AttackOpts, DataArgs, DeviceArgs, ModelArgs};
 use crate::cmd::quantize::{calibration_tensor, print_layers, QuantOpts};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
-use temper_attacks::spec::{parse_number, AttackSettings, AttackSpec};
-use temper_attacks::{LossKind, Norm};
 use temper_core::Classifier;
 use temper_quant::sweep::{sweep, SweepParams, SweepRow};
 use temper_quant::{eval, export, WeightScheme};
@@ -24,6 +22,7 @@ pub enum QuantCmd {
 
 /// Arguments of `temper quant sweep`.
 #[derive(Args, Debug)]
+#[command(mut_arg("eps", |a| a.default_value("0.1")))]
 pub struct SweepArgs {
     #[command(flatten)]
     model: ModelArgs,
@@ -40,24 +39,9 @@ pub struct SweepArgs {
     /// Attacks, comma-separated: fgsm, fgsm-rs, pgd, pgd-N, pgd-l2-N, cw, cw-N.
     #[arg(long, short = 'a', default_value = "pgd-20")]
     attacks: String,
-    /// Threat model norm: linf or l2.
-    #[arg(long, default_value = "linf")]
-    norm: String,
-    /// Budget in pixel units: 0.1, 8/255, ...
-    #[arg(long, default_value = "0.1")]
-    eps: String,
-    /// Step size (default: 2.5*eps/steps for PGD).
-    #[arg(long)]
-    alpha: Option<String>,
-    /// PGD steps when the attack name has none.
-    #[arg(long, default_value_t = 10)]
-    steps: usize,
-    /// PGD restarts.
-    #[arg(long, default_value_t = 1)]
-    restarts: usize,
-    /// Objective for FGSM/PGD: ce or cw.
-    #[arg(long, default_value = "ce")]
-    loss: String,
+    /// Attack settings (`--eps` defaults to 0.1, a budget for digits).
+    #[command(flatten)]
+    attack: AttackOpts,
     /// Batch size.
     #[arg(long, default_value_t = 250)]
     batch_size: usize,
@@ -101,19 +85,7 @@ fn run_sweep(a: SweepArgs) -> Result<()> {
     let data = a.data.load()?;
     check_fit(&model, &data)?;
     let schemes = WeightScheme::parse_list(&a.bits, !a.quant.asymmetric)?;
-    let settings = AttackSettings {
-        eps: parse_number(&a.eps, "eps")?,
-        alpha: a.alpha.as_deref().map(|s| parse_number(s, "alpha")).transpose()?,
-        norm: Norm::parse(&a.norm)?,
-        restarts: a.restarts,
-        steps: a.steps,
-        loss: LossKind::parse(&a.loss)?,
-        random_start: true,
-    };
-    let attacks = AttackSpec::parse_list(&a.attacks)?
-        .into_iter()
-        .map(|s| Ok((s.text.clone(), s.build(&settings)?)))
-        .collect::<Result<Vec<_>>>()?;
+    let (_, _, attacks) = a.attack.build_list(&a.attacks)?;
     if attacks.is_empty() {
         anyhow::bail!("--attacks names no attack");
     }
@@ -193,16 +165,8 @@ fn run_inspect(a: InspectArgs) -> Result<()> {
         q.input_shape()
     );
     println!(
-        "scheme:   {} {}, {}, first/last {}, {}, {} calibration images",
-        info.method.name(),
-        info.scheme,
-        info.granularity.name().replace('_', "-"),
-        info.first_last_bits
-            .map_or("as the rest".to_string(), |b| format!("{b}-bit")),
-        info.act.map_or("weights only".to_string(), |x| format!(
-            "activations {} bits",
-            x.bits
-        )),
+        "scheme:   {}, {} calibration images",
+        info.describe(),
         info.calib_images
     );
     let kept = if info.fold.kept.is_empty() {

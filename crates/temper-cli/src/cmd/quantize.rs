@@ -249,16 +249,8 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     let info = q.quant_info();
     let fold = &info.fold;
     println!(
-        "quantize: {} {}, {}, first/last {}, {}; BatchNorm folded {} (kept in float {}); {secs:.1} s",
-        info.method.name(),
-        scheme,
-        info.granularity.name().replace('_', "-"),
-        info.first_last_bits
-            .map_or("as the rest".to_string(), |b| format!("{b}-bit")),
-        info.act.map_or("weights only".to_string(), |x| format!(
-            "activations {} bits",
-            x.bits
-        )),
+        "quantize: {}; BatchNorm folded {} (kept in float {}); {secs:.1} s",
+        info.describe(),
         fold.folded.len(),
         fold.kept.len(),
     );

@@ -1,0 +1,99 @@
+//! Convolution throughput per layer shape: `FastCpuKernels` against the candle reference in
+//! the same run, for the forward pass, the input-gradient-only backward (attacks) and the
+//! backward with both gradients (training).
+//!
+//! `cargo run --release -p temper-core --example bench_conv [-- SHAPE_INDEX]`
+
+use candle_core::{Device, Tensor, Var};
+use std::time::Instant;
+use temper_core::kernels::{CandleKernels, ConvCfg, FastCpuKernels, Kernels};
+
+/// The fastest of `reps` runs, in milliseconds: the minimum is the estimate least disturbed
+/// by other work on the machine.
+fn time<F: FnMut() -> temper_core::Result<()>>(reps: usize, mut f: F) -> temper_core::Result<f64> {
+    f()?; // warm-up
+    let mut best = f64::INFINITY;
+    for _ in 0..reps {
+        let start = Instant::now();
+        f()?;
+        best = best.min(start.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(best)
+}
+
+/// Milliseconds for forward, forward + input gradient, forward + both gradients.
+fn measure(
+    k: &dyn Kernels,
+    x: &Tensor,
+    w: &Tensor,
+    cfg: ConvCfg,
+    reps: usize,
+) -> temper_core::Result<[f64; 3]> {
+    let xv = Var::from_tensor(x)?;
+    let wv = Var::from_tensor(w)?;
+    let fwd = time(reps, || {
+        k.conv2d(x, w, None, cfg)?;
+        Ok(())
+    })?;
+    let input_grad = time(reps, || {
+        k.conv2d(xv.as_tensor(), &w.detach(), None, cfg)?
+            .sum_all()?
+            .backward()?;
+        Ok(())
+    })?;
+    let both = time(reps, || {
+        k.conv2d(xv.as_tensor(), wv.as_tensor(), None, cfg)?
+            .sum_all()?
+            .backward()?;
+        Ok(())
+    })?;
+    Ok([fwd, input_grad, both])
+}
+
+fn main() -> temper_core::Result<()> {
+    let dev = Device::Cpu;
+    println!(
+        "{:<34} {:>24} {:>24} {:>24}",
+        "shape (n c h -> o, k s p)",
+        "fwd ms fast/cand (x)",
+        "fwd+dx fast/cand (x)",
+        "fwd+dx+dw fast/cand (x)"
+    );
+    let only: Option<usize> = std::env::args().nth(1).and_then(|a| a.parse().ok());
+    for (idx, (n, c, h, o, k, s, p, reps)) in [
+        (128, 1, 28, 16, 4, 2, 1, 10),
+        (128, 16, 14, 32, 4, 2, 1, 10),
+        (32, 3, 32, 64, 3, 1, 1, 3),
+        (32, 64, 32, 64, 3, 1, 1, 5),
+        (32, 128, 16, 128, 3, 1, 1, 5),
+        (32, 64, 32, 128, 1, 2, 0, 3),
+        (32, 256, 8, 256, 3, 1, 1, 2),
+        (32, 512, 4, 512, 3, 1, 1, 2),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if only.is_some_and(|i| i != idx) {
+            continue;
+        }
+        let x = Tensor::rand(-1f32, 1f32, (n, c, h, h), &dev)?;
+        let w = Tensor::rand(-0.1f32, 0.1f32, (o, c, k, k), &dev)?;
+        let cfg = ConvCfg {
+            stride: s,
+            padding: p,
+            dilation: 1,
+            groups: 1,
+        };
+        let f = measure(&FastCpuKernels, &x, &w, cfg, reps)?;
+        let r = measure(&CandleKernels, &x, &w, cfg, reps)?;
+        let cell = |i: usize| format!("{:.1}/{:.1} ({:.2})", f[i], r[i], r[i] / f[i]);
+        println!(
+            "{:<34} {:>24} {:>24} {:>24}",
+            format!("{n} {c} {h} -> {o}, {k} {s} {p}"),
+            cell(0),
+            cell(1),
+            cell(2)
+        );
+    }
+    Ok(())
+}
