@@ -1,8 +1,10 @@
-//! Small evaluation helpers the quantizer needs: predictions, accuracy and calibration sets.
+//! Small evaluation helpers the quantizer needs: predictions, accuracy, calibration sets and
+//! per-layer output errors.
 
-use crate::record::EVAL;
-use crate::Result;
+use crate::record::{record, Capture, EVAL};
+use crate::{QuantModel, Result};
 use candle_core::{Device, Tensor};
+use std::collections::HashMap;
 use temper_core::Classifier;
 use temper_data::Dataset;
 
@@ -55,4 +57,48 @@ pub fn calibration_images(data: &Dataset, n: usize, stream: &str, device: &Devic
         return Ok(Tensor::zeros((0, c, h, w), candle_core::DType::F32, device)?);
     }
     Ok(calibration_set(data, n, stream)?.to_batch(device)?.images)
+}
+
+/// The relative error `|Y_q - Y| / |Y|` of every quantized layer's output over `images`, in
+/// execution order: `Y` from `float` (with BatchNorms folded as in `q`), `Y_q` from `q`, each
+/// through its own earlier layers, so a layer's error includes what the layers before it
+/// passed on. GPFQ minimises exactly this, layer by layer, on its calibration rows; it shows
+/// where GPFQ and round to nearest differ even when accuracy cannot tell them apart.
+pub fn layer_output_errors(
+    float: &dyn Classifier,
+    q: &QuantModel,
+    images: &Tensor,
+    batch: usize,
+) -> Result<Vec<(String, f64)>> {
+    let reference = crate::quantize::rebuild(float, q.config())?;
+    if !q.quant_info().fold.folded.is_empty() {
+        crate::fold::fold_batchnorm(&reference, q.graph(), Some(&q.quant_info().fold))?;
+    }
+    let names: Vec<String> = q.layers().iter().map(|l| l.name.clone()).collect();
+    let want = || Capture::Only(names.iter().cloned().collect());
+    let outputs = |calls: Vec<crate::record::Call>| -> HashMap<String, Tensor> {
+        calls.into_iter().filter_map(|c| Some((c.layer?, c.y?))).collect()
+    };
+    let mut sums: HashMap<String, (f64, f64)> = HashMap::new();
+    for b in crate::quantize::batches(images, batch)? {
+        let (_, f) = record(&reference, &b, Capture::Nothing, want())?;
+        let (_, g) = record(q.network(), &b, Capture::Nothing, want())?;
+        let (f, g) = (outputs(f), outputs(g));
+        for name in &names {
+            let (Some(y), Some(yq)) = (f.get(name), g.get(name)) else {
+                return Err(crate::error::param(name, "did not run in the forward pass"));
+            };
+            let e = sums.entry(name.clone()).or_default();
+            e.0 += f64::from((yq - y)?.sqr()?.sum_all()?.to_scalar::<f32>()?);
+            e.1 += f64::from(y.sqr()?.sum_all()?.to_scalar::<f32>()?);
+        }
+    }
+    Ok(names
+        .into_iter()
+        .map(|n| {
+            let (d, r) = sums.get(&n).copied().unwrap_or_default();
+            let e = (d / r.max(1e-30)).sqrt();
+            (n, e)
+        })
+        .collect())
 }

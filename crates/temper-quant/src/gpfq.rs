@@ -57,12 +57,17 @@ impl AlphabetScale {
         }
     }
 
-    /// The values tried for `scheme`: around 1 for uniform grids, wider for ternary and
+    /// The values tried for `scheme`: for uniform grids from 0.4 to 1.2 times the largest
+    /// magnitude (at 2 and 3 bits the step that serves most weights clips the largest ones:
+    /// for Gaussian weights the error-minimising range is about half the maximum, and GPFQ
+    /// carries a clipped weight's error on to the weights after it); wider for ternary and
     /// binary, whose base step (the TWN scale, the mean magnitude) is no maximum.
     pub fn candidates(self, scheme: WeightScheme) -> Vec<f64> {
         match (self, scheme) {
             (AlphabetScale::Fixed { c }, _) => vec![c],
-            (AlphabetScale::Search, WeightScheme::Uniform { .. }) => vec![0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2],
+            (AlphabetScale::Search, WeightScheme::Uniform { .. }) => {
+                vec![0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2]
+            }
             (AlphabetScale::Search, _) => vec![0.6, 0.8, 1.0, 1.25, 1.5, 1.75, 2.0],
         }
     }

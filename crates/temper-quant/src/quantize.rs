@@ -28,7 +28,7 @@ pub(crate) fn batches(images: &Tensor, batch: usize) -> Result<Vec<Tensor>> {
 
 /// A fresh copy of `source`'s parameters in a newly built `config` network on `source`'s
 /// device.
-fn rebuild(source: &dyn Classifier, config: &ValidModelConfig) -> Result<Network> {
+pub(crate) fn rebuild(source: &dyn Classifier, config: &ValidModelConfig) -> Result<Network> {
     let net = temper_models::build_zeroed(config, source.device())?;
     tensors::copy_all(source.params(), net.params())?;
     Ok(net)
