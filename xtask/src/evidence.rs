@@ -291,12 +291,14 @@ pub fn ssfd_sweep(args: &[String]) -> Result<()> {
     let w = natural.join("model.safetensors").to_string_lossy().into_owned();
     let mut specs: Vec<String> = Vec::new();
     for peak in ["0.02", "0.05", "0.1"] {
-        for warmup in ["0.15", "0.3", "0.5"] {
+        for warmup in ["0.15", "0.3", "0.5", "0.7"] {
             specs.push(format!("ssfd:peak={peak},warmup={warmup},decay=exp"));
         }
     }
     for decay in ["linear", "cos"] {
-        specs.push(format!("ssfd:peak=0.05,warmup=0.3,decay={decay}"));
+        for warmup in ["0.3", "0.5"] {
+            specs.push(format!("ssfd:peak=0.05,warmup={warmup},decay={decay}"));
+        }
     }
     let mut rows = Vec::new();
     for spec in &specs {

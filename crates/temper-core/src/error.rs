@@ -74,7 +74,7 @@ pub enum Error {
     Candle(Box<candle_core::Error>),
 
     /// Reading or writing a file failed.
-    #[error("{op} '{path}': {source}")]
+    #[error("{op} '{path}'")]
     Io {
         /// What was being done, e.g. "cannot read".
         op: &'static str,

@@ -13,7 +13,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum Error {
     /// Reading a file or listing a directory failed for a reason other than absence.
-    #[error("{op} '{path}': {source}")]
+    #[error("{op} '{path}'")]
     Io {
         /// What was being done, e.g. "cannot read".
         op: &'static str,

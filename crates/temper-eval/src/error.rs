@@ -27,7 +27,7 @@ pub enum Error {
         reason: String,
     },
     /// An attack failed.
-    #[error("attack '{attack}' failed: {source}")]
+    #[error("attack '{attack}' failed")]
     Attack {
         /// The attack's name in the evaluation.
         attack: String,
@@ -47,7 +47,7 @@ pub enum Error {
     #[error("tensor operation failed: {0}")]
     Candle(Box<candle_core::Error>),
     /// A file could not be read or written.
-    #[error("cannot {op} '{}': {source}", path.display())]
+    #[error("cannot {op} '{}'", path.display())]
     Io {
         /// What was being done (`read`, `create directory`, ...).
         op: &'static str,

@@ -37,7 +37,7 @@ pub enum Error {
     },
 
     /// Reading or writing a file failed.
-    #[error("{op} '{path}': {source}")]
+    #[error("{op} '{path}'")]
     Io {
         /// What was being done, e.g. "cannot read".
         op: &'static str,

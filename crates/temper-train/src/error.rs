@@ -25,7 +25,7 @@ pub enum Error {
         reason: String,
     },
     /// Reading or writing a file failed.
-    #[error("{op} '{path}': {source}")]
+    #[error("{op} '{path}'")]
     Io {
         /// What was being done.
         op: &'static str,

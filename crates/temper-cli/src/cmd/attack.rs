@@ -18,7 +18,7 @@ pub struct AttackArgs {
     weights: Option<PathBuf>,
     #[command(flatten)]
     data: DataArgs,
-    /// Attack: fgsm, fgsm-rs, pgd, pgd-N, pgd-l2-N, cw, cw-N.
+    /// Attack: fgsm, fgsm-rs, pgd, pgd-N, pgd-l2-N, pgd-cw-N (PGD on the CW margin loss), cw, cw-N.
     #[arg(long, short = 'a', default_value = "pgd")]
     attack: String,
     #[command(flatten)]

@@ -21,7 +21,7 @@ pub struct EvalArgs {
     weights: Option<PathBuf>,
     #[command(flatten)]
     data: DataArgs,
-    /// Attacks, comma-separated: fgsm, fgsm-rs, pgd, pgd-N, pgd-l2-N, cw, cw-N. The worst case
+    /// Attacks, comma-separated: fgsm, fgsm-rs, pgd, pgd-N, pgd-l2-N, pgd-cw-N (PGD on the CW margin loss), cw, cw-N. The worst case
     /// runs them in this order, each on the samples the ones before it left correct.
     #[arg(long, short = 'a', default_value = "fgsm,pgd-20")]
     attacks: String,

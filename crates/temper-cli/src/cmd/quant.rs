@@ -36,7 +36,7 @@ pub struct SweepArgs {
     bits: String,
     #[command(flatten)]
     quant: QuantOpts,
-    /// Attacks, comma-separated: fgsm, fgsm-rs, pgd, pgd-N, pgd-l2-N, cw, cw-N.
+    /// Attacks, comma-separated: fgsm, fgsm-rs, pgd, pgd-N, pgd-l2-N, pgd-cw-N (PGD on the CW margin loss), cw, cw-N.
     #[arg(long, short = 'a', default_value = "pgd-20")]
     attacks: String,
     /// Attack settings (`--eps` defaults to 0.1, a budget for digits).
