@@ -62,10 +62,10 @@
 //! | [`cyclic`](Cyclic) | **`peak`**, `at=0.4` | `cyclic:peak=0.2` |
 //! | [`onecycle`](OneCycle) (`one-cycle`) | **`peak`**, `warmup=0.3`, `start=peak/25`, `final=start/1e4`, `anneal=cos` | `onecycle:peak=0.1` |
 //! | [`piecewise`](Piecewise) | **`points=P:LR/P:LR/..`** | `piecewise:points=0:0/0.4:0.2/1:0` |
-//! | [`ssfd`](Ssfd) | `peak=0.05`, `warmup=0.3`, `start=peak/100`, `final=peak/500`, `decay=exp` | `ssfd:peak=0.05,warmup=0.3,decay=exp,final=1e-4` |
+//! | [`ssfd`](Ssfd) | `peak=0.05`, `warmup=0.5`, `start=peak/100`, `final=peak/500`, `decay=linear` | `ssfd:peak=0.05,warmup=0.3,decay=exp,final=1e-4` |
 //!
-//! Shapes (`decay`, `anneal`) are `exp`, `linear` or `cos`. The SSFD defaults are provisional
-//! and explained on [`Ssfd`].
+//! Shapes (`decay`, `anneal`) are `exp`, `linear` or `cos`. The SSFD defaults were chosen by
+//! experiment (`cargo xtask ssfd-sweep`), explained on [`Ssfd`].
 //!
 //! ## Optimizer specs
 //!

@@ -261,23 +261,25 @@ fn ssfd_defaults_and_their_documented_properties() -> Result<()> {
     assert_eq!(spec, ScheduleSpec::Ssfd(Ssfd::default()));
     assert_eq!(
         spec.to_string(),
-        "ssfd:peak=0.05,warmup=0.3,start=5e-4,final=1e-4,decay=exp"
+        "ssfd:peak=0.05,warmup=0.5,start=5e-4,final=1e-4,decay=linear"
     );
     // A peak on the command line moves the default start and final with it.
     assert_eq!(
         "ssfd:peak=0.1".parse::<ScheduleSpec>()?.to_string(),
-        "ssfd:peak=0.1,warmup=0.3,start=0.001,final=2e-4,decay=exp"
+        "ssfd:peak=0.1,warmup=0.5,start=0.001,final=2e-4,decay=linear"
     );
 
-    // "Halves every 7.8 % of the run" (the docs of `Ssfd`).
+    // The default: a linear rise to the peak at half the run, a linear fall to final.
     let s = spec.check(100.0)?;
-    let half = s.lr(30.0 + 7.8);
-    assert!((half / 0.025 - 1.0).abs() < 0.01, "{half}");
+    assert!((s.lr(0.0) - 5e-4).abs() < 1e-12);
+    assert!((s.lr(50.0) - 0.05).abs() < 1e-12);
+    assert!((s.lr(75.0) - (0.05 + 1e-4) / 2.0).abs() < 1e-9, "{}", s.lr(75.0));
+    assert!((s.lr(100.0) - 1e-4).abs() < 1e-12);
     // `exp` is the fastest decay right after the peak.
     for t in [35.0, 45.0, 65.0] {
-        let exp = s.lr(t);
+        let exp = sched("ssfd:warmup=0.3,decay=exp", 100.0)?.lr(t);
         for other in ["linear", "cos"] {
-            let o = sched(&format!("ssfd:decay={other}"), 100.0)?.lr(t);
+            let o = sched(&format!("ssfd:warmup=0.3,decay={other}"), 100.0)?.lr(t);
             assert!(exp < o, "exp {exp} >= {other} {o} at epoch {t}");
         }
     }
@@ -359,7 +361,7 @@ fn constructors_match_parsed_specs() -> Result<()> {
         ),
         (
             Ssfd::new(0.05).into(),
-            "ssfd:peak=0.05,warmup=0.3,start=5e-4,final=1e-4,decay=exp",
+            "ssfd:peak=0.05,warmup=0.5,start=5e-4,final=1e-4,decay=linear",
         ),
     ];
     for (spec, text) in pairs {
@@ -376,7 +378,7 @@ fn schedule_serde_round_trip_revalidates() -> Result<()> {
     let json = serde_json::to_string(&s)?;
     assert_eq!(
         json,
-        r#"{"spec":"ssfd:peak=0.05,warmup=0.3,start=5e-4,final=1e-4,decay=exp","total_epochs":12.5}"#
+        r#"{"spec":"ssfd:peak=0.05,warmup=0.3,start=5e-4,final=1e-4,decay=linear","total_epochs":12.5}"#
     );
     let back: Schedule = serde_json::from_str(&json)?;
     assert_eq!(back, s);
@@ -391,7 +393,7 @@ fn schedule_serde_round_trip_revalidates() -> Result<()> {
 
 #[test]
 fn lr_clamps_to_the_run_and_samples() -> Result<()> {
-    let s = sched("ssfd", 10.0)?;
+    let s = sched("ssfd:warmup=0.3,decay=exp", 10.0)?;
     assert_eq!(s.lr(-1.0), s.lr(0.0));
     assert_eq!(s.lr(f64::NAN), s.lr(0.0));
     assert_eq!(s.lr(11.0), s.lr(10.0));
@@ -527,7 +529,7 @@ fn check_errors_name_the_bad_parameter() {
         ("ssfd:peak=-0.1", "peak"),
         ("ssfd:peak=0.05,final=0.1", "final"),
         ("ssfd:peak=0.05,start=0.1", "start"),
-        ("ssfd:final=0", "final"),
+        ("ssfd:final=0,decay=exp", "final"),
         ("ssfd:start=-1e-3", "start"),
         ("constant:lr=-1", "lr"),
         ("step:lr=0.1,milestones=100/150", "milestones"),

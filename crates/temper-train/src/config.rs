@@ -138,7 +138,7 @@ impl TrainConfig {
     pub fn new(method: Method, model: ModelConfig, dataset: &str) -> Self {
         let input = [model.in_channels, model.input_size.0, model.input_size.1];
         let (lr_schedule, epochs) = match method {
-            Method::Finetune => ("ssfd:peak=0.05".to_string(), 3),
+            Method::Finetune => ("ssfd".to_string(), 3),
             Method::FgsmRs => ("cyclic:peak=0.2".to_string(), 10),
             _ => ("step:lr=0.1,milestones=0.5/0.75".to_string(), 10),
         };
