@@ -256,6 +256,17 @@ pub fn evidence(args: &[String]) -> Result<()> {
             "fine-tune, step 0.05 (2 ep)",
         ),
         ("constant", "constant:lr=0.05", "fine-tune, constant 0.05 (2 ep)"),
+        // The same schedules at a peak they survive without a warm-up.
+        (
+            "step-0.01",
+            "step:lr=0.01,milestones=0.5/0.75",
+            "fine-tune, step 0.01 (2 ep)",
+        ),
+        (
+            "constant-0.01",
+            "constant:lr=0.01",
+            "fine-tune, constant 0.01 (2 ep)",
+        ),
     ] {
         let mut row = Row::default();
         for seed in &seeds {
