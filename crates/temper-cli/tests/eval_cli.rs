@@ -164,7 +164,7 @@ fn sched_plot_draws_a_schedule() {
         .args([
             "sched",
             "plot",
-            "ssfd:peak=0.05,warmup=0.3",
+            "ssfd:peak=0.05,warmup=0.3,decay=exp",
             "--epochs",
             "20",
             "--out",

@@ -379,11 +379,11 @@ pub fn training_curves(log: &TrainingLog, run: &str) -> Figure {
     let pct = |v: Vec<(f64, f64)>| v.into_iter().map(|(x, y)| (x, 100.0 * y)).collect::<Vec<_>>();
     let keep = |s: Vec<Series>| s.into_iter().filter(|s| !s.points.is_empty()).collect::<Vec<_>>();
     let loss = keep(vec![
-        line("training loss", train(|p| p.loss), false),
+        line("training loss (mean since epoch start)", train(|p| p.loss), false),
         line("validation loss", val(|p| p.loss), sparse),
     ]);
     let acc = keep(vec![
-        line("training accuracy", pct(train(|p| p.acc)), false),
+        line("training accuracy (mean since epoch start)", pct(train(|p| p.acc)), false),
         line("validation clean accuracy", pct(val(|p| p.clean_acc)), sparse),
         line("validation robust accuracy", pct(val(|p| p.robust_acc)), sparse),
     ]);
