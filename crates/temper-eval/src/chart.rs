@@ -383,7 +383,11 @@ pub fn training_curves(log: &TrainingLog, run: &str) -> Figure {
         line("validation loss", val(|p| p.loss), sparse),
     ]);
     let acc = keep(vec![
-        line("training accuracy (mean since epoch start)", pct(train(|p| p.acc)), false),
+        line(
+            "training accuracy (mean since epoch start)",
+            pct(train(|p| p.acc)),
+            false,
+        ),
         line("validation clean accuracy", pct(val(|p| p.clean_acc)), sparse),
         line("validation robust accuracy", pct(val(|p| p.robust_acc)), sparse),
     ]);
