@@ -62,6 +62,9 @@ pub enum LegendPosition {
     LowerLeft,
     /// Bottom right.
     LowerRight,
+    /// Right, half-way up: where accuracy curves (near the top for clean accuracy, anywhere
+    /// for robust accuracy) are least likely to run.
+    MiddleRight,
 }
 
 /// One set of axes.
@@ -288,6 +291,7 @@ fn draw_panel(
             LegendPosition::UpperRight => SeriesLabelPosition::UpperRight,
             LegendPosition::LowerLeft => SeriesLabelPosition::LowerLeft,
             LegendPosition::LowerRight => SeriesLabelPosition::LowerRight,
+            LegendPosition::MiddleRight => SeriesLabelPosition::MiddleRight,
         };
         chart
             .configure_series_labels()
@@ -409,7 +413,7 @@ pub fn training_curves(log: &TrainingLog, run: &str) -> Figure {
                 y_label: "accuracy (%)".into(),
                 series: acc,
                 y_range: Some((0.0, 102.0)),
-                legend: LegendPosition::LowerRight,
+                legend: LegendPosition::MiddleRight,
             },
             Panel {
                 title: "Learning rate".into(),
