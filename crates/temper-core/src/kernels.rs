@@ -111,15 +111,29 @@ pub struct BatchStats {
 ///
 /// All tensors are NCHW f32. Implementations must be differentiable with respect to `x` (and
 /// to weights, when the caller passes weights that track gradients).
+///
+/// Every operation has a default that forwards to [`Kernels::fallback`] ([`CandleKernels`]
+/// unless overridden), so an implementation writes only the operations it changes, and a
+/// wrapper around other kernels overrides `fallback` to return the kernels it wraps.
+/// [`CandleKernels`] implements every operation itself.
 pub trait Kernels: Send + Sync + std::fmt::Debug {
     /// A short name for logs and `temper info`.
     fn name(&self) -> &str;
 
+    /// The kernels that run every operation this implementation does not override.
+    fn fallback(&self) -> &dyn Kernels {
+        &CandleKernels
+    }
+
     /// 2-D convolution, `weight` of shape `(out, in / groups, kh, kw)`.
-    fn conv2d(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, cfg: ConvCfg) -> Result<Tensor>;
+    fn conv2d(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, cfg: ConvCfg) -> Result<Tensor> {
+        self.fallback().conv2d(x, weight, bias, cfg)
+    }
 
     /// Fully connected layer: `x @ weight.T + bias`, `weight` of shape `(out, in)`.
-    fn linear(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor>;
+    fn linear(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        self.fallback().linear(x, weight, bias)
+    }
 
     /// BatchNorm in training mode: normalises with the batch's own statistics and returns
     /// them so the layer can update its running buffers.
@@ -129,7 +143,9 @@ pub trait Kernels: Send + Sync + std::fmt::Debug {
         gamma: &Tensor,
         beta: &Tensor,
         eps: f64,
-    ) -> Result<(Tensor, BatchStats)>;
+    ) -> Result<(Tensor, BatchStats)> {
+        self.fallback().batch_norm_train(x, gamma, beta, eps)
+    }
 
     /// BatchNorm in evaluation mode, with the running statistics.
     fn batch_norm_eval(
@@ -140,17 +156,25 @@ pub trait Kernels: Send + Sync + std::fmt::Debug {
         gamma: &Tensor,
         beta: &Tensor,
         eps: f64,
-    ) -> Result<Tensor>;
+    ) -> Result<Tensor> {
+        self.fallback().batch_norm_eval(x, mean, var, gamma, beta, eps)
+    }
 
     /// Max pooling. Gradients go to the first maximal element of each window (PyTorch's
     /// rule), for any kernel, stride, padding and input size.
-    fn max_pool2d(&self, x: &Tensor, cfg: PoolCfg) -> Result<Tensor>;
+    fn max_pool2d(&self, x: &Tensor, cfg: PoolCfg) -> Result<Tensor> {
+        self.fallback().max_pool2d(x, cfg)
+    }
 
     /// Average pooling (padding counted, as PyTorch's default).
-    fn avg_pool2d(&self, x: &Tensor, cfg: PoolCfg) -> Result<Tensor>;
+    fn avg_pool2d(&self, x: &Tensor, cfg: PoolCfg) -> Result<Tensor> {
+        self.fallback().avg_pool2d(x, cfg)
+    }
 
     /// Adaptive average pooling to `(oh, ow)`, with PyTorch's bin boundaries.
-    fn adaptive_avg_pool2d(&self, x: &Tensor, oh: usize, ow: usize) -> Result<Tensor>;
+    fn adaptive_avg_pool2d(&self, x: &Tensor, oh: usize, ow: usize) -> Result<Tensor> {
+        self.fallback().adaptive_avg_pool2d(x, oh, ow)
+    }
 }
 
 /// Reference kernels written with candle's differentiable operations; correct on every

@@ -11,7 +11,7 @@ use crate::Result;
 use candle_core::Tensor;
 use std::collections::HashMap;
 use std::sync::Arc;
-use temper_core::kernels::{BatchStats, ConvCfg, Kernels, PoolCfg};
+use temper_core::kernels::{ConvCfg, Kernels};
 
 /// A per-tensor asymmetric uniform grid for activations: codes `0..2^bits - 1`, value
 /// `(code - zero_point) * scale`.
@@ -122,6 +122,10 @@ impl Kernels for ActKernels {
         "temper-quant-activations"
     }
 
+    fn fallback(&self) -> &dyn Kernels {
+        self.inner.as_ref()
+    }
+
     fn conv2d(
         &self,
         x: &Tensor,
@@ -134,40 +138,6 @@ impl Kernels for ActKernels {
 
     fn linear(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> temper_core::Result<Tensor> {
         self.inner.linear(&self.input(x, weight)?, weight, bias)
-    }
-
-    fn batch_norm_train(
-        &self,
-        x: &Tensor,
-        gamma: &Tensor,
-        beta: &Tensor,
-        eps: f64,
-    ) -> temper_core::Result<(Tensor, BatchStats)> {
-        self.inner.batch_norm_train(x, gamma, beta, eps)
-    }
-
-    fn batch_norm_eval(
-        &self,
-        x: &Tensor,
-        mean: &Tensor,
-        var: &Tensor,
-        gamma: &Tensor,
-        beta: &Tensor,
-        eps: f64,
-    ) -> temper_core::Result<Tensor> {
-        self.inner.batch_norm_eval(x, mean, var, gamma, beta, eps)
-    }
-
-    fn max_pool2d(&self, x: &Tensor, cfg: PoolCfg) -> temper_core::Result<Tensor> {
-        self.inner.max_pool2d(x, cfg)
-    }
-
-    fn avg_pool2d(&self, x: &Tensor, cfg: PoolCfg) -> temper_core::Result<Tensor> {
-        self.inner.avg_pool2d(x, cfg)
-    }
-
-    fn adaptive_avg_pool2d(&self, x: &Tensor, oh: usize, ow: usize) -> temper_core::Result<Tensor> {
-        self.inner.adaptive_avg_pool2d(x, oh, ow)
     }
 }
 

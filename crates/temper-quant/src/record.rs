@@ -9,7 +9,7 @@
 use candle_core::{Tensor, TensorId};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use temper_core::kernels::{BatchStats, ConvCfg, Kernels, PoolCfg};
+use temper_core::kernels::{ConvCfg, Kernels};
 use temper_core::{Classifier, ForwardOpts, Mode, Network, ParamStore};
 
 /// A key that identifies a tensor's storage: equal for a [`candle_core::Var`], its clones and
@@ -130,6 +130,12 @@ impl Kernels for Recorder {
         "temper-quant-recorder"
     }
 
+    // Quantization only ever runs models in eval mode: train-mode BatchNorm and pooling
+    // pass through unrecorded.
+    fn fallback(&self) -> &dyn Kernels {
+        self.inner.as_ref()
+    }
+
     fn conv2d(
         &self,
         x: &Tensor,
@@ -162,18 +168,6 @@ impl Kernels for Recorder {
         Ok(y)
     }
 
-    fn batch_norm_train(
-        &self,
-        x: &Tensor,
-        gamma: &Tensor,
-        beta: &Tensor,
-        eps: f64,
-    ) -> temper_core::Result<(Tensor, BatchStats)> {
-        // Quantization only ever runs models in eval mode; train-mode BatchNorm is passed
-        // through unrecorded.
-        self.inner.batch_norm_train(x, gamma, beta, eps)
-    }
-
     fn batch_norm_eval(
         &self,
         x: &Tensor,
@@ -186,18 +180,6 @@ impl Kernels for Recorder {
         let y = self.inner.batch_norm_eval(x, mean, var, gamma, beta, eps)?;
         self.push(CallKind::BatchNorm, mean, x, &y, vec![], true);
         Ok(y)
-    }
-
-    fn max_pool2d(&self, x: &Tensor, cfg: PoolCfg) -> temper_core::Result<Tensor> {
-        self.inner.max_pool2d(x, cfg)
-    }
-
-    fn avg_pool2d(&self, x: &Tensor, cfg: PoolCfg) -> temper_core::Result<Tensor> {
-        self.inner.avg_pool2d(x, cfg)
-    }
-
-    fn adaptive_avg_pool2d(&self, x: &Tensor, oh: usize, ow: usize) -> temper_core::Result<Tensor> {
-        self.inner.adaptive_avg_pool2d(x, oh, ow)
     }
 }
 

@@ -11,7 +11,7 @@ use common::{calib, mnist_cnn, test_set};
 use std::sync::Arc;
 use temper_attacks::spec::{AttackSettings, AttackSpec};
 use temper_attacks::Goal;
-use temper_core::kernels::{BatchStats, CandleKernels, ConvCfg, Kernels, PoolCfg};
+use temper_core::kernels::{CandleKernels, ConvCfg, Kernels};
 use temper_core::{Classifier, ForwardOpts, Mode};
 use temper_quant::sweep::{sweep, SweepParams};
 use temper_quant::{
@@ -71,35 +71,6 @@ impl Kernels for NaiveRounding {
     }
     fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> temper_core::Result<Tensor> {
         CandleKernels.linear(&self.q(x)?, w, b)
-    }
-    fn batch_norm_train(
-        &self,
-        x: &Tensor,
-        g: &Tensor,
-        b: &Tensor,
-        eps: f64,
-    ) -> temper_core::Result<(Tensor, BatchStats)> {
-        CandleKernels.batch_norm_train(x, g, b, eps)
-    }
-    fn batch_norm_eval(
-        &self,
-        x: &Tensor,
-        m: &Tensor,
-        v: &Tensor,
-        g: &Tensor,
-        b: &Tensor,
-        eps: f64,
-    ) -> temper_core::Result<Tensor> {
-        CandleKernels.batch_norm_eval(x, m, v, g, b, eps)
-    }
-    fn max_pool2d(&self, x: &Tensor, cfg: PoolCfg) -> temper_core::Result<Tensor> {
-        CandleKernels.max_pool2d(x, cfg)
-    }
-    fn avg_pool2d(&self, x: &Tensor, cfg: PoolCfg) -> temper_core::Result<Tensor> {
-        CandleKernels.avg_pool2d(x, cfg)
-    }
-    fn adaptive_avg_pool2d(&self, x: &Tensor, oh: usize, ow: usize) -> temper_core::Result<Tensor> {
-        CandleKernels.adaptive_avg_pool2d(x, oh, ow)
     }
 }
 

@@ -19,7 +19,7 @@
 //! The backward returns tensors that do not themselves track gradients, so gradients of
 //! gradients (double backward) are not supported through this op.
 
-use super::{BatchStats, CandleKernels, ConvCfg, Kernels, PoolCfg};
+use super::{CandleKernels, ConvCfg, Kernels};
 use crate::Result;
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
@@ -75,44 +75,6 @@ impl Kernels for FastCpuKernels {
             Some(b) => Ok(y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?)?),
             None => Ok(y),
         }
-    }
-
-    fn linear(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-        CandleKernels.linear(x, weight, bias)
-    }
-
-    fn batch_norm_train(
-        &self,
-        x: &Tensor,
-        gamma: &Tensor,
-        beta: &Tensor,
-        eps: f64,
-    ) -> Result<(Tensor, BatchStats)> {
-        CandleKernels.batch_norm_train(x, gamma, beta, eps)
-    }
-
-    fn batch_norm_eval(
-        &self,
-        x: &Tensor,
-        mean: &Tensor,
-        var: &Tensor,
-        gamma: &Tensor,
-        beta: &Tensor,
-        eps: f64,
-    ) -> Result<Tensor> {
-        CandleKernels.batch_norm_eval(x, mean, var, gamma, beta, eps)
-    }
-
-    fn max_pool2d(&self, x: &Tensor, cfg: PoolCfg) -> Result<Tensor> {
-        CandleKernels.max_pool2d(x, cfg)
-    }
-
-    fn avg_pool2d(&self, x: &Tensor, cfg: PoolCfg) -> Result<Tensor> {
-        CandleKernels.avg_pool2d(x, cfg)
-    }
-
-    fn adaptive_avg_pool2d(&self, x: &Tensor, oh: usize, ow: usize) -> Result<Tensor> {
-        CandleKernels.adaptive_avg_pool2d(x, oh, ow)
     }
 }
 
