@@ -1,7 +1,7 @@
 //! The objectives attacks ascend.
 
 use crate::Result;
-use candle_core::{DType, Tensor, D};
+use candle_core::Tensor;
 
 /// The loss an attack maximises.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -34,38 +34,14 @@ impl LossKind {
     }
 }
 
-/// One-hot `(N, K)` f32 for `labels` `(N,)`.
-pub(crate) fn one_hot(labels: &Tensor, k: usize) -> Result<Tensor> {
-    let n = labels.dim(0)?;
-    let idx = labels.to_dtype(DType::U32)?.unsqueeze(1)?;
-    let zeros = Tensor::zeros((n, k), DType::F32, labels.device())?;
-    let ones = Tensor::ones((n, 1), DType::F32, labels.device())?;
-    Ok(zeros.scatter_add(&idx, &ones, 1)?)
-}
-
-/// `z_label - max_{j≠label} z_j` per sample: positive when `label` wins.
-pub(crate) fn margin(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
-    let k = logits.dim(1)?;
-    let oh = one_hot(labels, k)?;
-    let own = (logits * &oh)?.sum(1)?;
-    // Push the label's own logit far down so it cannot be the "other" maximum.
-    let others = (logits - (oh * 1e9)?)?.max(D::Minus1)?;
-    Ok((own - others)?)
-}
-
-/// Per-sample cross-entropy `(N,)`.
-pub(crate) fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
-    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
-    let idx = labels.to_dtype(DType::U32)?.unsqueeze(1)?;
-    Ok(logp.gather(&idx, 1)?.squeeze(1)?.neg()?)
-}
+pub(crate) use temper_core::loss::{cross_entropy, margin};
 
 /// The per-sample objective to maximise, `(N,)`.
 pub(crate) fn objective(kind: LossKind, logits: &Tensor, labels: &Tensor, targeted: bool) -> Result<Tensor> {
     match (kind, targeted) {
-        (LossKind::CrossEntropy, false) => cross_entropy(logits, labels),
+        (LossKind::CrossEntropy, false) => Ok(cross_entropy(logits, labels)?),
         (LossKind::CrossEntropy, true) => Ok(cross_entropy(logits, labels)?.neg()?),
         (LossKind::CwMargin, false) => Ok(margin(logits, labels)?.neg()?),
-        (LossKind::CwMargin, true) => margin(logits, labels),
+        (LossKind::CwMargin, true) => Ok(margin(logits, labels)?),
     }
 }

@@ -41,6 +41,7 @@ pub mod device;
 mod error;
 pub mod fsutil;
 pub mod kernels;
+pub mod loss;
 mod model;
 pub mod nn;
 pub mod seed;

@@ -19,15 +19,7 @@ pub(crate) fn predict(model: &dyn Classifier, x: &Tensor, cost: &mut Cost) -> Re
     Ok(logits.argmax(D::Minus1)?.to_vec1::<u32>()?)
 }
 
-/// Per-sample cross-entropy `(N,)` of integer `labels`, written with candle-core alone.
-fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
-    // Subtracting the row maximum keeps exp() finite for large logits.
-    let m = logits.max_keepdim(D::Minus1)?.detach();
-    let shifted = logits.broadcast_sub(&m)?;
-    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    let own = shifted.gather(&labels.to_dtype(DType::U32)?.unsqueeze(1)?, 1)?;
-    Ok((lse - own)?.squeeze(1)?)
-}
+use temper_core::loss::cross_entropy;
 
 /// The gradient of the cross-entropy of the true label with respect to the input, per sample
 /// (the quantity every gradient attack follows). A model whose output does not depend on its

@@ -7,12 +7,7 @@ use rand_distr::{Distribution, Normal};
 use temper_core::seed::Rng;
 use temper_core::{Classifier, ForwardOpts, Mode};
 
-/// `sum_i KL(softmax(p_logits_i) || softmax(q_logits_i))`, with `p` treated as the target.
-pub fn kl_sum(p_logits: &Tensor, q_logits: &Tensor) -> Result<Tensor> {
-    let logp = candle_nn::ops::log_softmax(p_logits, D::Minus1)?;
-    let logq = candle_nn::ops::log_softmax(q_logits, D::Minus1)?;
-    Ok((logp.exp()? * (logp - logq)?)?.sum_all()?)
-}
+pub use temper_core::loss::kl_div_sum as kl_sum;
 
 /// The KL-maximising perturbation: start at x + 0.001 N(0, 1), then `steps` signed-gradient
 /// steps of size `alpha`, projected onto the eps ball and [0, 1]. Returns the point and the

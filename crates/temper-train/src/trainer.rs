@@ -181,7 +181,7 @@ fn validate(
         let logits = model.forward_opts(&b.images, eval)?;
         cost.val_forward += chunk.len() as u64;
         loss_sum +=
-            candle_nn::loss::cross_entropy(&logits, &y)?.to_scalar::<f32>()? as f64 * chunk.len() as f64;
+            temper_core::loss::cross_entropy_mean(&logits, &y)?.to_scalar::<f32>()? as f64 * chunk.len() as f64;
         let pred = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
         let yv = y.to_vec1::<u32>()?;
         let out = pgd.perturb(model, &b.images, &y, Goal::Untargeted, &mut rng)?;
@@ -367,14 +367,14 @@ fn run(
             };
             model.set_mode(Mode::Train);
             let logits = model.forward(&x_train)?;
-            let mut loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+            let mut loss = temper_core::loss::cross_entropy_mean(&logits, &y)?;
             cost.forward += n;
             cost.backward += n;
             if cfg.method == Method::Trades {
                 // TRADES trains on the clean logits; x_train holds the perturbation.
                 let clean = model.forward(&b.images)?;
                 let kl = (trades::kl_sum(&clean, &logits)? / n as f64)?;
-                loss = (candle_nn::loss::cross_entropy(&clean, &y)? + (kl * cfg.trades_beta)?)?;
+                loss = (temper_core::loss::cross_entropy_mean(&clean, &y)? + (kl * cfg.trades_beta)?)?;
                 cost.forward += n;
                 cost.backward += n;
             }
