@@ -2,7 +2,7 @@
 //! ball, and the training loss CE(f(x), y) + beta * KL(f(x) || f(x')).
 
 use crate::Result;
-use candle_core::{Tensor, Var, D};
+use candle_core::{Tensor, Var};
 use rand_distr::{Distribution, Normal};
 use temper_core::seed::Rng;
 use temper_core::{Classifier, ForwardOpts, Mode};
