@@ -160,6 +160,7 @@ fn bench(args: &[String]) -> Result<()> {
     let all: &[(&str, &str, &[&str])] = &[
         ("data", "temper-data", &["bench_loader"]),
         ("attacks", "temper-attacks", &["bench_pgd"]),
+        ("steps", "temper-train", &["bench_steps"]),
     ];
     let meta = cargo()
         .args(["metadata", "--format-version", "1", "--no-deps"])
@@ -180,6 +181,11 @@ fn bench(args: &[String]) -> Result<()> {
             if *ex == "bench_loader" {
                 // The CIFAR-10 JPEG folder, extracted from ../shared/data/cifar10 (skipped when absent).
                 cmd.arg(std::env::var("TEMPER_CIFAR10_DIR").unwrap_or_else(|_| "../cifar10/train".into()));
+            }
+            if *ex == "bench_steps" {
+                // Forward, PGD step, training step and PGD-10 AT iteration beside PyTorch;
+                // the table goes to stdout, the JSON to target/bench/steps.json.
+                cmd.args(["--out", "target/bench"]);
             }
             run(&mut cmd)?;
         }
@@ -239,7 +245,7 @@ fn main() -> Result<()> {
         Some("ssfd-sweep") => evidence::ssfd_sweep(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci|invariants|bench [data|attacks ...]|fixtures|cuda-build [--cudnn]|evidence|ssfd-sweep>"
+                "usage: cargo xtask <ci|invariants|bench [data|attacks|steps ...]|fixtures|cuda-build [--cudnn]|evidence|ssfd-sweep>"
             );
             std::process::exit(2)
         }

@@ -15,6 +15,7 @@
 //! `TEMPER_KERNELS` overrides the choice for debugging: `candle` forces the reference,
 //! `fast-cpu` the fast kernels (which still fall back to the reference off the CPU).
 
+mod fast_bn;
 mod fast_cpu;
 
 pub use fast_cpu::FastCpuKernels;

@@ -525,3 +525,141 @@ proptest! {
         check(&case).map_err(|e| TestCaseError::fail(format!("{e:#}")))?;
     }
 }
+
+/// Everything one BatchNorm call yields: output, batch statistics (training mode) and the
+/// gradients of `x`, gamma and beta under a non-uniform upstream gradient.
+type BnOutcome = (Tensor, Option<(Tensor, Tensor)>, [Option<Tensor>; 3]);
+
+fn batch_norm_run(
+    k: &dyn Kernels,
+    x: &Tensor,
+    params: [&Tensor; 4],
+    train: bool,
+    track_params: bool,
+    upstream: &Tensor,
+) -> Result<BnOutcome> {
+    let [mean, var, gamma, beta] = params;
+    let xv = Var::from_tensor(x)?;
+    let (gv, bv) = (Var::from_tensor(gamma)?, Var::from_tensor(beta)?);
+    let (g, b) = if track_params {
+        (gv.as_tensor().clone(), bv.as_tensor().clone())
+    } else {
+        (gamma.detach(), beta.detach())
+    };
+    let (y, stats) = if train {
+        let (y, s) = k.batch_norm_train(xv.as_tensor(), &g, &b, 1e-5)?;
+        (y, Some((s.mean, s.var)))
+    } else {
+        (k.batch_norm_eval(xv.as_tensor(), mean, var, &g, &b, 1e-5)?, None)
+    };
+    let grads = (&y * upstream)?.sum_all()?.backward()?;
+    let get = |t: &Tensor| grads.get(t).cloned();
+    Ok((
+        y,
+        stats,
+        [get(xv.as_tensor()), get(gv.as_tensor()), get(bv.as_tensor())],
+    ))
+}
+
+#[test]
+fn batch_norm_matches_the_reference_in_both_modes() -> Result<()> {
+    let dev = Device::Cpu;
+    let shapes = [
+        (2, 3, 4, 5),
+        (1, 1, 3, 3),
+        (8, 16, 7, 7),
+        (4, 64, 1, 1),
+        (3, 5, 2, 9),
+        (16, 8, 4, 4),
+    ];
+    for (i, &(n, c, h, w)) in shapes.iter().enumerate() {
+        let i = i as u64;
+        let len = n * c * h * w;
+        // Shifted and scaled so the batch mean and variance are far from 0 and 1.
+        let x = ((Tensor::from_vec(values(len, i), (n, c, h, w), &dev)? * 3.0)? + 0.5)?;
+        let gamma = Tensor::from_vec(values(c, 100 + i), c, &dev)?;
+        let beta = Tensor::from_vec(values(c, 200 + i), c, &dev)?;
+        let mean = Tensor::from_vec(values(c, 300 + i), c, &dev)?;
+        let var = (Tensor::from_vec(values(c, 400 + i), c, &dev)?.abs()? + 0.1)?;
+        let upstream = Tensor::from_vec(values(len, 500 + i), (n, c, h, w), &dev)?;
+        // The same values stored (N, C, W, H) and viewed transposed: a strided input.
+        let strided = x.transpose(2, 3)?.contiguous()?.transpose(2, 3)?;
+        for input in [&x, &strided] {
+            for train in [true, false] {
+                for track_params in [true, false] {
+                    let params = [&mean, &var, &gamma, &beta];
+                    let fast =
+                        batch_norm_run(&FastCpuKernels, input, params, train, track_params, &upstream)?;
+                    let reference =
+                        batch_norm_run(&CandleKernels, input, params, train, track_params, &upstream)?;
+                    let what = format!("shape {:?} train {train} track {track_params}", (n, c, h, w));
+                    let e = rel_err(&fast.0, &reference.0)?;
+                    ensure!(e < 1e-5, "{what}: output differs by {e}");
+                    if let (Some((fm, fv)), Some((rm, rv))) = (&fast.1, &reference.1) {
+                        ensure!(rel_err(fm, rm)? < 1e-5, "{what}: batch mean differs");
+                        ensure!(rel_err(fv, rv)? < 1e-5, "{what}: batch variance differs");
+                    }
+                    for (j, name) in ["x", "gamma", "beta"].iter().enumerate() {
+                        match (&fast.2[j], &reference.2[j]) {
+                            (Some(f), Some(r)) => {
+                                let e = rel_err(f, r)?;
+                                ensure!(e < 1e-4, "{what}: gradient of {name} differs by {e}");
+                            }
+                            (None, None) => {}
+                            (f, r) => anyhow::bail!(
+                                "{what}: gradient of {name} present {} vs reference {}",
+                                f.is_some(),
+                                r.is_some()
+                            ),
+                        }
+                    }
+                    ensure!(fast.2[0].is_some(), "{what}: no input gradient");
+                    ensure!(
+                        track_params || fast.2[1].is_none(),
+                        "{what}: detached gamma got a gradient"
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn batch_norm_train_input_gradient_matches_finite_differences() -> Result<()> {
+    // Independent of candle's autograd: d/dx_k of sum(y * r) by central differences in f64
+    // terms, on a small case where f32 rounding stays far below the tolerance.
+    let dev = Device::Cpu;
+    let (n, c, h, w) = (3, 2, 2, 2);
+    let len = n * c * h * w;
+    let xs = values(len, 7);
+    let r = Tensor::from_vec(values(len, 8), (n, c, h, w), &dev)?;
+    let gamma = Tensor::new(&[1.5f32, -0.7], &dev)?;
+    let beta = Tensor::new(&[0.2f32, 0.3], &dev)?;
+    let objective = |v: &[f32]| -> Result<f64> {
+        let x = Tensor::from_vec(v.to_vec(), (n, c, h, w), &dev)?;
+        let (y, _) = FastCpuKernels.batch_norm_train(&x, &gamma, &beta, 1e-5)?;
+        Ok((y * &r)?.sum_all()?.to_scalar::<f32>()? as f64)
+    };
+    let x = Var::from_tensor(&Tensor::from_vec(xs.clone(), (n, c, h, w), &dev)?)?;
+    let (y, _) = FastCpuKernels.batch_norm_train(x.as_tensor(), &gamma, &beta, 1e-5)?;
+    let grads = (y * &r)?.sum_all()?.backward()?;
+    let dx = grads
+        .get(x.as_tensor())
+        .context("no input gradient")?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let step = 1e-2f32;
+    for k in 0..len {
+        let (mut up, mut down) = (xs.clone(), xs.clone());
+        up[k] += step;
+        down[k] -= step;
+        let fd = (objective(&up)? - objective(&down)?) / (2.0 * step as f64);
+        ensure!(
+            (fd - dx[k] as f64).abs() < 2e-2 * (1.0 + fd.abs()),
+            "element {k}: analytic {} vs finite difference {fd}",
+            dx[k]
+        );
+    }
+    Ok(())
+}

@@ -1,4 +1,5 @@
-//! [`FastCpuKernels`]: an im2col + gemm convolution for the CPU with a backward of its own.
+//! [`FastCpuKernels`]: an im2col + gemm convolution for the CPU with a backward of its own
+//! (and the fused BatchNorm of `fast_bn`).
 //!
 //! candle's CPU convolution backward always computes both gradients, and its input gradient
 //! goes through a direct transposed convolution with one dot product per output element. Here
@@ -19,7 +20,7 @@
 //! The backward returns tensors that do not themselves track gradients, so gradients of
 //! gradients (double backward) are not supported through this op.
 
-use super::{CandleKernels, ConvCfg, Kernels};
+use super::{fast_bn, BatchStats, CandleKernels, ConvCfg, Kernels};
 use crate::Result;
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
@@ -75,6 +76,34 @@ impl Kernels for FastCpuKernels {
             Some(b) => Ok(y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?)?),
             None => Ok(y),
         }
+    }
+
+    fn batch_norm_train(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f64,
+    ) -> Result<(Tensor, BatchStats)> {
+        if !fast_bn::covers(x, &[gamma, beta]) {
+            return CandleKernels.batch_norm_train(x, gamma, beta, eps);
+        }
+        fast_bn::batch_norm_train(x, gamma, beta, eps)
+    }
+
+    fn batch_norm_eval(
+        &self,
+        x: &Tensor,
+        mean: &Tensor,
+        var: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f64,
+    ) -> Result<Tensor> {
+        if !fast_bn::covers(x, &[mean, var, gamma, beta]) {
+            return CandleKernels.batch_norm_eval(x, mean, var, gamma, beta, eps);
+        }
+        fast_bn::batch_norm_eval(x, mean, var, gamma, beta, eps)
     }
 }
 
@@ -237,7 +266,7 @@ fn col2im(cols: &[f32], g: &Geometry, nb: usize, dx: &mut [f32]) {
 
 /// The elements of a 4-D f32 storage in row-major order: borrowed when contiguous, gathered
 /// otherwise.
-fn dense<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<Cow<'a, [f32]>> {
+pub(super) fn dense<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<Cow<'a, [f32]>> {
     let data = s.as_slice::<f32>()?;
     if let Some((a, b)) = l.contiguous_offsets() {
         return Ok(Cow::Borrowed(&data[a..b]));
@@ -259,7 +288,10 @@ fn dense<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<Cow<'a, [f32]
 
 /// Runs `f` on the row-major elements of a CPU f32 tensor, without copying when it is
 /// contiguous.
-fn with_data<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> candle_core::Result<R>) -> candle_core::Result<R> {
+pub(super) fn with_data<R>(
+    t: &Tensor,
+    f: impl FnOnce(&[f32]) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
     let t = t.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
     let Storage::Cpu(cpu) = &*storage else {

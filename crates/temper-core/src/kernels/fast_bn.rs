@@ -1,0 +1,242 @@
+//! Fused BatchNorm for the CPU: one custom op per layer instead of candle's chain of
+//! broadcast operations.
+//!
+//! Through candle's differentiable operations, a training-mode BatchNorm is about ten passes
+//! over the activation forward (mean, centring, square, variance, scale, gamma, beta, each
+//! allocating) and more backward (every broadcast op's gradient reduces again). Here the
+//! statistics are one parallel pass per channel (accumulated in f64), the output one pass,
+//! and the backward two: per-channel sums of `dy` and `dy * x_hat`, then the input gradient
+//! of the full BatchNorm formula,
+//!
+//! `dx = gamma / sigma * (dy - mean(dy) - x_hat * mean(dy * x_hat))` (training mode, where the
+//! batch statistics depend on `x`), or `dx = dy * gamma / sigma` (evaluation mode, running
+//! statistics). `dgamma = sum(dy * x_hat)` and `dbeta = sum(dy)` are computed only when those
+//! parameters track gradients; attacks (detached parameters, evaluation mode) pay for a
+//! single multiply per element.
+//!
+//! As for the convolution, the backward returns tensors that do not track gradients, so
+//! double backward is not supported through this op.
+
+use super::fast_cpu::{dense, with_data};
+use super::BatchStats;
+use crate::Result;
+use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Whether the fused path handles this input: CPU f32 NCHW with per-channel f32 parameters.
+pub(super) fn covers(x: &Tensor, per_channel: &[&Tensor]) -> bool {
+    let c = x.dims().get(1).copied();
+    x.device().is_cpu()
+        && x.dtype() == DType::F32
+        && x.rank() == 4
+        && x.elem_count() > 0
+        && per_channel.iter().all(|p| {
+            p.device().is_cpu()
+                && p.dtype() == DType::F32
+                && p.rank() == 1
+                && Some(p.dim(0).unwrap_or(0)) == c
+        })
+}
+
+/// Per-channel sums over (N, H, W) of `f(channel, plane, first_index)` for an NCHW buffer,
+/// parallel over channels, accumulated in f64. `first_index` is the plane's offset in the
+/// buffer, so `f` can read other buffers of the same layout.
+fn channel_sums<F>(n: usize, c: usize, hw: usize, f: F) -> Vec<f64>
+where
+    F: Fn(usize, usize) -> f64 + Sync,
+{
+    (0..c)
+        .into_par_iter()
+        .map(|ch| (0..n).map(|b| f(ch, (b * c + ch) * hw)).sum())
+        .collect()
+}
+
+/// Per-channel mean and biased variance of an NCHW buffer (two passes, f64 accumulation).
+fn moments(x: &[f32], n: usize, c: usize, hw: usize) -> (Vec<f64>, Vec<f64>) {
+    let count = (n * hw) as f64;
+    let mean: Vec<f64> = channel_sums(n, c, hw, |_, at| x[at..at + hw].iter().map(|&v| v as f64).sum())
+        .into_iter()
+        .map(|s| s / count)
+        .collect();
+    let var = channel_sums(n, c, hw, |ch, at| {
+        let m = mean[ch];
+        x[at..at + hw]
+            .iter()
+            .map(|&v| (v as f64 - m) * (v as f64 - m))
+            .sum()
+    })
+    .into_iter()
+    .map(|s| s / count)
+    .collect();
+    (mean, var)
+}
+
+/// BatchNorm in training mode with the batch's own statistics.
+pub(super) fn batch_norm_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, BatchStats)> {
+    let x = x.contiguous()?;
+    let (n, c, h, w) = x.dims4()?;
+    let (mean, var) = with_data(&x.detach(), |d| Ok(moments(d, n, c, h * w)))?;
+    let op = BatchNormOp {
+        mean: mean.iter().map(|&m| m as f32).collect(),
+        invstd: var.iter().map(|&v| (1.0 / (v + eps).sqrt()) as f32).collect(),
+        train: true,
+    };
+    let y = x.apply_op3(gamma, beta, op)?;
+    let dev = Device::Cpu;
+    let stats = BatchStats {
+        mean: Tensor::from_vec(mean.iter().map(|&m| m as f32).collect::<Vec<_>>(), c, &dev)?,
+        var: Tensor::from_vec(var.iter().map(|&v| v as f32).collect::<Vec<_>>(), c, &dev)?,
+    };
+    Ok((y, stats))
+}
+
+/// BatchNorm in evaluation mode with running statistics `mean` and `var`.
+pub(super) fn batch_norm_eval(
+    x: &Tensor,
+    mean: &Tensor,
+    var: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    // The same f32 arithmetic as the reference: 1 / sqrt(var + eps).
+    let invstd = (var.detach() + eps)?.sqrt()?.recip()?.to_vec1::<f32>()?;
+    let op = BatchNormOp {
+        mean: mean.detach().to_vec1::<f32>()?,
+        invstd,
+        train: false,
+    };
+    Ok(x.contiguous()?.apply_op3(gamma, beta, op)?)
+}
+
+/// `y = (x - mean) * invstd * gamma + beta` on `(x, gamma, beta)`, with the statistics fixed
+/// at construction: the batch's own (training mode) or the running ones (evaluation mode).
+struct BatchNormOp {
+    mean: Vec<f32>,
+    invstd: Vec<f32>,
+    /// The statistics are the batch's own, so the input gradient flows through them too.
+    train: bool,
+}
+
+/// The elements of a 1-D f32 storage.
+fn vector(s: &CpuStorage, l: &Layout) -> candle_core::Result<Vec<f32>> {
+    let data = s.as_slice::<f32>()?;
+    let (&[len], &[stride]) = (l.dims(), l.stride()) else {
+        candle_core::bail!(
+            "fast-cpu batch norm: expected a 1-D parameter, got {:?}",
+            l.dims()
+        )
+    };
+    Ok((0..len).map(|i| data[l.start_offset() + i * stride]).collect())
+}
+
+impl CustomOp3 for BatchNormOp {
+    fn name(&self) -> &'static str {
+        "temper-fast-cpu-batch-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let &[n, c, h, w] = l1.dims() else {
+            candle_core::bail!("fast-cpu batch norm: expected NCHW input, got {:?}", l1.dims())
+        };
+        let x = dense(s1, l1)?;
+        let (gamma, beta) = (vector(s2, l2)?, vector(s3, l3)?);
+        if gamma.len() != c || beta.len() != c || self.mean.len() != c {
+            candle_core::bail!("fast-cpu batch norm: {c} channels but {} parameters", gamma.len())
+        }
+        let hw = h * w;
+        let mut y = vec![0f32; n * c * hw];
+        y.par_chunks_mut(hw).enumerate().for_each(|(plane, out)| {
+            let ch = plane % c;
+            let (m, s, b) = (self.mean[ch], self.invstd[ch] * gamma[ch], beta[ch]);
+            for (o, &v) in out.iter_mut().zip(&x[plane * hw..(plane + 1) * hw]) {
+                *o = (v - m) * s + b;
+            }
+        });
+        Ok((CpuStorage::F32(y), Shape::from((n, c, h, w))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (need_dx, need_dg, need_db) = (x.track_op(), gamma.track_op(), beta.track_op());
+        if !(need_dx || need_dg || need_db) {
+            return Ok((None, None, None));
+        }
+        let (n, c, h, w) = x.dims4()?;
+        let hw = h * w;
+        let count = (n * hw) as f64;
+        let dev = Device::Cpu;
+        let g = gamma.detach().to_vec1::<f32>()?;
+        let x = x.detach().contiguous()?;
+        let dy = grad_res.detach().contiguous()?;
+        let (mean, invstd) = (&self.mean, &self.invstd);
+        with_data(&x, |x| {
+            with_data(&dy, |dy| {
+                // Per-channel sums of dy and dy * x_hat: the parameter gradients, and the two
+                // corrections of the training-mode input gradient.
+                let want_sums = need_dg || need_db || (need_dx && self.train);
+                let (sum_dy, sum_dy_xhat) = if want_sums {
+                    let s1 = channel_sums(n, c, hw, |_, at| dy[at..at + hw].iter().map(|&v| v as f64).sum());
+                    let s2 = channel_sums(n, c, hw, |ch, at| {
+                        let (m, s) = (mean[ch], invstd[ch]);
+                        dy[at..at + hw]
+                            .iter()
+                            .zip(&x[at..at + hw])
+                            .map(|(&d, &v)| d as f64 * ((v - m) * s) as f64)
+                            .sum()
+                    });
+                    (s1, s2)
+                } else {
+                    (Vec::new(), Vec::new())
+                };
+                let dx = if need_dx {
+                    let mut dx = vec![0f32; n * c * hw];
+                    dx.par_chunks_mut(hw).enumerate().for_each(|(plane, out)| {
+                        let ch = plane % c;
+                        let scale = g[ch] * invstd[ch];
+                        let at = plane * hw;
+                        if self.train {
+                            let (m, s) = (mean[ch], invstd[ch]);
+                            let mean_dy = (sum_dy[ch] / count) as f32;
+                            let mean_dy_xhat = (sum_dy_xhat[ch] / count) as f32;
+                            for ((o, &d), &v) in out.iter_mut().zip(&dy[at..at + hw]).zip(&x[at..at + hw]) {
+                                *o = scale * (d - mean_dy - (v - m) * s * mean_dy_xhat);
+                            }
+                        } else {
+                            for (o, &d) in out.iter_mut().zip(&dy[at..at + hw]) {
+                                *o = d * scale;
+                            }
+                        }
+                    });
+                    Some(Tensor::from_vec(dx, (n, c, h, w), &dev)?)
+                } else {
+                    None
+                };
+                let to_tensor =
+                    |v: &[f64]| Tensor::from_vec(v.iter().map(|&s| s as f32).collect::<Vec<_>>(), c, &dev);
+                let dg = need_dg.then(|| to_tensor(&sum_dy_xhat)).transpose()?;
+                let db = need_db.then(|| to_tensor(&sum_dy)).transpose()?;
+                Ok((dx, dg, db))
+            })
+        })
+    }
+}
