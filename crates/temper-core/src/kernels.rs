@@ -15,6 +15,7 @@
 //! `TEMPER_KERNELS` overrides the choice for debugging: `candle` forces the reference,
 //! `fast-cpu` the fast kernels (which still fall back to the reference off the CPU).
 
+mod fast_act;
 mod fast_bn;
 mod fast_cpu;
 
@@ -165,6 +166,16 @@ pub trait Kernels: Send + Sync + std::fmt::Debug {
     /// rule), for any kernel, stride, padding and input size.
     fn max_pool2d(&self, x: &Tensor, cfg: PoolCfg) -> Result<Tensor> {
         self.fallback().max_pool2d(x, cfg)
+    }
+
+    /// `max(x, 0)`, element-wise, any shape.
+    fn relu(&self, x: &Tensor) -> Result<Tensor> {
+        self.fallback().relu(x)
+    }
+
+    /// `min(max(x, 0), 6)`, element-wise, any shape.
+    fn relu6(&self, x: &Tensor) -> Result<Tensor> {
+        self.fallback().relu6(x)
     }
 
     /// Average pooling (padding counted, as PyTorch's default).
@@ -337,6 +348,14 @@ impl Kernels for CandleKernels {
         let shift = (beta - (mean * &scale)?)?;
         Ok(x.broadcast_mul(&scale.reshape((1, c, 1, 1))?)?
             .broadcast_add(&shift.reshape((1, c, 1, 1))?)?)
+    }
+
+    fn relu(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.relu()?)
+    }
+
+    fn relu6(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.clamp(0f32, 6f32)?)
     }
 
     fn max_pool2d(&self, x: &Tensor, cfg: PoolCfg) -> Result<Tensor> {

@@ -19,7 +19,7 @@
 //! struct Tiny { conv: Conv2d, fc: Linear }
 //! impl Backbone for Tiny {
 //!     fn forward(&self, x: &Tensor, ctx: &Ctx<'_>) -> temper_core::Result<Tensor> {
-//!         let h = temper_core::nn::relu(&self.conv.forward(x, ctx)?)?;
+//!         let h = temper_core::nn::relu(&self.conv.forward(x, ctx)?, ctx)?;
 //!         self.fc.forward(&h.flatten_from(1)?, ctx)
 //!     }
 //! }

@@ -277,14 +277,14 @@ pub fn global_avg_pool(x: &Tensor, ctx: &Ctx<'_>) -> Result<Tensor> {
     Ok(ctx.kernels.adaptive_avg_pool2d(x, 1, 1)?.flatten_from(1)?)
 }
 
-/// `torch.nn.ReLU`.
-pub fn relu(x: &Tensor) -> Result<Tensor> {
-    Ok(x.relu()?)
+/// `torch.nn.ReLU`, through the context's kernels.
+pub fn relu(x: &Tensor, ctx: &Ctx<'_>) -> Result<Tensor> {
+    ctx.kernels.relu(x)
 }
 
-/// `torch.nn.ReLU6`.
-pub fn relu6(x: &Tensor) -> Result<Tensor> {
-    Ok(x.clamp(0f32, 6f32)?)
+/// `torch.nn.ReLU6`, through the context's kernels.
+pub fn relu6(x: &Tensor, ctx: &Ctx<'_>) -> Result<Tensor> {
+    ctx.kernels.relu6(x)
 }
 
 /// Inverted dropout with PyTorch's semantics: in train mode each element is zeroed with

@@ -663,3 +663,49 @@ fn batch_norm_train_input_gradient_matches_finite_differences() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn activations_match_the_reference_and_pytorch_at_the_kinks() -> Result<()> {
+    let dev = Device::Cpu;
+    type Act = fn(&dyn Kernels, &Tensor) -> temper_core::Result<Tensor>;
+    let acts: [(&str, Act); 2] = [("relu", |k, x| k.relu(x)), ("relu6", |k, x| k.relu6(x))];
+    for (name, act) in acts {
+        for (i, shape) in [vec![2usize, 3, 4, 5], vec![7], vec![40_000], vec![3, 1, 9, 9]]
+            .into_iter()
+            .enumerate()
+        {
+            let len: usize = shape.iter().product();
+            // Values in (-8, 8): both kinks of ReLU6 are inside the range.
+            let x = (Tensor::from_vec(values(len, 900 + i as u64), shape.as_slice(), &dev)? * 8.0)?;
+            let upstream = Tensor::from_vec(values(len, 950 + i as u64), shape.as_slice(), &dev)?;
+            let mut got = Vec::new();
+            for k in [&FastCpuKernels as &dyn Kernels, &CandleKernels] {
+                let v = Var::from_tensor(&x)?;
+                let y = act(k, v.as_tensor())?;
+                let g = (&y * &upstream)?.sum_all()?.backward()?;
+                got.push((y, g.get(v.as_tensor()).context("no gradient")?.clone()));
+            }
+            ensure!(
+                rel_err(&got[0].0, &got[1].0)? == 0.0,
+                "{name} {shape:?}: outputs differ"
+            );
+            ensure!(
+                rel_err(&got[0].1, &got[1].1)? == 0.0,
+                "{name} {shape:?}: gradients differ"
+            );
+        }
+    }
+    // Exactly at the kinks the gradient is PyTorch's: zero at 0 (and at 6 for ReLU6).
+    let x = Var::from_tensor(&Tensor::new(&[-1f32, 0.0, 3.0, 6.0, 7.0], &dev)?)?;
+    let g = FastCpuKernels.relu(x.as_tensor())?.sum_all()?.backward()?;
+    let g = g.get(x.as_tensor()).context("no gradient")?.to_vec1::<f32>()?;
+    ensure!(g == vec![0.0, 0.0, 1.0, 1.0, 1.0], "relu gradient {g:?}");
+    let g = FastCpuKernels.relu6(x.as_tensor())?.sum_all()?.backward()?;
+    let g = g.get(x.as_tensor()).context("no gradient")?.to_vec1::<f32>()?;
+    ensure!(g == vec![0.0, 0.0, 1.0, 0.0, 0.0], "relu6 gradient {g:?}");
+    let y = FastCpuKernels
+        .relu(&Tensor::new(&[f32::NAN, -0.5], &dev)?)?
+        .to_vec1::<f32>()?;
+    ensure!(y[0].is_nan() && y[1] == 0.0, "relu of NaN must stay NaN: {y:?}");
+    Ok(())
+}

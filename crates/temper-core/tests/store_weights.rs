@@ -18,7 +18,7 @@ struct Net {
 
 impl Backbone for Net {
     fn forward(&self, x: &Tensor, ctx: &Ctx<'_>) -> temper_core::Result<Tensor> {
-        let h = temper_core::nn::relu(&self.bn.forward(&self.conv.forward(x, ctx)?, ctx)?)?;
+        let h = temper_core::nn::relu(&self.bn.forward(&self.conv.forward(x, ctx)?, ctx)?, ctx)?;
         self.fc.forward(&temper_core::nn::global_avg_pool(&h, ctx)?, ctx)
     }
 }

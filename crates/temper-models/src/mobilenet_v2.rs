@@ -43,7 +43,7 @@ impl ConvBn {
     fn forward(&self, x: &Tensor, ctx: &Ctx<'_>) -> Result<Tensor> {
         let y = self.bn.forward(&self.conv.forward(x, ctx)?, ctx)?;
         if self.act {
-            relu6(&y)
+            relu6(&y, ctx)
         } else {
             Ok(y)
         }

@@ -50,14 +50,16 @@ impl PreActBlock {
     }
 
     fn forward(&self, x: &Tensor, ctx: &Ctx<'_>) -> Result<Tensor> {
-        let out = relu(&self.bn1.forward(x, ctx)?)?;
+        let out = relu(&self.bn1.forward(x, ctx)?, ctx)?;
         // The projection shortcut takes the pre-activated input, the identity the raw one.
         let short = match &self.shortcut {
             Some(s) => s.forward(&out, ctx)?,
             None => x.clone(),
         };
         let out = self.conv1.forward(&out, ctx)?;
-        let out = self.conv2.forward(&relu(&self.bn2.forward(&out, ctx)?)?, ctx)?;
+        let out = self
+            .conv2
+            .forward(&relu(&self.bn2.forward(&out, ctx)?, ctx)?, ctx)?;
         Ok((out + short)?)
     }
 }
@@ -112,7 +114,7 @@ impl Backbone for PreActResNet {
         for l in &self.layers {
             out = l.forward(&out, ctx)?;
         }
-        let out = relu(&self.bn.forward(&out, ctx)?)?;
+        let out = relu(&self.bn.forward(&out, ctx)?, ctx)?;
         // The reference uses avg_pool2d(out, 4) on the 4x4 map of a 32x32 input: a global
         // average there, and a global average here for any input size.
         self.linear.forward(&global_avg_pool(&out, ctx)?, ctx)

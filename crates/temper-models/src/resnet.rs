@@ -66,7 +66,7 @@ impl Block {
                 bn2,
                 down,
             } => {
-                let o = relu(&bn1.forward(&conv1.forward(x, ctx)?, ctx)?)?;
+                let o = relu(&bn1.forward(&conv1.forward(x, ctx)?, ctx)?, ctx)?;
                 (bn2.forward(&conv2.forward(&o, ctx)?, ctx)?, down)
             }
             Block::Bottleneck {
@@ -78,8 +78,8 @@ impl Block {
                 bn3,
                 down,
             } => {
-                let o = relu(&bn1.forward(&conv1.forward(x, ctx)?, ctx)?)?;
-                let o = relu(&bn2.forward(&conv2.forward(&o, ctx)?, ctx)?)?;
+                let o = relu(&bn1.forward(&conv1.forward(x, ctx)?, ctx)?, ctx)?;
+                let o = relu(&bn2.forward(&conv2.forward(&o, ctx)?, ctx)?, ctx)?;
                 (bn3.forward(&conv3.forward(&o, ctx)?, ctx)?, down)
             }
         };
@@ -87,7 +87,7 @@ impl Block {
             Some(d) => d.bn.forward(&d.conv.forward(x, ctx)?, ctx)?,
             None => x.clone(),
         };
-        relu(&(out + identity)?)
+        relu(&(out + identity)?, ctx)
     }
 }
 
@@ -156,7 +156,7 @@ pub(crate) fn build(
 
 impl Backbone for ResNet {
     fn forward(&self, x: &Tensor, ctx: &Ctx<'_>) -> Result<Tensor> {
-        let mut out = relu(&self.bn1.forward(&self.conv1.forward(x, ctx)?, ctx)?)?;
+        let mut out = relu(&self.bn1.forward(&self.conv1.forward(x, ctx)?, ctx)?, ctx)?;
         if self.stem == Stem::Imagenet {
             out = max_pool2d(&out, 3, 2, 1, ctx)?;
         }

@@ -41,9 +41,9 @@ pub(crate) fn build(b: &Builder, cfg: &ValidModelConfig) -> Result<SmallCnn> {
 
 impl Backbone for SmallCnn {
     fn forward(&self, x: &Tensor, ctx: &Ctx<'_>) -> Result<Tensor> {
-        let x = relu(&self.conv1.forward(x, ctx)?)?;
-        let x = relu(&self.conv2.forward(&x, ctx)?)?;
-        let x = relu(&self.fc1.forward(&x.flatten_from(1)?, ctx)?)?;
+        let x = relu(&self.conv1.forward(x, ctx)?, ctx)?;
+        let x = relu(&self.conv2.forward(&x, ctx)?, ctx)?;
+        let x = relu(&self.fc1.forward(&x.flatten_from(1)?, ctx)?, ctx)?;
         self.fc2.forward(&x, ctx)
     }
 }

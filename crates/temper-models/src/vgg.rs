@@ -70,13 +70,13 @@ impl Backbone for Vgg {
         let mut out = x.clone();
         for f in &self.features {
             out = match f {
-                Feature::ConvBn(conv, bn) => relu(&bn.forward(&conv.forward(&out, ctx)?, ctx)?)?,
+                Feature::ConvBn(conv, bn) => relu(&bn.forward(&conv.forward(&out, ctx)?, ctx)?, ctx)?,
                 Feature::Pool => max_pool2d(&out, 2, 2, 0, ctx)?,
             };
         }
         let out = ctx.kernels.adaptive_avg_pool2d(&out, 7, 7)?.flatten_from(1)?;
-        let out = dropout(&relu(&self.fc[0].forward(&out, ctx)?)?, self.dropout, ctx)?;
-        let out = dropout(&relu(&self.fc[1].forward(&out, ctx)?)?, self.dropout, ctx)?;
+        let out = dropout(&relu(&self.fc[0].forward(&out, ctx)?, ctx)?, self.dropout, ctx)?;
+        let out = dropout(&relu(&self.fc[1].forward(&out, ctx)?, ctx)?, self.dropout, ctx)?;
         self.fc[2].forward(&out, ctx)
     }
 }

@@ -48,9 +48,11 @@ impl WideBlock {
     }
 
     fn forward(&self, x: &Tensor, ctx: &Ctx<'_>) -> Result<Tensor> {
-        let act = relu(&self.bn1.forward(x, ctx)?)?;
+        let act = relu(&self.bn1.forward(x, ctx)?, ctx)?;
         let out = self.conv1.forward(&act, ctx)?;
-        let out = self.conv2.forward(&relu(&self.bn2.forward(&out, ctx)?)?, ctx)?;
+        let out = self
+            .conv2
+            .forward(&relu(&self.bn2.forward(&out, ctx)?, ctx)?, ctx)?;
         // RobustBench's block: a projection shortcut takes the activated input, the identity
         // shortcut the raw one.
         let short = match &self.shortcut {
@@ -114,7 +116,7 @@ impl Backbone for WideResNet {
         for blk in &self.blocks {
             out = blk.forward(&out, ctx)?;
         }
-        let out = relu(&self.bn1.forward(&out, ctx)?)?;
+        let out = relu(&self.bn1.forward(&out, ctx)?, ctx)?;
         // avg_pool2d(out, 8) on the 8x8 map of a 32x32 input: a global average.
         self.fc.forward(&global_avg_pool(&out, ctx)?, ctx)
     }

@@ -1,5 +1,5 @@
 //! [`FastCpuKernels`]: an im2col + gemm convolution for the CPU with a backward of its own
-//! (and the fused BatchNorm of `fast_bn`).
+//! (and the fused BatchNorm of `fast_bn` and the activations of `fast_act`).
 //!
 //! candle's CPU convolution backward always computes both gradients, and its input gradient
 //! goes through a direct transposed convolution with one dot product per output element. Here
@@ -20,7 +20,7 @@
 //! The backward returns tensors that do not themselves track gradients, so gradients of
 //! gradients (double backward) are not supported through this op.
 
-use super::{fast_bn, BatchStats, CandleKernels, ConvCfg, Kernels};
+use super::{fast_act, fast_bn, BatchStats, CandleKernels, ConvCfg, Kernels};
 use crate::Result;
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
@@ -104,6 +104,20 @@ impl Kernels for FastCpuKernels {
             return CandleKernels.batch_norm_eval(x, mean, var, gamma, beta, eps);
         }
         fast_bn::batch_norm_eval(x, mean, var, gamma, beta, eps)
+    }
+
+    fn relu(&self, x: &Tensor) -> Result<Tensor> {
+        if !fast_act::covers(x) {
+            return CandleKernels.relu(x);
+        }
+        fast_act::clamp(x, None)
+    }
+
+    fn relu6(&self, x: &Tensor) -> Result<Tensor> {
+        if !fast_act::covers(x) {
+            return CandleKernels.relu6(x);
+        }
+        fast_act::clamp(x, Some(6.0))
     }
 }
 
