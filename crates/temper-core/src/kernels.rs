@@ -18,6 +18,7 @@
 mod fast_act;
 mod fast_bn;
 mod fast_cpu;
+mod fast_depthwise;
 
 pub use fast_cpu::FastCpuKernels;
 

@@ -467,14 +467,14 @@ fn kernel_larger_than_input_is_an_error() -> Result<()> {
 #[test]
 fn unsupported_cases_fall_back_to_reference() -> Result<()> {
     let dev = Device::Cpu;
-    // Depthwise (groups > 1).
+    // Grouped but not depthwise (two channels per group).
     let x = Tensor::from_vec(values(2 * 4 * 6 * 6, 7), (2, 4, 6, 6), &dev)?;
-    let w = Tensor::from_vec(values(4 * 3 * 3, 8), (4, 1, 3, 3), &dev)?;
+    let w = Tensor::from_vec(values(4 * 2 * 3 * 3, 8), (4, 2, 3, 3), &dev)?;
     let cfg = ConvCfg {
         stride: 1,
         padding: 1,
         dilation: 1,
-        groups: 4,
+        groups: 2,
     };
     let a = FastCpuKernels.conv2d(&x, &w, None, cfg)?;
     let b = CandleKernels.conv2d(&x, &w, None, cfg)?;
@@ -707,5 +707,73 @@ fn activations_match_the_reference_and_pytorch_at_the_kinks() -> Result<()> {
         .relu(&Tensor::new(&[f32::NAN, -0.5], &dev)?)?
         .to_vec1::<f32>()?;
     ensure!(y[0].is_nan() && y[1] == 0.0, "relu of NaN must stay NaN: {y:?}");
+    Ok(())
+}
+
+#[test]
+fn depthwise_matches_the_reference() -> Result<()> {
+    let dev = Device::Cpu;
+    let mut checked = 0;
+    for (n, c, h, w) in [(2, 4, 6, 6), (1, 3, 7, 5), (5, 8, 4, 4), (3, 16, 9, 9)] {
+        for k in [1, 3, 5] {
+            for stride in [1, 2] {
+                for padding in [0, 1, 2] {
+                    for dilation in [1, 2] {
+                        let span = dilation * (k - 1) + 1;
+                        // candle's reference backward fails where the padding exceeds the
+                        // kernel's reach; those shapes do not occur in practice.
+                        if h + 2 * padding < span || w + 2 * padding < span || padding >= span {
+                            continue;
+                        }
+                        let cfg = ConvCfg {
+                            stride,
+                            padding,
+                            dilation,
+                            groups: c,
+                        };
+                        let seed = checked as u64;
+                        let x0 = Tensor::from_vec(values(n * c * h * w, seed), (n, c, h, w), &dev)?;
+                        let w0 = Tensor::from_vec(values(c * k * k, seed + 1), (c, 1, k, k), &dev)?;
+                        let b0 = Tensor::from_vec(values(c, seed + 2), c, &dev)?;
+                        let strided = x0.transpose(2, 3)?.contiguous()?.transpose(2, 3)?;
+                        for (x_in, track_w) in [(&x0, true), (&strided, false)] {
+                            let mut out = Vec::new();
+                            for kern in [&FastCpuKernels as &dyn Kernels, &CandleKernels] {
+                                let xv = Var::from_tensor(x_in)?;
+                                let wv = Var::from_tensor(&w0)?;
+                                let wt = if track_w {
+                                    wv.as_tensor().clone()
+                                } else {
+                                    w0.detach()
+                                };
+                                let y = kern.conv2d(xv.as_tensor(), &wt, Some(&b0), cfg)?;
+                                let r = Tensor::from_vec(values(y.elem_count(), seed + 3), y.dims(), &dev)?;
+                                let g = (&y * &r)?.sum_all()?.backward()?;
+                                out.push((y, g.get(xv.as_tensor()).cloned(), g.get(wv.as_tensor()).cloned()));
+                            }
+                            let what = format!("n{n} c{c} {h}x{w} k{k} s{stride} p{padding} d{dilation}");
+                            ensure!(rel_err(&out[0].0, &out[1].0)? < TOL, "{what}: output");
+                            let (fx, rx) = (out[0].1.as_ref(), out[1].1.as_ref());
+                            ensure!(
+                                rel_err(fx.context("dx")?, rx.context("ref dx")?)? < TOL,
+                                "{what}: dx"
+                            );
+                            if track_w {
+                                let (fw, rw) = (out[0].2.as_ref(), out[1].2.as_ref());
+                                ensure!(
+                                    rel_err(fw.context("dw")?, rw.context("ref dw")?)? < TOL,
+                                    "{what}: dw"
+                                );
+                            } else {
+                                ensure!(out[0].2.is_none(), "{what}: detached weight got a gradient");
+                            }
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    ensure!(checked > 100, "only {checked} cases checked");
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! [`FastCpuKernels`]: an im2col + gemm convolution for the CPU with a backward of its own
-//! (and the fused BatchNorm of `fast_bn` and the activations of `fast_act`).
+//! (and the depthwise convolution of `fast_depthwise`, the fused BatchNorm of `fast_bn` and
+//! the activations of `fast_act`).
 //!
 //! candle's CPU convolution backward always computes both gradients, and its input gradient
 //! goes through a direct transposed convolution with one dot product per output element. Here
@@ -20,7 +21,7 @@
 //! The backward returns tensors that do not themselves track gradients, so gradients of
 //! gradients (double backward) are not supported through this op.
 
-use super::{fast_act, fast_bn, BatchStats, CandleKernels, ConvCfg, Kernels};
+use super::{fast_act, fast_bn, fast_depthwise, BatchStats, CandleKernels, ConvCfg, Kernels};
 use crate::Result;
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
@@ -68,10 +69,13 @@ impl Kernels for FastCpuKernels {
     }
 
     fn conv2d(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, cfg: ConvCfg) -> Result<Tensor> {
-        if !Self::covers(x, weight, cfg) {
+        let y = if Self::covers(x, weight, cfg) {
+            x.apply_op2(weight, Conv2dOp { cfg })?
+        } else if fast_depthwise::covers(x, weight, cfg) {
+            fast_depthwise::conv2d(x, weight, cfg)?
+        } else {
             return CandleKernels.conv2d(x, weight, bias, cfg);
-        }
-        let y = x.apply_op2(weight, Conv2dOp { cfg })?;
+        };
         match bias {
             Some(b) => Ok(y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?)?),
             None => Ok(y),
@@ -123,23 +127,23 @@ impl Kernels for FastCpuKernels {
 
 /// Shapes of one convolution.
 #[derive(Debug, Clone, Copy)]
-struct Geometry {
-    n: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    o: usize,
-    kh: usize,
-    kw: usize,
-    oh: usize,
-    ow: usize,
-    stride: usize,
-    padding: usize,
-    dilation: usize,
+pub(super) struct Geometry {
+    pub(super) n: usize,
+    pub(super) c: usize,
+    pub(super) h: usize,
+    pub(super) w: usize,
+    pub(super) o: usize,
+    pub(super) kh: usize,
+    pub(super) kw: usize,
+    pub(super) oh: usize,
+    pub(super) ow: usize,
+    pub(super) stride: usize,
+    pub(super) padding: usize,
+    pub(super) dilation: usize,
 }
 
 impl Geometry {
-    fn new(x: &[usize], weight: &[usize], cfg: ConvCfg) -> candle_core::Result<Self> {
+    pub(super) fn new(x: &[usize], weight: &[usize], cfg: ConvCfg) -> candle_core::Result<Self> {
         let (&[n, c, h, w], &[o, ci, kh, kw]) = (x, weight) else {
             candle_core::bail!("fast-cpu conv2d: expected 4-D input and weight, got {x:?} and {weight:?}")
         };
@@ -182,7 +186,7 @@ impl Geometry {
     }
 
     /// Output positions per image: `oh * ow`.
-    fn l(&self) -> usize {
+    pub(super) fn l(&self) -> usize {
         self.oh * self.ow
     }
 
@@ -197,7 +201,7 @@ impl Geometry {
 
     /// The output indices `[lo, hi)` along one axis whose input index
     /// `r * stride + offset - padding` falls inside `0..size`.
-    fn valid(&self, out: usize, size: usize, offset: usize) -> (usize, usize) {
+    pub(super) fn valid(&self, out: usize, size: usize, offset: usize) -> (usize, usize) {
         let s = self.stride;
         let lo = self.padding.saturating_sub(offset).div_ceil(s);
         let hi = (size + self.padding).saturating_sub(offset).div_ceil(s).min(out);
