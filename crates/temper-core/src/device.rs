@@ -94,3 +94,22 @@ pub fn name(device: &Device) -> String {
         candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
     }
 }
+
+/// The environment variable of candle's CPU thread pool for element-wise operations that
+/// sets how long an idle worker spins before it sleeps.
+pub const SPIN_LIMIT_VAR: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
+
+/// Makes idle workers of candle's element-wise CPU pool sleep at once instead of spinning
+/// (unless the user has set [`SPIN_LIMIT_VAR`] already). Call it first thing in `main`,
+/// before any tensor operation: candle reads the variable once, when the pool starts.
+///
+/// Why: candle 0.11 runs element-wise operations on a pool of its own whose idle workers
+/// spin 25,000 times before sleeping, while the convolutions' matrix products run on rayon's
+/// pool. On a machine with few cores the spinning workers take the cores the matrix products
+/// need: on the 2-core development machine a small-cnn PGD step ran 3-4 times faster with the
+/// limit at 0 (`cargo xtask bench steps`, docs/performance.md).
+pub fn prefer_sleeping_cpu_workers() {
+    if std::env::var_os(SPIN_LIMIT_VAR).is_none() {
+        std::env::set_var(SPIN_LIMIT_VAR, "0");
+    }
+}
