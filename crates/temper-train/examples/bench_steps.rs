@@ -80,7 +80,12 @@ const WORKLOADS: [&str; 4] = ["forward", "pgd_step", "train_step", "pgd10_at_ite
 
 fn bench_model(kind: ModelKind, batch: usize, reps: usize) -> Result<[f64; 4]> {
     let dev = Device::Cpu;
-    let model = build(&ModelConfig::new(kind, 10).check()?, &dev)?;
+    let mut cfg = ModelConfig::new(kind, 10);
+    if kind == ModelKind::MobileNetV2 {
+        // The benchmark's setting: CIFAR-sized 32x32 inputs (the zoo's default is 224).
+        cfg.input_size = (32, 32);
+    }
+    let model = build(&cfg.check()?, &dev)?;
     let [c, h, w] = model.input_shape();
     let mut rng = temper_core::seed::rng("bench");
     let x = Tensor::rand(0f32, 1f32, (batch, c, h, w), &dev)?;

@@ -17,7 +17,7 @@
 //! As for the convolution, the backward returns tensors that do not track gradients, so
 //! double backward is not supported through this op.
 
-use super::fast_cpu::{dense, with_data};
+use super::fast_cpu::{dense, min_items, with_data};
 use super::BatchStats;
 use crate::Result;
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor};
@@ -47,6 +47,7 @@ where
 {
     (0..c)
         .into_par_iter()
+        .with_min_len(min_items(n * hw))
         .map(|ch| (0..n).map(|b| f(ch, (b * c + ch) * hw)).sum())
         .collect()
 }
@@ -159,13 +160,16 @@ impl CustomOp3 for BatchNormOp {
         }
         let hw = h * w;
         let mut y = vec![0f32; n * c * hw];
-        y.par_chunks_mut(hw).enumerate().for_each(|(plane, out)| {
-            let ch = plane % c;
-            let (m, s, b) = (self.mean[ch], self.invstd[ch] * gamma[ch], beta[ch]);
-            for (o, &v) in out.iter_mut().zip(&x[plane * hw..(plane + 1) * hw]) {
-                *o = (v - m) * s + b;
-            }
-        });
+        y.par_chunks_mut(hw)
+            .enumerate()
+            .with_min_len(min_items(hw))
+            .for_each(|(plane, out)| {
+                let ch = plane % c;
+                let (m, s, b) = (self.mean[ch], self.invstd[ch] * gamma[ch], beta[ch]);
+                for (o, &v) in out.iter_mut().zip(&x[plane * hw..(plane + 1) * hw]) {
+                    *o = (v - m) * s + b;
+                }
+            });
         Ok((CpuStorage::F32(y), Shape::from((n, c, h, w))))
     }
 
@@ -210,23 +214,27 @@ impl CustomOp3 for BatchNormOp {
                 };
                 let dx = if need_dx {
                     let mut dx = vec![0f32; n * c * hw];
-                    dx.par_chunks_mut(hw).enumerate().for_each(|(plane, out)| {
-                        let ch = plane % c;
-                        let scale = g[ch] * invstd[ch];
-                        let at = plane * hw;
-                        if self.train {
-                            let (m, s) = (mean[ch], invstd[ch]);
-                            let mean_dy = (sum_dy[ch] / count) as f32;
-                            let mean_dy_xhat = (sum_dy_xhat[ch] / count) as f32;
-                            for ((o, &d), &v) in out.iter_mut().zip(&dy[at..at + hw]).zip(&x[at..at + hw]) {
-                                *o = scale * (d - mean_dy - (v - m) * s * mean_dy_xhat);
+                    dx.par_chunks_mut(hw)
+                        .enumerate()
+                        .with_min_len(min_items(hw))
+                        .for_each(|(plane, out)| {
+                            let ch = plane % c;
+                            let scale = g[ch] * invstd[ch];
+                            let at = plane * hw;
+                            if self.train {
+                                let (m, s) = (mean[ch], invstd[ch]);
+                                let mean_dy = (sum_dy[ch] / count) as f32;
+                                let mean_dy_xhat = (sum_dy_xhat[ch] / count) as f32;
+                                for ((o, &d), &v) in out.iter_mut().zip(&dy[at..at + hw]).zip(&x[at..at + hw])
+                                {
+                                    *o = scale * (d - mean_dy - (v - m) * s * mean_dy_xhat);
+                                }
+                            } else {
+                                for (o, &d) in out.iter_mut().zip(&dy[at..at + hw]) {
+                                    *o = d * scale;
+                                }
                             }
-                        } else {
-                            for (o, &d) in out.iter_mut().zip(&dy[at..at + hw]) {
-                                *o = d * scale;
-                            }
-                        }
-                    });
+                        });
                     Some(Tensor::from_vec(dx, (n, c, h, w), &dev)?)
                 } else {
                     None

@@ -35,6 +35,16 @@ const COLS_TARGET: usize = 1 << 20;
 /// Largest unfolded chunk, in f32 elements (64 MiB), so memory stays bounded for any batch.
 const COLS_MAX: usize = 16 << 20;
 
+/// Least work for one parallel task, in elements: late layers have planes of a few pixels,
+/// and a task per plane would then cost more in scheduling than in arithmetic.
+const MIN_TASK: usize = 1 << 13;
+
+/// The least number of consecutive items of `unit` elements one parallel task takes, so that
+/// every task does at least [`MIN_TASK`] elements of work (`with_min_len`).
+pub(super) fn min_items(unit: usize) -> usize {
+    (MIN_TASK / unit.max(1)).max(1)
+}
+
 /// Kernels with a fast CPU convolution (forward and backward); everything else, and every
 /// case the fast path does not cover (dtypes other than f32, `groups > 1`, non-CPU devices),
 /// is delegated to [`CandleKernels`].
@@ -216,30 +226,33 @@ fn im2col(x: &[f32], g: &Geometry, first: usize, nb: usize) -> Vec<f32> {
     if cols.is_empty() {
         return cols;
     }
-    cols.par_chunks_mut(nb * l).enumerate().for_each(|(row, dst)| {
-        let (c, i, j) = (row / kk, (row % kk) / g.kw, row % g.kw);
-        let (r_lo, r_hi) = g.valid(g.oh, g.h, i * g.dilation);
-        let (q_lo, q_hi) = g.valid(g.ow, g.w, j * g.dilation);
-        for (b, seg) in dst.chunks_mut(l).enumerate() {
-            let plane = &x[((first + b) * g.c + c) * hw..][..hw];
-            for r in r_lo..r_hi {
-                let src = &plane[(r * g.stride + i * g.dilation - g.padding) * g.w..][..g.w];
-                let out = &mut seg[r * g.ow..][..g.ow];
-                let col0 = j * g.dilation; // Input column of q = 0, before removing padding.
-                if q_lo == q_hi {
-                    continue;
-                }
-                if g.stride == 1 {
-                    let start = q_lo + col0 - g.padding;
-                    out[q_lo..q_hi].copy_from_slice(&src[start..start + (q_hi - q_lo)]);
-                } else {
-                    for (q, o) in out.iter_mut().enumerate().take(q_hi).skip(q_lo) {
-                        *o = src[q * g.stride + col0 - g.padding];
+    cols.par_chunks_mut(nb * l)
+        .enumerate()
+        .with_min_len(min_items(nb * l))
+        .for_each(|(row, dst)| {
+            let (c, i, j) = (row / kk, (row % kk) / g.kw, row % g.kw);
+            let (r_lo, r_hi) = g.valid(g.oh, g.h, i * g.dilation);
+            let (q_lo, q_hi) = g.valid(g.ow, g.w, j * g.dilation);
+            for (b, seg) in dst.chunks_mut(l).enumerate() {
+                let plane = &x[((first + b) * g.c + c) * hw..][..hw];
+                for r in r_lo..r_hi {
+                    let src = &plane[(r * g.stride + i * g.dilation - g.padding) * g.w..][..g.w];
+                    let out = &mut seg[r * g.ow..][..g.ow];
+                    let col0 = j * g.dilation; // Input column of q = 0, before removing padding.
+                    if q_lo == q_hi {
+                        continue;
+                    }
+                    if g.stride == 1 {
+                        let start = q_lo + col0 - g.padding;
+                        out[q_lo..q_hi].copy_from_slice(&src[start..start + (q_hi - q_lo)]);
+                    } else {
+                        for (q, o) in out.iter_mut().enumerate().take(q_hi).skip(q_lo) {
+                            *o = src[q * g.stride + col0 - g.padding];
+                        }
                     }
                 }
             }
-        }
-    });
+        });
     cols
 }
 
@@ -250,36 +263,39 @@ fn col2im(cols: &[f32], g: &Geometry, nb: usize, dx: &mut [f32]) {
     if hw == 0 {
         return;
     }
-    dx.par_chunks_mut(hw).enumerate().for_each(|(plane_idx, plane)| {
-        let (b, c) = (plane_idx / g.c, plane_idx % g.c);
-        for i in 0..g.kh {
-            let (r_lo, r_hi) = g.valid(g.oh, g.h, i * g.dilation);
-            for j in 0..g.kw {
-                let (q_lo, q_hi) = g.valid(g.ow, g.w, j * g.dilation);
-                let row = (c * g.kh + i) * g.kw + j;
-                let seg = &cols[(row * nb + b) * l..][..l];
-                let col0 = j * g.dilation;
-                if q_lo == q_hi {
-                    continue;
-                }
-                for r in r_lo..r_hi {
-                    let dst = &mut plane[(r * g.stride + i * g.dilation - g.padding) * g.w..][..g.w];
-                    let src = &seg[r * g.ow..][..g.ow];
-                    if g.stride == 1 {
-                        let start = q_lo + col0 - g.padding;
-                        let dst = &mut dst[start..start + (q_hi - q_lo)];
-                        for (d, s) in dst.iter_mut().zip(&src[q_lo..q_hi]) {
-                            *d += s;
-                        }
-                    } else {
-                        for (q, s) in src.iter().enumerate().take(q_hi).skip(q_lo) {
-                            dst[q * g.stride + col0 - g.padding] += s;
+    dx.par_chunks_mut(hw)
+        .enumerate()
+        .with_min_len(min_items(hw * g.kh * g.kw))
+        .for_each(|(plane_idx, plane)| {
+            let (b, c) = (plane_idx / g.c, plane_idx % g.c);
+            for i in 0..g.kh {
+                let (r_lo, r_hi) = g.valid(g.oh, g.h, i * g.dilation);
+                for j in 0..g.kw {
+                    let (q_lo, q_hi) = g.valid(g.ow, g.w, j * g.dilation);
+                    let row = (c * g.kh + i) * g.kw + j;
+                    let seg = &cols[(row * nb + b) * l..][..l];
+                    let col0 = j * g.dilation;
+                    if q_lo == q_hi {
+                        continue;
+                    }
+                    for r in r_lo..r_hi {
+                        let dst = &mut plane[(r * g.stride + i * g.dilation - g.padding) * g.w..][..g.w];
+                        let src = &seg[r * g.ow..][..g.ow];
+                        if g.stride == 1 {
+                            let start = q_lo + col0 - g.padding;
+                            let dst = &mut dst[start..start + (q_hi - q_lo)];
+                            for (d, s) in dst.iter_mut().zip(&src[q_lo..q_hi]) {
+                                *d += s;
+                            }
+                        } else {
+                            for (q, s) in src.iter().enumerate().take(q_hi).skip(q_lo) {
+                                dst[q * g.stride + col0 - g.padding] += s;
+                            }
                         }
                     }
                 }
             }
-        }
-    });
+        });
 }
 
 /// The elements of a 4-D f32 storage in row-major order: borrowed when contiguous, gathered
@@ -353,10 +369,13 @@ impl CustomOp2 for Conv2dOp {
             with_data(&prod, |prod| {
                 // (O, nb, L) -> (nb, O, L): one output channel row of one image per task.
                 if l > 0 {
-                    dst.par_chunks_mut(l).enumerate().for_each(|(idx, out)| {
-                        let (b, oc) = (idx / g.o, idx % g.o);
-                        out.copy_from_slice(&prod[(oc * nb + b) * l..][..l]);
-                    });
+                    dst.par_chunks_mut(l)
+                        .enumerate()
+                        .with_min_len(min_items(l))
+                        .for_each(|(idx, out)| {
+                            let (b, oc) = (idx / g.o, idx % g.o);
+                            out.copy_from_slice(&prod[(oc * nb + b) * l..][..l]);
+                        });
                 }
                 Ok(())
             })?;
@@ -400,10 +419,13 @@ impl CustomOp2 for Conv2dOp {
                 // dY of the chunk as (O, nb * L): the columns in the unfolded order.
                 let mut dyt = vec![0f32; g.o * nb * l];
                 if l > 0 {
-                    dyt.par_chunks_mut(l).enumerate().for_each(|(idx, out)| {
-                        let (oc, b) = (idx / nb, idx % nb);
-                        out.copy_from_slice(&dy[((first + b) * g.o + oc) * l..][..l]);
-                    });
+                    dyt.par_chunks_mut(l)
+                        .enumerate()
+                        .with_min_len(min_items(l))
+                        .for_each(|(idx, out)| {
+                            let (oc, b) = (idx / nb, idx % nb);
+                            out.copy_from_slice(&dy[((first + b) * g.o + oc) * l..][..l]);
+                        });
                 }
                 let dyt = Tensor::from_vec(dyt, (g.o, nb * l), &dev)?;
                 if need_dx {

@@ -16,7 +16,7 @@
 //! Each gradient is computed only when its tensor tracks gradients, as for the dense
 //! convolution.
 
-use super::fast_cpu::{dense, with_data, Geometry};
+use super::fast_cpu::{dense, min_items, with_data, Geometry};
 use super::ConvCfg;
 use crate::Result;
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Tensor};
@@ -95,16 +95,19 @@ impl CustomOp2 for DepthwiseOp {
         let (hw, l, kk) = (g.h * g.w, g.l(), g.kh * g.kw);
         let mut y = vec![0f32; g.n * g.c * l];
         if l > 0 {
-            y.par_chunks_mut(l).enumerate().for_each(|(plane, out)| {
-                let c = plane % g.c;
-                let xp = &x[plane * hw..(plane + 1) * hw];
-                for i in 0..g.kh {
-                    for j in 0..g.kw {
-                        let wv = w[c * kk + i * g.kw + j];
-                        for_tap(&g, i, j, |yi, xi| out[yi] += wv * xp[xi]);
+            y.par_chunks_mut(l)
+                .enumerate()
+                .with_min_len(min_items(l * kk))
+                .for_each(|(plane, out)| {
+                    let c = plane % g.c;
+                    let xp = &x[plane * hw..(plane + 1) * hw];
+                    for i in 0..g.kh {
+                        for j in 0..g.kw {
+                            let wv = w[c * kk + i * g.kw + j];
+                            for_tap(&g, i, j, |yi, xi| out[yi] += wv * xp[xi]);
+                        }
                     }
-                }
-            });
+                });
         }
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.c, g.oh, g.ow))))
     }
@@ -130,16 +133,19 @@ impl CustomOp2 for DepthwiseOp {
             let dx = if need_dx && hw > 0 {
                 let mut dx = vec![0f32; g.n * g.c * hw];
                 with_data(&w, |w| {
-                    dx.par_chunks_mut(hw).enumerate().for_each(|(plane, out)| {
-                        let c = plane % g.c;
-                        let dyp = &dy[plane * l..(plane + 1) * l];
-                        for i in 0..g.kh {
-                            for j in 0..g.kw {
-                                let wv = w[c * kk + i * g.kw + j];
-                                for_tap(&g, i, j, |yi, xi| out[xi] += wv * dyp[yi]);
+                    dx.par_chunks_mut(hw)
+                        .enumerate()
+                        .with_min_len(min_items(hw * kk))
+                        .for_each(|(plane, out)| {
+                            let c = plane % g.c;
+                            let dyp = &dy[plane * l..(plane + 1) * l];
+                            for i in 0..g.kh {
+                                for j in 0..g.kw {
+                                    let wv = w[c * kk + i * g.kw + j];
+                                    for_tap(&g, i, j, |yi, xi| out[xi] += wv * dyp[yi]);
+                                }
                             }
-                        }
-                    });
+                        });
                     Ok(())
                 })?;
                 Some(Tensor::from_vec(dx, (g.n, g.c, g.h, g.w), &dev)?)
@@ -151,20 +157,23 @@ impl CustomOp2 for DepthwiseOp {
             let dw = if need_dw {
                 let mut dw = vec![0f32; g.c * kk];
                 with_data(&x, |x| {
-                    dw.par_chunks_mut(kk.max(1)).enumerate().for_each(|(c, out)| {
-                        for b in 0..g.n {
-                            let plane = b * g.c + c;
-                            let xp = &x[plane * hw..(plane + 1) * hw];
-                            let dyp = &dy[plane * l..(plane + 1) * l];
-                            for i in 0..g.kh {
-                                for j in 0..g.kw {
-                                    let mut acc = 0f32;
-                                    for_tap(&g, i, j, |yi, xi| acc += dyp[yi] * xp[xi]);
-                                    out[i * g.kw + j] += acc;
+                    dw.par_chunks_mut(kk.max(1))
+                        .enumerate()
+                        .with_min_len(min_items(g.n * l * kk))
+                        .for_each(|(c, out)| {
+                            for b in 0..g.n {
+                                let plane = b * g.c + c;
+                                let xp = &x[plane * hw..(plane + 1) * hw];
+                                let dyp = &dy[plane * l..(plane + 1) * l];
+                                for i in 0..g.kh {
+                                    for j in 0..g.kw {
+                                        let mut acc = 0f32;
+                                        for_tap(&g, i, j, |yi, xi| acc += dyp[yi] * xp[xi]);
+                                        out[i * g.kw + j] += acc;
+                                    }
                                 }
                             }
-                        }
-                    });
+                        });
                     Ok(())
                 })?;
                 Some(Tensor::from_vec(dw, (g.c, 1, g.kh, g.kw), &dev)?)
