@@ -77,6 +77,12 @@ pub struct ImageFolderParams {
     pub progress: bool,
     /// Seed of the random crops drawn by [`ImageFolder::decode_all`].
     pub seed: u64,
+    /// The class list labels are numbered by, when it is not this folder's own: the train
+    /// split's classes for a validation folder, so that label `i` means the same class in
+    /// both. Every class folder must be named in it (an error names the ones that are not);
+    /// a class of the list with no folder simply has no images. `None` numbers this folder's
+    /// own sorted class folders.
+    pub classes: Option<Vec<String>>,
 }
 
 impl ImageFolderParams {
@@ -88,7 +94,15 @@ impl ImageFolderParams {
             channels: 3,
             progress: true,
             seed: 0,
+            classes: None,
         }
+    }
+
+    /// Numbers labels by `classes` (e.g. the train split's) instead of this folder's own
+    /// class folders.
+    pub fn class_list(mut self, classes: Vec<String>) -> Self {
+        self.classes = Some(classes);
+        self
     }
 
     /// Sets the transform.
@@ -147,7 +161,26 @@ impl ImageFolderParams {
                     .check([self.channels, 1, 1])?;
             }
         }
-        let (classes, files) = scan(&self.root)?;
+        let (mut classes, mut files) = scan(&self.root)?;
+        if let Some(list) = &self.classes {
+            let unknown: Vec<&String> = classes.iter().filter(|c| !list.contains(c)).collect();
+            if !unknown.is_empty() {
+                return Err(Error::ClassMismatch {
+                    path: self.root.clone(),
+                    unknown: unknown.iter().map(|c| c.to_string()).collect(),
+                    known: list.clone(),
+                });
+            }
+            // Relabel by name: folder label `l` is class `classes[l]`, found in `list`.
+            let map: Vec<u32> = classes
+                .iter()
+                .map(|c| list.iter().position(|k| k == c).unwrap_or(0) as u32)
+                .collect();
+            for f in &mut files {
+                f.1 = map[f.1 as usize];
+            }
+            classes = list.clone();
+        }
         let mut folder = ImageFolder {
             root: self.root,
             classes,
@@ -429,6 +462,16 @@ fn images_under(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
         images_under(&d, out)?;
     }
     Ok(())
+}
+
+/// The class names of `root/<class>/...`, sorted: the labels a folder's own scan gives.
+pub fn class_names(root: &Path) -> Result<Vec<String>> {
+    read::require_dir(root)?;
+    let (dirs, _) = list(root)?;
+    Ok(dirs
+        .iter()
+        .map(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+        .collect())
 }
 
 /// Class names, and every image file with its label.

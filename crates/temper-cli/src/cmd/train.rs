@@ -37,8 +37,9 @@ pub struct RunArgs {
     /// Inner attack step size (default 0.01 for digits, 2/255 otherwise).
     #[arg(long)]
     alpha: Option<String>,
-    /// Inner attack steps (default 40 for digits, 10 otherwise).
-    #[arg(long)]
+    /// Inner attack steps (default 40 for digits, 10 otherwise; `--attack-steps` is the same
+    /// flag).
+    #[arg(long = "steps", visible_alias = "attack-steps")]
     attack_steps: Option<usize>,
     /// TRADES beta.
     #[arg(long)]
@@ -49,8 +50,9 @@ pub struct RunArgs {
     /// Validation images evaluated (clean and PGD-10) after each epoch.
     #[arg(long)]
     val_size: Option<usize>,
-    /// Random-crop (and for RGB, flip) augmentation: on or off (default: on except for digits).
-    #[arg(long)]
+    /// Random-crop (and for RGB, flip) augmentation: on or off (true and false work too;
+    /// default: on except for digits).
+    #[arg(long, value_parser = crate::args::parse_on_off)]
     augment: Option<bool>,
     /// Write a resumable checkpoint every N iterations (always at epoch ends).
     #[arg(long)]

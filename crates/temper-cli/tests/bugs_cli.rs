@@ -1,0 +1,62 @@
+//! Bugs a review found, each reproduced through the real binary: absurd sizes were an abort
+//! (exit 134) instead of an error, `--augment` refused the on/off its help promised, and an
+//! image folder's validation split was labelled by its own class list.
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+
+fn temper() -> Command {
+    Command::cargo_bin("temper").unwrap_or_else(|e| panic!("binary not built: {e}"))
+}
+
+#[test]
+fn huge_sizes_are_errors_not_aborts() {
+    for (flag, value, names) in [
+        ("--input-size", "65536", "input-size"),
+        ("--num-classes", "100000000", "num-classes"),
+        ("--input-size", "4096", "parameters"),
+    ] {
+        let out = temper()
+            .args(["model", "summary", "--model", "small-cnn", flag, value])
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(out.status.code(), Some(1), "{flag} {value}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(names), "{flag} {value}: {err}");
+    }
+}
+
+#[test]
+fn augment_takes_on_and_off() {
+    // With a valid switch the command gets as far as asking for --out.
+    for v in ["on", "off", "true", "false", "ON"] {
+        temper()
+            .args(["train", "--model", "small-cnn", "--augment", v])
+            .assert()
+            .failure()
+            .stderr(predicate::str::contains("--out RUN_DIR is required"));
+    }
+    temper()
+        .args(["train", "--model", "small-cnn", "--augment", "maybe"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("not on or off"));
+}
+
+#[test]
+fn image_folder_validation_labels_come_from_the_train_classes() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let img = image::RgbImage::from_pixel(8, 8, image::Rgb([100, 50, 25]));
+    for p in ["train/cat/0.png", "train/dog/0.png", "val/bird/0.png", "val/cat/0.png"] {
+        let path = dir.path().join(p);
+        std::fs::create_dir_all(path.parent().unwrap_or(dir.path())).unwrap_or_else(|e| panic!("{e}"));
+        img.save(&path).unwrap_or_else(|e| panic!("{e}"));
+    }
+    temper()
+        .args(["data", "inspect", "--dataset", "image-folder", "--split", "test", "--data-dir"])
+        .arg(dir.path())
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("bird"))
+        .stderr(predicate::str::contains("train split"));
+}
