@@ -368,7 +368,11 @@ impl LoadedModel {
 /// Loads `weights`: a float state dict into the model `model` describes (a random
 /// initialisation when `None`), or a quantized file from `temper quantize`, whose architecture
 /// comes from the file (`--model`, if given, must name the same one).
-pub fn load_any(model: &ModelArgs, weights: &WeightsArgs, device: &candle_core::Device) -> Result<LoadedModel> {
+pub fn load_any(
+    model: &ModelArgs,
+    weights: &WeightsArgs,
+    device: &candle_core::Device,
+) -> Result<LoadedModel> {
     if let Some(w) = weights.weights.as_deref() {
         if temper_quant::export::is_quantized(w)? {
             let q = temper_quant::export::load(w, device)?;

@@ -47,16 +47,79 @@ fn augment_takes_on_and_off() {
 fn image_folder_validation_labels_come_from_the_train_classes() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let img = image::RgbImage::from_pixel(8, 8, image::Rgb([100, 50, 25]));
-    for p in ["train/cat/0.png", "train/dog/0.png", "val/bird/0.png", "val/cat/0.png"] {
+    for p in [
+        "train/cat/0.png",
+        "train/dog/0.png",
+        "val/bird/0.png",
+        "val/cat/0.png",
+    ] {
         let path = dir.path().join(p);
         std::fs::create_dir_all(path.parent().unwrap_or(dir.path())).unwrap_or_else(|e| panic!("{e}"));
         img.save(&path).unwrap_or_else(|e| panic!("{e}"));
     }
     temper()
-        .args(["data", "inspect", "--dataset", "image-folder", "--split", "test", "--data-dir"])
+        .args([
+            "data",
+            "inspect",
+            "--dataset",
+            "image-folder",
+            "--split",
+            "test",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .assert()
         .failure()
         .stderr(predicate::str::contains("bird"))
         .stderr(predicate::str::contains("train split"));
+}
+
+/// A checkpoint that records no normalisation, loaded into preact-resnet18 (whose default is
+/// CIFAR-10's) without --normalize, says which normalisation it assumed; one written with
+/// Temper's metadata, or loaded with --normalize, says nothing.
+#[test]
+fn an_assumed_normalization_is_announced() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut c = temper_models::ModelConfig::new(temper_models::ModelKind::PreActResNet18, 10);
+    c.width = 0.125;
+    c.normalization = Some(temper_core::Normalization::identity(3));
+    let cfg = c.check().unwrap_or_else(|e| panic!("{e}"));
+    let model = temper_models::build(&cfg, &candle_core::Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
+    let bare = dir.path().join("bare.safetensors");
+    let recorded = dir.path().join("recorded.safetensors");
+    let none = Default::default();
+    temper_core::weights::save(
+        temper_core::Classifier::params(&model),
+        &bare,
+        candle_core::DType::F32,
+        &none,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    temper_models::save(&model, &cfg, &recorded, candle_core::DType::F32, &none)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let attack = |file: &std::path::Path, extra: &[&str]| {
+        let out = temper()
+            .args([
+                "attack",
+                "--model",
+                "preact-resnet18",
+                "--width",
+                "0.125",
+                "--limit",
+                "1",
+                "--weights",
+            ])
+            .arg(file)
+            .args(extra)
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = attack(&bare, &[]);
+    assert!(
+        err.contains("warning:") && err.contains("CIFAR-10") && err.contains("--normalize none"),
+        "{err}"
+    );
+    assert!(!attack(&bare, &["--normalize", "cifar10"]).contains("warning:"));
+    assert!(!attack(&recorded, &[]).contains("warning:"));
 }

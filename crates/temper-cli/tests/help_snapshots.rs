@@ -86,12 +86,21 @@ fn every_help_matches_its_snapshot() {
 fn no_snapshot_without_a_command() {
     let names: Vec<String> = COMMANDS
         .iter()
-        .map(|a| if a.is_empty() { "temper".into() } else { a.join("-") })
+        .map(|a| {
+            if a.is_empty() {
+                "temper".into()
+            } else {
+                a.join("-")
+            }
+        })
         .collect();
     for entry in std::fs::read_dir(snapshot_dir()).unwrap_or_else(|e| panic!("{e}")) {
         let file = entry.unwrap_or_else(|e| panic!("{e}")).file_name();
         let file = file.to_string_lossy();
         let stem = file.trim_end_matches(".txt");
-        assert!(names.iter().any(|n| n == stem), "tests/help/{file} has no command");
+        assert!(
+            names.iter().any(|n| n == stem),
+            "tests/help/{file} has no command"
+        );
     }
 }

@@ -21,13 +21,25 @@ fn tempdir() -> tempfile::TempDir {
 }
 
 fn json_of(out: &[u8]) -> serde_json::Value {
-    serde_json::from_slice(out).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", String::from_utf8_lossy(out)))
+    serde_json::from_slice(out)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", String::from_utf8_lossy(out)))
 }
 
 /// The model, data, threat and seed every command below shares; odd batch size and seed so
 /// that agreement cannot come from defaults alone.
 const COMMON: [&str; 12] = [
-    "--limit", "120", "--eps", "0.1", "--steps", "5", "--seed", "7", "--batch-size", "50", "--norm", "linf",
+    "--limit",
+    "120",
+    "--eps",
+    "0.1",
+    "--steps",
+    "5",
+    "--seed",
+    "7",
+    "--batch-size",
+    "50",
+    "--norm",
+    "linf",
 ];
 
 /// Robust images (a count) under `name` from `temper attack --json`.
@@ -42,7 +54,10 @@ fn attack(list: &str, extra: &[&str]) -> (usize, serde_json::Value) {
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v = json_of(&out.stdout);
-    (v["clean"]["accuracy"]["correct"].as_u64().unwrap_or(0) as usize, v)
+    (
+        v["clean"]["accuracy"]["correct"].as_u64().unwrap_or(0) as usize,
+        v,
+    )
 }
 
 fn robust_of(evaluation: &serde_json::Value, name: &str) -> u64 {
@@ -72,15 +87,25 @@ fn attack_eval_and_quant_sweep_report_the_same_robust_accuracy() {
     let dir = tempdir();
     let (clean, alone) = attack("pgd-5", &[]);
     let robust = robust_of(&alone, "pgd-5");
-    assert!(clean > 100, "the trained fixture classifies most images: {clean}/120");
-    assert!(robust < clean as u64, "pgd at 0.1 breaks some images: {robust}/{clean}");
+    assert!(
+        clean > 100,
+        "the trained fixture classifies most images: {clean}/120"
+    );
+    assert!(
+        robust < clean as u64,
+        "pgd at 0.1 breaks some images: {robust}/{clean}"
+    );
 
     // eval, alone and with another attack before it in the list: the same number.
     let e = eval("pgd-5", &dir.path().join("e1"), &[]);
     assert_eq!(robust_of(&e, "pgd-5"), robust, "attack vs eval");
     assert_eq!(e["clean"]["accuracy"]["correct"].as_u64(), Some(clean as u64));
     let e = eval("fgsm,pgd-5", &dir.path().join("e2"), &[]);
-    assert_eq!(robust_of(&e, "pgd-5"), robust, "an attack's number depends on no other attack");
+    assert_eq!(
+        robust_of(&e, "pgd-5"),
+        robust,
+        "an attack's number depends on no other attack"
+    );
     // `-a`/`--attack` is the same flag on `attack`.
     let out = temper()
         .args(["attack", "--model", "small-cnn", "--weights"])
@@ -95,7 +120,16 @@ fn attack_eval_and_quant_sweep_report_the_same_robust_accuracy() {
     let out = temper()
         .args(["quant", "sweep", "--model", "small-cnn", "--weights"])
         .arg(fixture())
-        .args(["--bits", "8", "--calib", "16", "--attacks", "pgd-5", "--json", "--out"])
+        .args([
+            "--bits",
+            "8",
+            "--calib",
+            "16",
+            "--attacks",
+            "pgd-5",
+            "--json",
+            "--out",
+        ])
         .arg(dir.path().join("sweep"))
         .args(COMMON)
         .output()
@@ -105,7 +139,10 @@ fn attack_eval_and_quant_sweep_report_the_same_robust_accuracy() {
     let float = &s["rows"][0];
     assert_eq!(float["label"], "float");
     let r = float["robust"]["pgd-5"].as_f64().unwrap_or(-1.0);
-    assert!((r - robust as f64 / 120.0).abs() < 1e-12, "quant sweep {r} vs attack {robust}/120");
+    assert!(
+        (r - robust as f64 / 120.0).abs() < 1e-12,
+        "quant sweep {r} vs attack {robust}/120"
+    );
     assert!((float["clean"].as_f64().unwrap_or(-1.0) - clean as f64 / 120.0).abs() < 1e-12);
     assert_eq!(s["threat"]["eps"].as_f64(), Some(0.1));
 }
@@ -118,7 +155,17 @@ fn cw_counts_only_examples_inside_the_eps_ball() {
         let out = temper()
             .args(["attack", "--model", "small-cnn", "--weights"])
             .arg(fixture())
-            .args(["--attacks", "cw-20", "--norm", "L2", "--limit", "40", "--json", "--eps", eps])
+            .args([
+                "--attacks",
+                "cw-20",
+                "--norm",
+                "L2",
+                "--limit",
+                "40",
+                "--json",
+                "--eps",
+                eps,
+            ])
             .output()
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -133,7 +180,10 @@ fn cw_counts_only_examples_inside_the_eps_ball() {
     assert_eq!(tiny, clean, "no CW example fits in an L2 ball of 0.01");
     assert!(outside > 0, "CW found examples, all outside the ball");
     let (_, huge, _) = robust_at("100");
-    assert!(huge < clean, "in a huge ball every CW example counts: {huge}/{clean}");
+    assert!(
+        huge < clean,
+        "in a huge ball every CW example counts: {huge}/{clean}"
+    );
 }
 
 #[test]
@@ -141,7 +191,16 @@ fn empty_attack_lists_are_refused() {
     let dir = tempdir();
     for list in ["", "fgsm,", ",pgd"] {
         temper()
-            .args(["eval", "--model", "small-cnn", "--limit", "10", "--attacks", list, "--out"])
+            .args([
+                "eval",
+                "--model",
+                "small-cnn",
+                "--limit",
+                "10",
+                "--attacks",
+                list,
+                "--out",
+            ])
             .arg(dir.path())
             .assert()
             .failure()
@@ -160,19 +219,48 @@ fn eps_defaults_by_data_set_and_takes_fractions() {
     let (_, v) = attack("fgsm", &[]);
     assert_eq!(v["threat"]["eps"].as_f64(), Some(0.1), "explicit --eps wins");
     let out = temper()
-        .args(["attack", "--model", "small-cnn", "--limit", "5", "--attacks", "fgsm", "--json"])
+        .args([
+            "attack",
+            "--model",
+            "small-cnn",
+            "--limit",
+            "5",
+            "--attacks",
+            "fgsm",
+            "--json",
+        ])
         .output()
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(json_of(&out.stdout)["threat"]["eps"].as_f64(), Some(0.3));
     let out = temper()
-        .args(["attack", "--model", "small-cnn", "--limit", "5", "--attacks", "pgd", "--norm", "l2", "--json"])
+        .args([
+            "attack",
+            "--model",
+            "small-cnn",
+            "--limit",
+            "5",
+            "--attacks",
+            "pgd",
+            "--norm",
+            "l2",
+            "--json",
+        ])
         .output()
         .unwrap_or_else(|e| panic!("{e}"));
     let v = json_of(&out.stdout);
     assert_eq!(v["threat"]["eps"].as_f64(), Some(2.0), "{v}");
     assert_eq!(v["threat"]["norm"], "l2");
     let out = temper()
-        .args(["attack", "--model", "small-cnn", "--limit", "5", "--attacks", "pgd", "--json"])
+        .args([
+            "attack",
+            "--model",
+            "small-cnn",
+            "--limit",
+            "5",
+            "--attacks",
+            "pgd",
+            "--json",
+        ])
         .args(["--eps", "8/255", "--alpha", "eps/4"])
         .output()
         .unwrap_or_else(|e| panic!("{e}"));

@@ -227,8 +227,11 @@ fn sort_metadata(bytes: Vec<u8>) -> std::result::Result<Vec<u8>, String> {
     let obj = value.as_object().ok_or("header is not a JSON object")?;
     let mut out = String::from("{");
     if let Some(meta) = obj.get("__metadata__") {
-        let sorted: std::collections::BTreeMap<&String, &serde_json::Value> =
-            meta.as_object().ok_or("__metadata__ is not an object")?.iter().collect();
+        let sorted: std::collections::BTreeMap<&String, &serde_json::Value> = meta
+            .as_object()
+            .ok_or("__metadata__ is not an object")?
+            .iter()
+            .collect();
         out.push_str("\"__metadata__\":");
         out.push_str(&serde_json::to_string(&sorted).map_err(|e| e.to_string())?);
     }
@@ -243,8 +246,11 @@ fn sort_metadata(bytes: Vec<u8>) -> std::result::Result<Vec<u8>, String> {
         out.push_str(&serde_json::to_string(k).map_err(|e| e.to_string())?);
         out.push(':');
         // Each tensor entry's own keys sorted too (dtype, shape, data_offsets).
-        let sorted: std::collections::BTreeMap<&String, &serde_json::Value> =
-            v.as_object().ok_or("tensor entry is not an object")?.iter().collect();
+        let sorted: std::collections::BTreeMap<&String, &serde_json::Value> = v
+            .as_object()
+            .ok_or("tensor entry is not an object")?
+            .iter()
+            .collect();
         out.push_str(&serde_json::to_string(&sorted).map_err(|e| e.to_string())?);
     }
     out.push('}');

@@ -405,12 +405,28 @@ fn saved_files_are_byte_identical() -> Result<()> {
     assert!(positions.windows(2).all(|w| w[0] < w[1]), "{header}");
     // The rewritten header still loads, with every tensor and the metadata intact.
     let back = net(4)?;
-    weights::load(back.params(), dir.path().join("m0.safetensors"), "net", Strictness::Strict)?;
-    for (a, b) in model.params().state_dict()?.iter().zip(back.params().state_dict()?.iter()) {
+    weights::load(
+        back.params(),
+        dir.path().join("m0.safetensors"),
+        "net",
+        Strictness::Strict,
+    )?;
+    for (a, b) in model
+        .params()
+        .state_dict()?
+        .iter()
+        .zip(back.params().state_dict()?.iter())
+    {
         assert_eq!(a.0, b.0);
-        let d = (a.1.to_dtype(DType::F64)? - b.1.to_dtype(DType::F64)?)?.abs()?.sum_all()?.to_scalar::<f64>()?;
+        let d = (a.1.to_dtype(DType::F64)? - b.1.to_dtype(DType::F64)?)?
+            .abs()?
+            .sum_all()?
+            .to_scalar::<f64>()?;
         assert_eq!(d, 0.0, "{}", a.0);
     }
-    assert_eq!(weights::read_metadata(dir.path().join("m0.safetensors"))?.len(), 17);
+    assert_eq!(
+        weights::read_metadata(dir.path().join("m0.safetensors"))?.len(),
+        17
+    );
     Ok(())
 }

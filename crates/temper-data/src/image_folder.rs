@@ -470,7 +470,11 @@ pub fn class_names(root: &Path) -> Result<Vec<String>> {
     let (dirs, _) = list(root)?;
     Ok(dirs
         .iter()
-        .map(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+        .map(|d| {
+            d.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
         .collect())
 }
 

@@ -250,7 +250,12 @@ fn image_folder_splits_share_the_train_class_list() -> R {
     let root = tempfile::tempdir()?;
     let img = image::RgbImage::from_pixel(4, 4, image::Rgb([1, 2, 3]));
     let png = encode(&img, image::ImageFormat::Png)?;
-    for path in ["train/cat/0.png", "train/dog/0.png", "val/bird/0.png", "val/cat/0.png"] {
+    for path in [
+        "train/cat/0.png",
+        "train/dog/0.png",
+        "val/bird/0.png",
+        "val/cat/0.png",
+    ] {
         write(root.path(), path, &png)?;
     }
     let train = temper_data::load("image-folder", Some(root.path()), Split::Train)?;
@@ -269,6 +274,10 @@ fn image_folder_splits_share_the_train_class_list() -> R {
     std::fs::remove_dir_all(root.path().join("val/cat"))?;
     let val = temper_data::load("image-folder", Some(root.path()), Split::Test)?;
     assert_eq!(val.classes(), ["cat", "dog"]);
-    assert_eq!(val.labels(), [1, 1], "val's only class, dog, keeps the train label 1");
+    assert_eq!(
+        val.labels(),
+        [1, 1],
+        "val's only class, dog, keeps the train label 1"
+    );
     Ok(())
 }

@@ -324,15 +324,29 @@ fn an_attack_gives_one_number_wherever_it_is_run() -> Result<()> {
         batch_size: 100,
     }
     .check()?;
-    let s = sweep(&model, &data, &AttackSpec::parse("pgd-5")?, &settings, &sp, &Device::Cpu)?;
-    assert_eq!(s.points[1].robust, pgd, "the sweep's point at 0.1 is evaluate's number");
+    let s = sweep(
+        &model,
+        &data,
+        &AttackSpec::parse("pgd-5")?,
+        &settings,
+        &sp,
+        &Device::Cpu,
+    )?;
+    assert_eq!(
+        s.points[1].robust, pgd,
+        "the sweep's point at 0.1 is evaluate's number"
+    );
 
     // The examples handed to the sink: inside the ball, and the model gets wrong exactly the
     // broken ones (plus the ones it already got wrong).
     let mut wrong = 0usize;
     let mut sink = |b: temper_eval::AdversarialBatch<'_>| -> temper_eval::Result<()> {
         let x = data.batch(b.indices, &Device::Cpu)?.images;
-        let d = (&b.images - &x)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        let d = (&b.images - &x)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
         assert!(d <= 0.1 + 1e-5, "an example outside the ball: {d}");
         let opts = temper_core::ForwardOpts {
             mode: temper_core::Mode::Eval,
@@ -344,7 +358,14 @@ fn an_attack_gives_one_number_wherever_it_is_run() -> Result<()> {
         wrong += pred.iter().zip(b.labels).filter(|(p, l)| p != l).count();
         Ok(())
     };
-    let e = temper_eval::evaluate_with(&model, &data, &attacks("pgd-5", 0.1)?, &p, &Device::Cpu, &mut sink)?;
+    let e = temper_eval::evaluate_with(
+        &model,
+        &data,
+        &attacks("pgd-5", 0.1)?,
+        &p,
+        &Device::Cpu,
+        &mut sink,
+    )?;
     assert_eq!(e.attacks[0].robust, pgd, "the sink changes nothing");
     assert_eq!(wrong, data.len() - pgd.correct);
     Ok(())

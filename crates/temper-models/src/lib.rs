@@ -83,7 +83,7 @@ pub fn build_zeroed(cfg: &ValidModelConfig, device: &Device) -> Result<Network> 
 /// The safetensors metadata key under which Temper records the configuration of a model it
 /// writes (JSON of [`ModelConfig`], its normalisation resolved), so a reader knows the
 /// architecture options and the input normalisation the weights were trained with.
-pub const META_CONFIG: &str = "temper.model";
+pub const META_CONFIG: &str = "temper.model_config";
 
 /// The metadata to write beside a model's weights ([`META_CONFIG`]): every weight file
 /// Temper writes carries it, so loading it later needs no `--normalize`.
@@ -133,10 +133,11 @@ pub fn config_for_file(
     }
     let meta = temper_core::weights::read_metadata(path)?;
     if let Some(json) = meta.get(META_CONFIG) {
-        let recorded: ModelConfig = serde_json::from_str(json).map_err(|e| temper_core::Error::BadWeightFile {
-            path: path.to_path_buf(),
-            reason: format!("metadata '{META_CONFIG}': {e}"),
-        })?;
+        let recorded: ModelConfig =
+            serde_json::from_str(json).map_err(|e| temper_core::Error::BadWeightFile {
+                path: path.to_path_buf(),
+                reason: format!("metadata '{META_CONFIG}': {e}"),
+            })?;
         if let Some(n) = recorded.normalization {
             let mut c = cfg.get().clone();
             c.normalization = Some(n);

@@ -84,7 +84,10 @@ fn files_record_their_normalization_and_unrecorded_ones_are_announced() -> Resul
     assert_eq!(cfg.normalization(), temper_core::Normalization::cifar10());
     match source {
         NormalizationSource::Assumed(Some(note)) => {
-            assert!(note.contains("CIFAR-10") && note.contains("--normalize none"), "{note}")
+            assert!(
+                note.contains("CIFAR-10") && note.contains("--normalize none"),
+                "{note}"
+            )
         }
         other => panic!("expected an announced assumption, got {other:?}"),
     }

@@ -199,7 +199,12 @@ fn malformed_files_are_rejected_with_the_tensor_named() -> Result<()> {
 #[test]
 fn a_crafted_huge_input_shape_is_an_error() -> Result<()> {
     let (float, cfg) = mnist_cnn()?;
-    let q = quantize(&float, &cfg, &calib(8)?, &QuantParams::new(WeightScheme::bits(8)).check()?)?;
+    let q = quantize(
+        &float,
+        &cfg,
+        &calib(8)?,
+        &QuantParams::new(WeightScheme::bits(8)).check()?,
+    )?;
     let bytes = to_bytes(&q)?;
     let n = u64::from_le_bytes(bytes[..8].try_into()?) as usize;
     let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n])?;
@@ -213,7 +218,10 @@ fn a_crafted_huge_input_shape_is_an_error() -> Result<()> {
             .ok_or_else(|| anyhow::anyhow!("no model config"))?,
     )?;
     model["input_size"] = serde_json::json!([65536, 65536]);
-    meta.insert("temper.quant.model".into(), serde_json::Value::String(model.to_string()));
+    meta.insert(
+        "temper.quant.model".into(),
+        serde_json::Value::String(model.to_string()),
+    );
     let mut text = serde_json::to_string(&header)?;
     while text.len() % 8 != 0 {
         text.push(' ');

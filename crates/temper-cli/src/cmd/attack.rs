@@ -19,7 +19,12 @@ pub struct AttackArgs {
     data: DataArgs,
     /// Attacks, comma-separated: fgsm, fgsm-rs, pgd, pgd-N, pgd-l2-N, pgd-cw-N (PGD on the CW
     /// margin loss), cw, cw-N. `--attack` is the same flag.
-    #[arg(long = "attacks", short = 'a', visible_alias = "attack", default_value = "pgd")]
+    #[arg(
+        long = "attacks",
+        short = 'a',
+        visible_alias = "attack",
+        default_value = "pgd"
+    )]
     attacks: String,
     /// Attack settings; `--norm` and `--eps` also define the threat model: an adversarial
     /// example counts only inside that ball (so CW, which minimises the perturbation and

@@ -1,7 +1,9 @@
 //! `temper eval`: clean, per-attack and worst-case robust accuracy, eps sweeps and
 //! gradient-masking checks, written as a report folder.
 
-use crate::args::{check_fit, load_any, parse_attack_list, AttackOpts, DataArgs, DeviceArgs, ModelArgs, WeightsArgs};
+use crate::args::{
+    check_fit, load_any, parse_attack_list, AttackOpts, DataArgs, DeviceArgs, ModelArgs, WeightsArgs,
+};
 use anyhow::{Context, Result};
 use clap::Args;
 use std::path::PathBuf;

@@ -112,7 +112,11 @@ fn run_sweep(a: SweepArgs) -> Result<()> {
             println!("{line}");
         }
     };
-    say(format!("model:   {} from {}", model.info().name, weights.display()));
+    say(format!(
+        "model:   {} from {}",
+        model.info().name,
+        weights.display()
+    ));
     say(format!(
         "data:    {} ({} images); calibration: {n_calib} images of the train split",
         data.name(),
