@@ -81,14 +81,8 @@ mod tests {
     fn margin_and_kl() -> Result<()> {
         let dev = Device::Cpu;
         let z = Tensor::new(&[[1f32, 5.0, 3.0]], &dev)?;
-        assert_eq!(
-            margin(&z, &Tensor::new(&[1u32], &dev)?)?.to_vec1::<f32>()?,
-            vec![2.0]
-        );
-        assert_eq!(
-            margin(&z, &Tensor::new(&[0u32], &dev)?)?.to_vec1::<f32>()?,
-            vec![-4.0]
-        );
+        assert_eq!(margin(&z, &Tensor::new(&[1u32], &dev)?)?.to_vec1::<f32>()?, vec![2.0]);
+        assert_eq!(margin(&z, &Tensor::new(&[0u32], &dev)?)?.to_vec1::<f32>()?, vec![-4.0]);
         let kl_self = kl_div_sum(&z, &z)?.to_scalar::<f32>()?;
         assert!(kl_self.abs() < 1e-6);
         let q = Tensor::new(&[[0f32, 0.0, 0.0]], &dev)?;

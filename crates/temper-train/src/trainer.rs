@@ -180,8 +180,8 @@ fn validate(
         let y = labels_u32(&b.labels)?;
         let logits = model.forward_opts(&b.images, eval)?;
         cost.val_forward += chunk.len() as u64;
-        loss_sum += temper_core::loss::cross_entropy_mean(&logits, &y)?.to_scalar::<f32>()? as f64
-            * chunk.len() as f64;
+        loss_sum +=
+            temper_core::loss::cross_entropy_mean(&logits, &y)?.to_scalar::<f32>()? as f64 * chunk.len() as f64;
         let pred = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
         let yv = y.to_vec1::<u32>()?;
         let out = pgd.perturb(model, &b.images, &y, Goal::Untargeted, &mut rng)?;
