@@ -374,7 +374,8 @@ pub fn load_any(
     device: &candle_core::Device,
 ) -> Result<LoadedModel> {
     if let Some(w) = weights.weights.as_deref() {
-        if temper_quant::export::is_quantized(w)? {
+        // A PyTorch checkpoint is a zip archive, never a quantized safetensors file.
+        if !temper_core::pytorch::is_pytorch(w) && temper_quant::export::is_quantized(w)? {
             let q = temper_quant::export::load(w, device)?;
             if model.model.is_some() {
                 let asked = model.config()?;

@@ -123,3 +123,31 @@ fn an_assumed_normalization_is_announced() {
     assert!(!attack(&bare, &["--normalize", "cifar10"]).contains("warning:"));
     assert!(!attack(&recorded, &[]).contains("warning:"));
 }
+
+/// An absurd --image-size for an image folder is an error, not an abort.
+#[test]
+fn a_huge_image_size_is_an_error() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.path().join("train/cat/0.png");
+    std::fs::create_dir_all(path.parent().unwrap_or(dir.path())).unwrap_or_else(|e| panic!("{e}"));
+    image::RgbImage::from_pixel(8, 8, image::Rgb([1, 2, 3]))
+        .save(&path)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out = temper()
+        .args([
+            "data",
+            "inspect",
+            "--dataset",
+            "image-folder",
+            "--split",
+            "train",
+            "--image-size",
+            "65536",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("larger than 4096"));
+}

@@ -269,3 +269,25 @@ fn eps_defaults_by_data_set_and_takes_fractions() {
     let desc = v["attacks"][0]["description"].as_str().unwrap_or("");
     assert!(desc.contains("alpha=0.0078"), "torchattacks' 2/255 step: {desc}");
 }
+
+/// A PyTorch checkpoint (DataParallel state dict wrapped in {"state_dict": ...}) evaluates
+/// exactly like the safetensors file it was made from.
+#[test]
+fn a_pytorch_checkpoint_evaluates_like_its_safetensors() {
+    let pt =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/pytorch/small_cnn_mnist_dp.pt");
+    let run = |w: &Path| {
+        let out = temper()
+            .args(["attack", "--model", "small-cnn", "--weights"])
+            .arg(w)
+            .args(["--attacks", "fgsm", "--limit", "60", "--json"])
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v = json_of(&out.stdout);
+        (v["clean"]["accuracy"]["correct"].as_u64(), robust_of(&v, "fgsm"))
+    };
+    let (a, b) = (run(&pt), run(&fixture()));
+    assert_eq!(a, b);
+    assert!(a.0.is_some_and(|c| c > 55), "{a:?}");
+}

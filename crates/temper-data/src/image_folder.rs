@@ -26,6 +26,9 @@ use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 use temper_core::seed::{rng_with, Rng};
 
+/// The largest side a transform may produce: a bound checked before any image is allocated.
+pub const MAX_SIDE: usize = 4096;
+
 /// File extensions read as images (compared case-insensitively).
 const EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
 
@@ -141,6 +144,12 @@ impl ImageFolderParams {
         match self.transform {
             FolderTransform::Native => {}
             FolderTransform::CenterCrop { shorter, crop } => {
+                if crop as usize > MAX_SIDE || shorter as usize > 2 * MAX_SIDE {
+                    return Err(Error::param(
+                        "image size",
+                        format!("crop {crop} (resized to {shorter}) is larger than {MAX_SIDE}"),
+                    ));
+                }
                 if crop == 0 || shorter < crop {
                     return Err(Error::param(
                         "center crop",
@@ -151,6 +160,12 @@ impl ImageFolderParams {
                 }
             }
             FolderTransform::RandomResizedCrop { size, scale, ratio } => {
+                if size as usize > MAX_SIDE {
+                    return Err(Error::param(
+                        "image size",
+                        format!("{size} is larger than {MAX_SIDE}"),
+                    ));
+                }
                 // The same rules as the in-memory augmentation, checked by the same code.
                 crate::augment::AugmentParams::new()
                     .then(crate::augment::Op::RandomResizedCrop {
@@ -328,7 +343,22 @@ impl ImageFolder {
     /// drawn once, from the folder's seed and each image's index.
     pub fn decode_all(&self) -> Result<Dataset> {
         let per: usize = self.shape.iter().product();
-        let mut pixels = vec![0u8; per * self.files.len()];
+        let bytes = per
+            .checked_mul(self.files.len())
+            .ok_or_else(|| Error::param("image size", "the decoded images would not fit in memory"))?;
+        // Reserved fallibly: a folder too large for memory is an error, not an aborted process.
+        let mut pixels = Vec::new();
+        pixels.try_reserve_exact(bytes).map_err(|_| {
+            Error::param(
+                "image size",
+                format!(
+                    "{} images of {:?} need {bytes} bytes, more than this machine can allocate",
+                    self.files.len(),
+                    self.shape
+                ),
+            )
+        })?;
+        pixels.resize(bytes, 0u8);
         let bar = if self.progress {
             indicatif::ProgressBar::new(self.files.len() as u64)
         } else {
