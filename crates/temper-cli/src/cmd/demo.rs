@@ -27,10 +27,12 @@ pub struct DemoArgs {
     /// Epochs of adversarial fine-tuning.
     #[arg(long, default_value_t = 2)]
     finetune_epochs: usize,
-    /// L-inf budget of fine-tuning and of the evaluation, a decimal or a fraction (default:
-    /// 0.3, the usual budget for 28x28 digits, as on every command).
-    #[arg(long)]
-    eps: Option<String>,
+    /// L-inf budget of fine-tuning and of the evaluation, a decimal or a fraction. The demo's
+    /// recipe uses 0.1, not the usual 0.3 for digits that every other command defaults to:
+    /// two epochs of fine-tuning at 0.3 collapse small-cnn to chance (measured: 13.5% clean
+    /// after one epoch), while 0.1 shows the robustness gain within the demo's minutes.
+    #[arg(long, default_value = "0.1")]
+    eps: String,
     /// Test images for the eps-sweep charts (the headline numbers use all 2,000).
     #[arg(long, default_value_t = 300)]
     sweep_images: usize,
@@ -158,7 +160,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     prepare(&a.out)?;
     let test = temper_data::load("mnist10k", None, temper_data::Split::Test)?;
     let sweep_set = test.subset(&(0..a.sweep_images.min(test.len())).collect::<Vec<_>>())?;
-    let eps = crate::args::eps_or_default(a.eps.as_deref(), test.shape(), Norm::Linf)?;
+    let eps = temper_attacks::spec::parse_number(&a.eps, "eps")?;
     if !(eps.is_finite() && eps > 0.0) {
         anyhow::bail!("--eps must be positive, not {eps}");
     }
