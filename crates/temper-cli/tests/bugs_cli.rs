@@ -151,3 +151,27 @@ fn a_huge_image_size_is_an_error() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("larger than 4096"));
 }
+
+/// `--alpha` takes a multiple of eps on train as on attack; a step that is no positive number
+/// is refused naming the flag.
+#[test]
+fn alpha_takes_a_multiple_of_eps() {
+    temper()
+        .args([
+            "train",
+            "--model",
+            "small-cnn",
+            "--eps",
+            "8/255",
+            "--alpha",
+            "eps/4",
+        ])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("--out RUN_DIR is required"));
+    temper()
+        .args(["train", "--model", "small-cnn", "--alpha", "eps/0"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("--alpha 'eps/0'"));
+}

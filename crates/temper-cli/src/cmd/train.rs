@@ -34,7 +34,8 @@ pub struct RunArgs {
     /// Threat model budget (L-inf, pixel units): default 0.3 for 28x28 digits, 8/255 otherwise.
     #[arg(long)]
     eps: Option<String>,
-    /// Inner attack step size (default 0.01 for digits, 2/255 otherwise).
+    /// Inner attack step size: a number (2/255) or a multiple of eps (eps/4) (default 0.01 for
+    /// digits, 2/255 otherwise).
     #[arg(long)]
     alpha: Option<String>,
     /// Inner attack steps (default 40 for digits, 10 otherwise; `--attack-steps` is the same
@@ -122,7 +123,7 @@ fn config(method: Method, weights: Option<PathBuf>, r: &RunArgs) -> Result<Train
         }
     }
     if let Some(v) = &r.alpha {
-        cfg.threat.alpha = parse_number(v, "alpha")?;
+        cfg.threat.alpha = crate::args::parse_alpha(v, cfg.threat.eps)?;
     }
     if let Some(v) = r.attack_steps {
         cfg.threat.steps = v;
