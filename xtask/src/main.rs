@@ -198,6 +198,8 @@ fn fixtures() -> Result<()> {
     for script in [
         "tests/fixtures/models/make_fixtures.py",
         "tests/fixtures/kernels/make_fixtures.py",
+        // After attacks/: it converts attacks/small_cnn_mnist.safetensors.
+        "tests/fixtures/pytorch/make_fixtures.py",
     ] {
         run(Command::new(&py).arg(script))?;
     }

@@ -2,10 +2,12 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
+use std::path::{Path, PathBuf};
 use temper_attacks::spec::{parse_number, AttackSettings, AttackSpec};
 use temper_attacks::{LossKind, Norm};
+use temper_core::weights::Strictness;
 use temper_eval::NamedAttack;
-use temper_models::{ModelConfig, ModelKind, Stem, ValidModelConfig};
+use temper_models::{ModelConfig, ModelKind, NormalizationSource, Stem, ValidModelConfig};
 
 /// Which model, and how it is shaped.
 #[derive(Args, Debug, Clone)]
@@ -30,7 +32,8 @@ pub struct ModelArgs {
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub width: f64,
     /// Input normalisation inside the model: none, cifar10, imagenet, or
-    /// "mean=0.5,0.5,0.5;std=0.25,0.25,0.25" (default: the model's usual).
+    /// "mean=0.5,0.5,0.5;std=0.25,0.25,0.25" (default: what the weights file records; for a file
+    /// recording none, the model's usual, with a warning naming it).
     #[arg(long)]
     pub normalize: Option<String>,
 }
@@ -91,18 +94,21 @@ impl ModelArgs {
 ///
 /// Shared by `temper attack`, `temper eval` and `temper quant sweep`; each turns it into one
 /// [`AttackSettings`] that completes every attack name the user gave (`pgd-20`, `fgsm`, ...).
-/// A command with another usual budget changes `--eps`'s default with
-/// `#[command(mut_arg("eps", |a| a.default_value("0.1")))]`.
+/// `--eps` defaults by data set ([`default_eps`]), the same on every command.
 #[derive(Args, Debug, Clone)]
 pub struct AttackOpts {
-    /// Threat model norm: linf or l2. `pgd-l2-N` fixes it for one attack; FGSM is L-inf and
-    /// CW is L2 whatever this says.
-    #[arg(long, default_value = "linf")]
+    /// Threat model norm: Linf or L2 (any case; inf and l-inf mean Linf). `pgd-l2-N` fixes it
+    /// for one attack; FGSM is L-inf and CW is L2 whatever this says, but every attack's
+    /// examples count only inside this norm's eps ball.
+    #[arg(long, default_value = "Linf")]
     pub norm: String,
-    /// Budget in pixel units: 8/255, 0.3, ...
-    #[arg(long, default_value = "8/255")]
-    pub eps: String,
-    /// Step size (default: 2.5*eps/steps for PGD, 1.25*eps for FGSM-RS).
+    /// Budget in pixel units, a decimal or a fraction: 0.3, 8/255 (default by data set: for
+    /// 28x28 grey digits 0.3 in L-inf and 2.0 in L2, otherwise 8/255 in L-inf and 0.5 in L2).
+    #[arg(long)]
+    pub eps: Option<String>,
+    /// Step size: a number (2/255, 0.01) or a multiple of eps (eps/4, 0.25*eps). Default:
+    /// 2.5*eps/steps for PGD (Madry et al.), which is torchattacks' 2/255 for PGD-10 at
+    /// 8/255; eps/4 keeps torchattacks' step at any step count; 1.25*eps for FGSM-RS.
     #[arg(long)]
     pub alpha: Option<String>,
     /// PGD steps when the attack name has none (`pgd`; `pgd-40` says 40).
@@ -120,17 +126,73 @@ pub struct AttackOpts {
     pub no_random_start: bool,
 }
 
+/// The usual budget for data of shape `[C, H, W]` in `norm`: the one default of every
+/// command's `--eps` (`temper_data::default_linf_eps` and `default_l2_eps`).
+pub fn default_eps(shape: [usize; 3], norm: Norm) -> f64 {
+    match norm {
+        Norm::Linf => temper_data::default_linf_eps(shape),
+        Norm::L2 => temper_data::default_l2_eps(shape),
+    }
+}
+
+/// Parses `--eps`, or picks the data set's default.
+pub fn eps_or_default(eps: Option<&str>, shape: [usize; 3], norm: Norm) -> Result<f64> {
+    match eps {
+        Some(s) => Ok(parse_number(s, "eps")?),
+        None => Ok(default_eps(shape, norm)),
+    }
+}
+
+/// Parses a step size: a number (`0.01`, `2/255`) or a multiple of eps (`eps/4`,
+/// `0.25*eps`, `eps`).
+pub fn parse_alpha(s: &str, eps: f64) -> Result<f64> {
+    let t = s.trim().to_ascii_lowercase().replace(' ', "");
+    let v = if let Some(rest) = t.strip_prefix("eps") {
+        match rest {
+            "" => eps,
+            r => match r.strip_prefix('/') {
+                Some(d) => eps / parse_number(d, "alpha")?,
+                None => match r.strip_prefix('*') {
+                    Some(m) => eps * parse_number(m, "alpha")?,
+                    None => anyhow::bail!("--alpha '{s}': expected a number, eps/K or K*eps"),
+                },
+            },
+        }
+    } else if let Some(k) = t.strip_suffix("*eps") {
+        eps * parse_number(k, "alpha")?
+    } else {
+        parse_number(&t, "alpha")?
+    };
+    if !(v.is_finite() && v > 0.0) {
+        anyhow::bail!("--alpha '{s}' must be a positive step size (it is {v} at eps {eps})");
+    }
+    Ok(v)
+}
+
+/// Parses a comma-separated attack list; an empty list or an empty name is an error rather
+/// than a silently shorter list.
+pub fn parse_attack_list(list: &str) -> Result<Vec<AttackSpec>> {
+    if list.trim().is_empty() || list.split(',').any(|p| p.trim().is_empty()) {
+        anyhow::bail!(
+            "--attacks '{list}' has an empty attack name; give a comma-separated list such as fgsm,pgd-20"
+        );
+    }
+    Ok(AttackSpec::parse_list(list)?)
+}
+
 impl AttackOpts {
-    /// The settings these options describe (each attack validates them when built).
-    pub fn settings(&self) -> Result<AttackSettings> {
+    /// The settings these options describe for data of shape `shape` (each attack validates
+    /// them when built).
+    pub fn settings(&self, shape: [usize; 3]) -> Result<AttackSettings> {
+        if self.steps == 0 {
+            anyhow::bail!("--steps must be at least 1");
+        }
+        let norm = Norm::parse(&self.norm)?;
+        let eps = eps_or_default(self.eps.as_deref(), shape, norm)?;
         Ok(AttackSettings {
-            eps: parse_number(&self.eps, "eps")?,
-            alpha: self
-                .alpha
-                .as_deref()
-                .map(|s| parse_number(s, "alpha"))
-                .transpose()?,
-            norm: Norm::parse(&self.norm)?,
+            eps,
+            alpha: self.alpha.as_deref().map(|s| parse_alpha(s, eps)).transpose()?,
+            norm,
             restarts: self.restarts,
             steps: self.steps,
             loss: LossKind::parse(&self.loss)?,
@@ -140,14 +202,59 @@ impl AttackOpts {
 
     /// The attacks of a comma-separated list such as `fgsm,pgd-20`, each named as the user
     /// wrote it and completed with [`AttackOpts::settings`], with their specs and settings.
-    pub fn build_list(&self, list: &str) -> Result<(AttackSettings, Vec<AttackSpec>, Vec<NamedAttack>)> {
-        let settings = self.settings()?;
-        let specs = AttackSpec::parse_list(list)?;
+    pub fn build_list(
+        &self,
+        list: &str,
+        shape: [usize; 3],
+    ) -> Result<(AttackSettings, Vec<AttackSpec>, Vec<NamedAttack>)> {
+        let settings = self.settings(shape)?;
+        let specs = parse_attack_list(list)?;
         let attacks = specs
             .iter()
             .map(|s| Ok((s.text.clone(), s.build(&settings)?)))
             .collect::<Result<_>>()?;
         Ok((settings, specs, attacks))
+    }
+}
+
+/// Weights to load, and how strictly.
+#[derive(Args, Debug, Clone)]
+pub struct WeightsArgs {
+    /// Weights with PyTorch state_dict names: safetensors, or a PyTorch checkpoint (.pt/.pth;
+    /// a plain state dict or one under "state_dict"/"model", DataParallel "module." prefixes
+    /// stripped), or a file written by `temper quantize` (run through its quantizer).
+    #[arg(long, short = 'w')]
+    pub weights: Option<PathBuf>,
+    /// Load the keys that match and list the rest, instead of refusing a file whose keys
+    /// differ from the model's (shapes must still match).
+    #[arg(long)]
+    pub lenient: bool,
+}
+
+impl WeightsArgs {
+    /// How strictly to load.
+    pub fn strictness(&self) -> Strictness {
+        if self.lenient {
+            Strictness::Lenient
+        } else {
+            Strictness::Strict
+        }
+    }
+
+    /// The weights, which this command needs.
+    pub fn required(&self) -> Result<&Path> {
+        self.weights
+            .as_deref()
+            .context("--weights is required: the float model to start from")
+    }
+}
+
+/// Parses a switch: on, off, true, false (any case; also yes/no, 1/0).
+pub fn parse_on_off(s: &str) -> std::result::Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => Err(format!("'{s}' is not on or off")),
     }
 }
 
@@ -160,7 +267,7 @@ pub struct DataArgs {
     pub dataset: String,
     /// Directory holding the data set's files (not needed for mnist10k).
     #[arg(long)]
-    pub data_dir: Option<std::path::PathBuf>,
+    pub data_dir: Option<PathBuf>,
     /// Split to use: train or test.
     #[arg(long, default_value = "test")]
     pub split: String,
@@ -201,16 +308,29 @@ impl DeviceArgs {
     }
 }
 
-/// Builds the model, loading `weights` (strictly) when given.
+/// Builds the model, loading `weights` when given. The file's recorded normalisation is used
+/// when `--normalize` is not given; a file recording none, loaded into a model whose default
+/// normalisation is not the identity, gets a warning on stderr saying which one was assumed.
 pub fn load_model(
     cfg: &ValidModelConfig,
-    weights: Option<&std::path::Path>,
+    weights: Option<&Path>,
+    strictness: Strictness,
     device: &candle_core::Device,
 ) -> Result<temper_core::Network> {
     match weights {
         Some(w) => {
-            let (net, report) =
-                temper_models::build_from_file(cfg, w, temper_core::weights::Strictness::Strict, device)?;
+            let (cfg, source) = temper_models::config_for_file(cfg, w)?;
+            if let NormalizationSource::Assumed(Some(note)) = &source {
+                eprintln!("warning: {note}");
+            }
+            let (net, report) = temper_models::build_from_file(&cfg, w, strictness, device)?;
+            if !report.mismatch.is_empty() {
+                eprintln!(
+                    "warning: --lenient loading of '{}' left keys unmatched: {}",
+                    w.display(),
+                    report.mismatch
+                );
+            }
             tracing::info!(loaded = report.loaded, file = %w.display(), "weights loaded");
             Ok(net)
         }
@@ -250,11 +370,12 @@ impl LoadedModel {
 /// comes from the file (`--model`, if given, must name the same one).
 pub fn load_any(
     model: &ModelArgs,
-    weights: Option<&std::path::Path>,
+    weights: &WeightsArgs,
     device: &candle_core::Device,
 ) -> Result<LoadedModel> {
-    if let Some(w) = weights {
-        if temper_quant::export::is_quantized(w)? {
+    if let Some(w) = weights.weights.as_deref() {
+        // A PyTorch checkpoint is a zip archive, never a quantized safetensors file.
+        if !temper_core::pytorch::is_pytorch(w) && temper_quant::export::is_quantized(w)? {
             let q = temper_quant::export::load(w, device)?;
             if model.model.is_some() {
                 let asked = model.config()?;
@@ -274,7 +395,8 @@ pub fn load_any(
     }
     Ok(LoadedModel::Float(Box::new(load_model(
         &model.config()?,
-        weights,
+        weights.weights.as_deref(),
+        weights.strictness(),
         device,
     )?)))
 }

@@ -159,7 +159,7 @@ fn report_draws_training_curves_from_a_run() {
 #[test]
 fn sched_plot_draws_a_schedule() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let out = dir.path().join("lr.png");
+    let out = dir.path().join("lr");
     temper()
         .args([
             "sched",
@@ -173,7 +173,7 @@ fn sched_plot_draws_a_schedule() {
         .assert()
         .success()
         .stdout(predicate::str::contains("highest sampled lr 0.0497"));
-    png_size(&out);
+    png_size(&out.join("lr_schedule.png"));
     temper()
         .args(["sched", "plot", "cosine:peak=-1", "--epochs", "20", "--out"])
         .arg(&out)

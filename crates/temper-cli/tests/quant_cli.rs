@@ -18,19 +18,22 @@ fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Quantizes the fixture into `out` with `extra` options (few calibration images, so the
-/// test stays quick in a debug build).
+/// Quantizes the fixture into the file `out` with `extra` options (few calibration images, so
+/// the test stays quick in a debug build). `--out` names a folder; the file it gets,
+/// quantized.safetensors, is moved to `out`.
 fn quantize(out: &Path, extra: &[&str]) {
+    let folder = out.with_extension("d");
     temper()
         .args(["quantize", "--model", "small-cnn", "--weights"])
         .arg(fixture())
         .args(["--dataset", "mnist10k", "--limit", "100", "--calib", "64"])
         .args(extra)
         .arg("--out")
-        .arg(out)
+        .arg(&folder)
         .assert()
         .success()
         .stdout(predicate::str::contains("quantized file"));
+    std::fs::rename(folder.join("quantized.safetensors"), out).unwrap_or_else(|e| panic!("{e}"));
 }
 
 fn report(dir: &Path) -> temper_eval::Report {
@@ -107,7 +110,7 @@ fn eval_and_attack_take_a_gpfq_ternary_file() {
     let q = dir.path().join("t.safetensors");
     quantize(
         &q,
-        &["--bits", "ternary", "--method", "gpfq", "--gpfq-rows", "2000"],
+        &["--bits", "ternary", "--quantizer", "gpfq", "--gpfq-rows", "2000"],
     );
     eval(&q, &dir.path().join("report"))
         .success()
@@ -116,18 +119,18 @@ fn eval_and_attack_take_a_gpfq_ternary_file() {
         .model
         .quantization
         .is_some_and(|s| s.starts_with("gpfq ternary")));
-    let adv = dir.path().join("adv.safetensors");
+    let adv = dir.path().join("adv");
     temper()
         .args(["attack", "--model", "small-cnn", "--weights"])
         .arg(&q)
-        .args(["--limit", "50", "--attack", "fgsm", "--eps", "0.1", "--save-adv"])
+        .args(["--limit", "50", "--attack", "fgsm", "--eps", "0.1", "--out"])
         .arg(&adv)
         .assert()
         .success()
         .stdout(predicate::str::contains("quantized: gpfq ternary"))
         .stdout(predicate::str::contains("through the quantizer"))
         .stdout(predicate::str::contains("robust accuracy"));
-    assert!(adv.exists());
+    assert!(adv.join("adversarial.safetensors").exists());
 }
 
 #[test]

@@ -49,7 +49,8 @@ fn bad_file(path: &Path, reason: impl Into<String>) -> Error {
     }
 }
 
-/// Loads a safetensors file into `store`.
+/// Loads a safetensors file, or a PyTorch checkpoint (`.pt`, `.pth`; see
+/// [`crate::pytorch`]), into `store`.
 ///
 /// ```no_run
 /// # fn f(model: &temper_core::Network) -> temper_core::Result<()> {
@@ -64,7 +65,11 @@ pub fn load(
     strictness: Strictness,
 ) -> Result<LoadReport> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read weights", path, e))?;
+    let bytes = if crate::pytorch::is_pytorch(path) {
+        crate::pytorch::to_safetensors_bytes(path)?
+    } else {
+        std::fs::read(path).map_err(|e| Error::io("cannot read weights", path, e))?
+    };
     load_bytes(store, &bytes, path, model_name, strictness)
 }
 
@@ -202,12 +207,78 @@ pub fn save_tensors(
         .collect::<Result<_>>()?;
     let bytes = safetensors::serialize(cpu.iter().map(|(k, t)| (k.as_str(), t)), Some(meta))
         .map_err(|e| bad_file(path, e.to_string()))?;
+    let bytes = sort_metadata(bytes).map_err(|reason| bad_file(path, reason))?;
     crate::fsutil::write_atomic(path, &bytes)
 }
 
-/// Reads the metadata of a safetensors file without loading its tensors.
+/// Rewrites a serialized safetensors file's header with its `__metadata__` keys sorted.
+///
+/// safetensors keeps metadata in a `HashMap`, whose order changes from run to run, so the
+/// same tensors and metadata would give different bytes each time; sorted, identical runs
+/// give identical files. Tensor entries keep their order (that of their data), and the data
+/// is untouched: its offsets are relative to the end of the header.
+fn sort_metadata(bytes: Vec<u8>) -> std::result::Result<Vec<u8>, String> {
+    let n = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as usize)
+        .ok_or("no header")?;
+    let header = bytes.get(8..8 + n).ok_or("header past the end")?;
+    let value: serde_json::Value = serde_json::from_slice(header).map_err(|e| e.to_string())?;
+    let obj = value.as_object().ok_or("header is not a JSON object")?;
+    let mut out = String::from("{");
+    if let Some(meta) = obj.get("__metadata__") {
+        let sorted: std::collections::BTreeMap<&String, &serde_json::Value> = meta
+            .as_object()
+            .ok_or("__metadata__ is not an object")?
+            .iter()
+            .collect();
+        out.push_str("\"__metadata__\":");
+        out.push_str(&serde_json::to_string(&sorted).map_err(|e| e.to_string())?);
+    }
+    let mut entries: Vec<(&String, &serde_json::Value)> =
+        obj.iter().filter(|(k, _)| k.as_str() != "__metadata__").collect();
+    let start = |v: &serde_json::Value| v["data_offsets"][0].as_u64().unwrap_or(0);
+    entries.sort_by(|a, b| start(a.1).cmp(&start(b.1)).then(a.0.cmp(b.0)));
+    for (k, v) in entries {
+        if out.len() > 1 {
+            out.push(',');
+        }
+        out.push_str(&serde_json::to_string(k).map_err(|e| e.to_string())?);
+        out.push(':');
+        // Each tensor entry's own keys sorted too (dtype, shape, data_offsets).
+        let sorted: std::collections::BTreeMap<&String, &serde_json::Value> = v
+            .as_object()
+            .ok_or("tensor entry is not an object")?
+            .iter()
+            .collect();
+        out.push_str(&serde_json::to_string(&sorted).map_err(|e| e.to_string())?);
+    }
+    out.push('}');
+    // safetensors pads the header with spaces to a multiple of 8 bytes.
+    while out.len() % 8 != 0 {
+        out.push(' ');
+    }
+    let mut result = Vec::with_capacity(8 + out.len() + bytes.len() - 8 - n);
+    result.extend_from_slice(&(out.len() as u64).to_le_bytes());
+    result.extend_from_slice(out.as_bytes());
+    result.extend_from_slice(&bytes[8 + n..]);
+    Ok(result)
+}
+
+/// Reads the metadata of a safetensors file without loading its tensors; a PyTorch
+/// checkpoint (`.pt`, `.pth`) has none.
 pub fn read_metadata(path: impl AsRef<Path>) -> Result<HashMap<String, String>> {
     let path = path.as_ref();
+    if crate::pytorch::is_pytorch(path) {
+        if !path.is_file() {
+            return Err(Error::io(
+                "cannot read weights",
+                path,
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            ));
+        }
+        return Ok(HashMap::new());
+    }
     let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read weights", path, e))?;
     let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| bad_file(path, e.to_string()))?;
     Ok(meta.metadata().clone().unwrap_or_default())

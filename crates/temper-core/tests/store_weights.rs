@@ -377,3 +377,56 @@ fn normalization_specs_parse_and_validate() -> Result<()> {
     assert!(Normalization::parse("bogus", 1).is_err());
     Ok(())
 }
+
+/// Metadata keys come out sorted, so saving the same model with the same metadata twice
+/// gives byte-identical files (safetensors keeps metadata in a `HashMap`, whose order differs
+/// between maps and runs).
+#[test]
+fn saved_files_are_byte_identical() -> Result<()> {
+    let model = net(3)?;
+    let dir = tempfile::tempdir()?;
+    let mut files = Vec::new();
+    for i in 0..4 {
+        // A fresh map each time: a new random iteration order.
+        let meta: HashMap<String, String> = (0..16)
+            .map(|k| (format!("key{k}"), format!("value{k}")))
+            .collect();
+        let path = dir.path().join(format!("m{i}.safetensors"));
+        weights::save(model.params(), &path, DType::F32, &meta)?;
+        files.push(std::fs::read(&path)?);
+    }
+    assert!(files.windows(2).all(|w| w[0] == w[1]), "identical saves differ");
+    let header_len = u64::from_le_bytes(files[0][..8].try_into()?) as usize;
+    let header = std::str::from_utf8(&files[0][8..8 + header_len])?;
+    let positions: Vec<usize> = ["\"format\"", "\"key0\"", "\"key1\"", "\"key10\"", "\"key9\""]
+        .iter()
+        .map(|k| header.find(k).unwrap_or(usize::MAX))
+        .collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{header}");
+    // The rewritten header still loads, with every tensor and the metadata intact.
+    let back = net(4)?;
+    weights::load(
+        back.params(),
+        dir.path().join("m0.safetensors"),
+        "net",
+        Strictness::Strict,
+    )?;
+    for (a, b) in model
+        .params()
+        .state_dict()?
+        .iter()
+        .zip(back.params().state_dict()?.iter())
+    {
+        assert_eq!(a.0, b.0);
+        let d = (a.1.to_dtype(DType::F64)? - b.1.to_dtype(DType::F64)?)?
+            .abs()?
+            .sum_all()?
+            .to_scalar::<f64>()?;
+        assert_eq!(d, 0.0, "{}", a.0);
+    }
+    assert_eq!(
+        weights::read_metadata(dir.path().join("m0.safetensors"))?.len(),
+        17
+    );
+    Ok(())
+}

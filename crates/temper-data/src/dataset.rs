@@ -272,6 +272,27 @@ impl Dataset {
         self.host_batch(indices)?.to_device(device)
     }
 
+    /// The samples at `indices`, in that order, in batches of at most `batch_size` on
+    /// `device`: the one batching path of every evaluation loop (clean accuracy, attacks,
+    /// sweeps, masking checks, validation), so that every command cuts the same data into the
+    /// same batches and seeded attacks draw the same numbers. Each item is the indices of the
+    /// batch and the batch. Callers validate `batch_size`; 0 is read as 1 rather than panic.
+    pub fn eval_batches<'a>(
+        &'a self,
+        indices: &'a [usize],
+        batch_size: usize,
+        device: &'a Device,
+    ) -> impl Iterator<Item = Result<(&'a [usize], Batch)>> + 'a {
+        indices
+            .chunks(batch_size.max(1))
+            .map(move |chunk| Ok((chunk, self.batch(chunk, device)?)))
+    }
+
+    /// Every sample, in order, as [`Dataset::eval_batches`] gives them.
+    pub fn all_indices(&self) -> Vec<usize> {
+        (0..self.len()).collect()
+    }
+
     /// The whole data set as one batch on `device` (for evaluating small sets in one go).
     pub fn to_batch(&self, device: &Device) -> Result<Batch> {
         HostBatch {

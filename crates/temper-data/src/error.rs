@@ -134,6 +134,21 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// A split's class folders are not all among the classes labels are numbered by.
+    #[error(
+        "'{path}' has class folders {unknown:?} that the train split does not have (its classes: \
+         {known:?}); every split must use the train split's class names, so that a label means \
+         the same class in each"
+    )]
+    ClassMismatch {
+        /// The split folder.
+        path: PathBuf,
+        /// Its class folders missing from the list.
+        unknown: Vec<String>,
+        /// The class list.
+        known: Vec<String>,
+    },
+
     /// An image folder root holds no class folder.
     #[error("'{path}' holds no class folder; expected the layout root/<class>/<image>")]
     NoClasses {
@@ -226,6 +241,7 @@ impl Error {
             | Error::ImageSize { path, .. }
             | Error::EmptyClass { path }
             | Error::NoClasses { path }
+            | Error::ClassMismatch { path, .. }
             | Error::NoSplit { path, .. } => Some(path),
             Error::UnknownDataset { .. }
             | Error::NeedsDataDir { .. }

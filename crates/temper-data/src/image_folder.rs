@@ -26,6 +26,9 @@ use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 use temper_core::seed::{rng_with, Rng};
 
+/// The largest side a transform may produce: a bound checked before any image is allocated.
+pub const MAX_SIDE: usize = 4096;
+
 /// File extensions read as images (compared case-insensitively).
 const EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
 
@@ -77,6 +80,12 @@ pub struct ImageFolderParams {
     pub progress: bool,
     /// Seed of the random crops drawn by [`ImageFolder::decode_all`].
     pub seed: u64,
+    /// The class list labels are numbered by, when it is not this folder's own: the train
+    /// split's classes for a validation folder, so that label `i` means the same class in
+    /// both. Every class folder must be named in it (an error names the ones that are not);
+    /// a class of the list with no folder simply has no images. `None` numbers this folder's
+    /// own sorted class folders.
+    pub classes: Option<Vec<String>>,
 }
 
 impl ImageFolderParams {
@@ -88,7 +97,15 @@ impl ImageFolderParams {
             channels: 3,
             progress: true,
             seed: 0,
+            classes: None,
         }
+    }
+
+    /// Numbers labels by `classes` (e.g. the train split's) instead of this folder's own
+    /// class folders.
+    pub fn class_list(mut self, classes: Vec<String>) -> Self {
+        self.classes = Some(classes);
+        self
     }
 
     /// Sets the transform.
@@ -127,6 +144,12 @@ impl ImageFolderParams {
         match self.transform {
             FolderTransform::Native => {}
             FolderTransform::CenterCrop { shorter, crop } => {
+                if crop as usize > MAX_SIDE || shorter as usize > 2 * MAX_SIDE {
+                    return Err(Error::param(
+                        "image size",
+                        format!("crop {crop} (resized to {shorter}) is larger than {MAX_SIDE}"),
+                    ));
+                }
                 if crop == 0 || shorter < crop {
                     return Err(Error::param(
                         "center crop",
@@ -137,6 +160,12 @@ impl ImageFolderParams {
                 }
             }
             FolderTransform::RandomResizedCrop { size, scale, ratio } => {
+                if size as usize > MAX_SIDE {
+                    return Err(Error::param(
+                        "image size",
+                        format!("{size} is larger than {MAX_SIDE}"),
+                    ));
+                }
                 // The same rules as the in-memory augmentation, checked by the same code.
                 crate::augment::AugmentParams::new()
                     .then(crate::augment::Op::RandomResizedCrop {
@@ -147,7 +176,26 @@ impl ImageFolderParams {
                     .check([self.channels, 1, 1])?;
             }
         }
-        let (classes, files) = scan(&self.root)?;
+        let (mut classes, mut files) = scan(&self.root)?;
+        if let Some(list) = &self.classes {
+            let unknown: Vec<&String> = classes.iter().filter(|c| !list.contains(c)).collect();
+            if !unknown.is_empty() {
+                return Err(Error::ClassMismatch {
+                    path: self.root.clone(),
+                    unknown: unknown.iter().map(|c| c.to_string()).collect(),
+                    known: list.clone(),
+                });
+            }
+            // Relabel by name: folder label `l` is class `classes[l]`, found in `list`.
+            let map: Vec<u32> = classes
+                .iter()
+                .map(|c| list.iter().position(|k| k == c).unwrap_or(0) as u32)
+                .collect();
+            for f in &mut files {
+                f.1 = map[f.1 as usize];
+            }
+            classes = list.clone();
+        }
         let mut folder = ImageFolder {
             root: self.root,
             classes,
@@ -295,7 +343,22 @@ impl ImageFolder {
     /// drawn once, from the folder's seed and each image's index.
     pub fn decode_all(&self) -> Result<Dataset> {
         let per: usize = self.shape.iter().product();
-        let mut pixels = vec![0u8; per * self.files.len()];
+        let bytes = per
+            .checked_mul(self.files.len())
+            .ok_or_else(|| Error::param("image size", "the decoded images would not fit in memory"))?;
+        // Reserved fallibly: a folder too large for memory is an error, not an aborted process.
+        let mut pixels = Vec::new();
+        pixels.try_reserve_exact(bytes).map_err(|_| {
+            Error::param(
+                "image size",
+                format!(
+                    "{} images of {:?} need {bytes} bytes, more than this machine can allocate",
+                    self.files.len(),
+                    self.shape
+                ),
+            )
+        })?;
+        pixels.resize(bytes, 0u8);
         let bar = if self.progress {
             indicatif::ProgressBar::new(self.files.len() as u64)
         } else {
@@ -429,6 +492,20 @@ fn images_under(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
         images_under(&d, out)?;
     }
     Ok(())
+}
+
+/// The class names of `root/<class>/...`, sorted: the labels a folder's own scan gives.
+pub fn class_names(root: &Path) -> Result<Vec<String>> {
+    read::require_dir(root)?;
+    let (dirs, _) = list(root)?;
+    Ok(dirs
+        .iter()
+        .map(|d| {
+            d.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
+        .collect())
 }
 
 /// Class names, and every image file with its label.

@@ -204,7 +204,11 @@ pub fn load(name: &str, data_dir: Option<&Path>, split: Split) -> Result<Dataset
         DatasetName::Cifar100Coarse => cifar::load_cifar100(dir, split, cifar::Cifar100Labels::Coarse),
         DatasetName::ImageFolder => {
             let root = image_folder_split(dir, split)?;
-            let mut ds = ImageFolderParams::new(root).check()?.decode_all()?;
+            let mut params = ImageFolderParams::new(root);
+            if let Some(classes) = image_folder_classes(dir, split)? {
+                params = params.class_list(classes);
+            }
+            let mut ds = params.check()?.decode_all()?;
             ds.set_name(format!("image-folder/{split}"));
             Ok(ds)
         }
@@ -245,6 +249,39 @@ fn load_idx(dir: &Path, sub: &str, tag: &str, split: Split, classes: Vec<String>
         ),
     };
     idx::load_files(&format!("{tag}/{split}"), &images, &labels, classes)
+}
+
+/// The class list that numbers the labels of `split` under an image-folder `dir`: the train
+/// split's class folders for the test split of a `train/` + `val/` layout (so that a label
+/// means the same class in both, and a validation class the model never saw is an error
+/// instead of a silent relabelling), `None` where the split's own folders decide.
+pub fn image_folder_classes(dir: &Path, split: Split) -> Result<Option<Vec<String>>> {
+    let train = dir.join("train");
+    if split == Split::Test && train.is_dir() {
+        return Ok(Some(image_folder::class_names(&train)?));
+    }
+    Ok(None)
+}
+
+/// The usual L-inf budget for a data set of images shaped `[C, H, W]`: 0.3 for MNIST-like
+/// 28x28 grey digits (Madry et al.), 8/255 for everything else (colour images; CIFAR and
+/// ImageNet in RobustBench). Every command that takes `--eps` defaults to this.
+pub fn default_linf_eps(shape: [usize; 3]) -> f64 {
+    if shape == [1, 28, 28] {
+        0.3
+    } else {
+        8.0 / 255.0
+    }
+}
+
+/// The usual L2 budget for a data set of images shaped `[C, H, W]`: 2.0 for MNIST-like
+/// 28x28 grey digits (Croce and Hein), 0.5 for everything else (RobustBench's CIFAR-10 L2).
+pub fn default_l2_eps(shape: [usize; 3]) -> f64 {
+    if shape == [1, 28, 28] {
+        2.0
+    } else {
+        0.5
+    }
 }
 
 /// The folder holding the classes of `split` under an image-folder `dir`.

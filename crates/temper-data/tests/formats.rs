@@ -241,3 +241,43 @@ fn lazy_folder_draws_a_new_random_resized_crop_each_epoch() -> R {
     assert_ne!(e0[0].pixels, e1[0].pixels);
     Ok(())
 }
+
+/// Labels come from one class list: the train split's. A validation folder with a class the
+/// train split lacks is an error naming it, and one with fewer classes keeps the train
+/// split's numbering (its `cat` is label 0 of `[cat, dog]`, not label 0 of its own list).
+#[test]
+fn image_folder_splits_share_the_train_class_list() -> R {
+    let root = tempfile::tempdir()?;
+    let img = image::RgbImage::from_pixel(4, 4, image::Rgb([1, 2, 3]));
+    let png = encode(&img, image::ImageFormat::Png)?;
+    for path in [
+        "train/cat/0.png",
+        "train/dog/0.png",
+        "val/bird/0.png",
+        "val/cat/0.png",
+    ] {
+        write(root.path(), path, &png)?;
+    }
+    let train = temper_data::load("image-folder", Some(root.path()), Split::Train)?;
+    assert_eq!(train.classes(), ["cat", "dog"]);
+    match temper_data::load("image-folder", Some(root.path()), Split::Test) {
+        Err(e @ temper_data::Error::ClassMismatch { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains("bird") && msg.contains("train split"), "{msg}");
+        }
+        Err(other) => panic!("val/bird must be refused with ClassMismatch, got {other}"),
+        Ok(_) => panic!("val/bird must be refused"),
+    }
+    std::fs::remove_dir_all(root.path().join("val/bird"))?;
+    write(root.path(), "val/dog/0.png", &png)?;
+    write(root.path(), "val/dog/1.png", &png)?;
+    std::fs::remove_dir_all(root.path().join("val/cat"))?;
+    let val = temper_data::load("image-folder", Some(root.path()), Split::Test)?;
+    assert_eq!(val.classes(), ["cat", "dog"]);
+    assert_eq!(
+        val.labels(),
+        [1, 1],
+        "val's only class, dog, keeps the train label 1"
+    );
+    Ok(())
+}

@@ -174,6 +174,7 @@ pub struct Evaluation {
 struct Outcome {
     broken: bool,
     outside: bool,
+    inside: bool,
     pred: u32,
     linf: f32,
     l2: f32,
@@ -192,7 +193,37 @@ struct AttackAcc {
     cascade: CascadeStep,
 }
 
-/// Runs `attack` on rows `rows` of the batch and returns one outcome per row.
+/// One attack's adversarial examples on one batch, as [`evaluate_with`] counts them.
+pub struct AdversarialBatch<'a> {
+    /// The attack's position in the list.
+    pub attack: usize,
+    /// The attack's name in the list.
+    pub name: &'a str,
+    /// The data set indices of the batch's rows.
+    pub indices: &'a [usize],
+    /// The true labels of the rows.
+    pub labels: &'a [u32],
+    /// Per row: the attack broke the sample inside the threat model.
+    pub broken: &'a [bool],
+    /// Per row: the attack reached its goal, inside the threat model or not (false where
+    /// the sample was not attacked).
+    pub success: &'a [bool],
+    /// Per row: `‖adv - x‖∞` of the attack's example (0 where not attacked).
+    pub linf: &'a [f32],
+    /// Per row: `‖adv - x‖₂` of the attack's example (0 where not attacked).
+    pub l2: &'a [f32],
+    /// The images that count, `(rows, C, H, W)`: the attack's adversarial example where it lies
+    /// inside the threat model, the clean image where it does not and where the model was
+    /// already wrong (misclassified samples are not attacked). Replaying these on another
+    /// model is a transfer attack within the same threat model.
+    pub images: Tensor,
+}
+
+/// What [`evaluate_with`] hands each batch's adversarial examples to.
+pub type AdversarialSink<'s> = dyn FnMut(AdversarialBatch<'_>) -> Result<()> + 's;
+
+/// Runs `attack` on rows `rows` of the batch and returns one outcome per row, the cost and
+/// the adversarial rows.
 #[allow(clippy::too_many_arguments)]
 fn run_on(
     model: &dyn Classifier,
@@ -204,7 +235,7 @@ fn run_on(
     threat: &Threat,
     rng: &mut temper_core::seed::Rng,
     acc: &mut AttackAcc,
-) -> Result<(Vec<Outcome>, Cost)> {
+) -> Result<(Vec<Outcome>, Cost, Tensor)> {
     let start = Instant::now();
     let (xs, ys) = (select(x, rows)?, select(y, rows)?);
     let out = attack
@@ -218,27 +249,50 @@ fn run_on(
             Outcome {
                 broken: out.success[i] && inside,
                 outside: out.success[i] && !inside,
+                inside,
                 pred: out.pred[i],
                 linf: out.linf[i],
                 l2: out.l2[i],
             }
         })
         .collect();
-    Ok((outcomes, out.cost))
+    Ok((outcomes, out.cost, out.adv))
+}
+
+/// The batch `x` with rows `rows` replaced by `adv`'s where `keep` says so.
+fn scatter_rows(x: &Tensor, rows: &[usize], adv: &Tensor, keep: &[bool]) -> Result<Tensor> {
+    if rows.is_empty() {
+        return Ok(x.clone());
+    }
+    let xs = select(x, rows)?;
+    let mask: Vec<f32> = keep.iter().map(|&k| f32::from(u8::from(k))).collect();
+    let mask = Tensor::from_vec(mask, rows.len(), x.device())?.reshape((rows.len(), 1, 1, 1))?;
+    let delta = (adv - &xs)?.broadcast_mul(&mask)?;
+    let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+    let idx = Tensor::from_vec(idx, rows.len(), x.device())?;
+    Ok(x.index_add(&idx, &delta, 0)?)
 }
 
 /// Evaluates `model` on `data` under `attacks` within `params.threat()`.
 ///
-/// Robust accuracy counts a sample when the model classifies it correctly and the attack
-/// finds no adversarial example inside the threat model. The worst case is computed
-/// AutoAttack-style: each attack runs only on the samples that every attack before it left
-/// classified correctly. To report each attack alone as well, an attack is afterwards run on
-/// the clean-correct samples the cascade kept from it; so every attack sees every
-/// clean-correct sample exactly once, and the worst case is at most every single attack's
-/// robust accuracy by construction. Misclassified samples are never attacked.
+/// This is Temper's one definition of robust accuracy, shared by `temper attack`,
+/// `temper eval`, `temper quant sweep` and the trainer's validation:
+/// - a sample counts as robust when the model classifies it correctly and the attack finds no
+///   adversarial example *inside the threat model* (an example outside the ball, as a
+///   minimum-norm attack such as Carlini-Wagner may return, does not count);
+/// - misclassified samples count as non-robust and are never attacked;
+/// - each attack draws its random numbers from its own stream, `eval/<name>` of
+///   [`temper_core::seed`], over the clean-correct rows of each batch of `params.batch_size()`
+///   in data order; so an attack's result does not depend on which other attacks are in the
+///   list, and every command that uses this function gives the same number for the same
+///   model, data, attack, threat, batch size and seed.
 ///
-/// Random choices (attack starts, noise) come from the `eval` stream of
-/// [`temper_core::seed`], so the same global seed gives the same report.
+/// Each attack runs on every clean-correct sample. The worst case counts a sample as robust
+/// when no attack broke it, which is what the AutoAttack-style cascade (each attack only on
+/// the samples the attacks before it left correct) computes; the cascade's steps and cost are
+/// reported from the same runs (an attack's cost on a batch is attributed to the cascade in
+/// proportion to the samples still alive before it, exact for attacks with a fixed number of
+/// steps). The worst case is at most every single attack's robust accuracy by construction.
 pub fn evaluate(
     model: &dyn Classifier,
     data: &Dataset,
@@ -246,12 +300,39 @@ pub fn evaluate(
     params: &ValidEvalParams,
     device: &Device,
 ) -> Result<Evaluation> {
+    evaluate_inner(model, data, attacks, params, device, None)
+}
+
+/// [`evaluate`], also handing every batch's adversarial examples to `sink` (to save them, or
+/// to replay them on another model as a transfer attack).
+pub fn evaluate_with(
+    model: &dyn Classifier,
+    data: &Dataset,
+    attacks: &[NamedAttack],
+    params: &ValidEvalParams,
+    device: &Device,
+    sink: &mut AdversarialSink<'_>,
+) -> Result<Evaluation> {
+    evaluate_inner(model, data, attacks, params, device, Some(sink))
+}
+
+fn evaluate_inner(
+    model: &dyn Classifier,
+    data: &Dataset,
+    attacks: &[NamedAttack],
+    params: &ValidEvalParams,
+    device: &Device,
+    mut sink: Option<&mut AdversarialSink<'_>>,
+) -> Result<Evaluation> {
     check_fit(model, data)?;
     let start = Instant::now();
     let threat = params.threat;
     let k = model.num_classes();
     let n = data.len();
-    let mut rng = temper_core::seed::rng("eval");
+    let mut rngs: Vec<temper_core::seed::Rng> = attacks
+        .iter()
+        .map(|(name, _)| temper_core::seed::rng(&format!("eval/{name}")))
+        .collect();
     let mut clean_cost = Cost::default();
     let mut clean_cm = ConfusionMatrix::new(k);
     let mut worst_cm = ConfusionMatrix::new(k);
@@ -261,70 +342,75 @@ pub fn evaluate(
     let mut correct_all = Vec::with_capacity(n);
     let mut broken_all: Vec<Vec<bool>> = attacks.iter().map(|_| Vec::with_capacity(n)).collect();
 
-    let indices: Vec<usize> = (0..n).collect();
-    for chunk in indices.chunks(params.batch_size) {
-        let batch = data.batch(chunk, device)?;
+    let indices = data.all_indices();
+    for item in data.eval_batches(&indices, params.batch_size, device) {
+        let (chunk, batch) = item?;
         let y = batch.labels.to_dtype(DType::U32)?;
         let labels = y.to_vec1::<u32>()?;
         let pred = predict(model, &batch.images, &mut clean_cost)?;
         let correct: Vec<bool> = pred.iter().zip(&labels).map(|(p, l)| p == l).collect();
+        let rows: Vec<usize> = (0..chunk.len()).filter(|&i| correct[i]).collect();
         let mut outcomes: Vec<Vec<Option<Outcome>>> =
             attacks.iter().map(|_| vec![None; chunk.len()]).collect();
-        // The worst-case cascade: each attack on the survivors of the ones before it.
-        let mut alive: Vec<usize> = (0..chunk.len()).filter(|&i| correct[i]).collect();
+        let mut alive = vec![true; chunk.len()];
         let mut worst_pred = pred.clone();
         for (a, (name, attack)) in attacks.iter().enumerate() {
-            if alive.is_empty() {
-                break;
-            }
-            let (outs, cost) = run_on(
-                model,
-                name,
-                attack.as_ref(),
-                &batch.images,
-                &y,
-                &alive,
-                &threat,
-                &mut rng,
-                &mut accs[a],
-            )?;
+            let (outs, cost, adv) = if rows.is_empty() {
+                (Vec::new(), Cost::default(), batch.images.clone())
+            } else {
+                run_on(
+                    model,
+                    name,
+                    attack.as_ref(),
+                    &batch.images,
+                    &y,
+                    &rows,
+                    &threat,
+                    &mut rngs[a],
+                    &mut accs[a],
+                )?
+            };
+            // The cascade: this attack's share of the samples the attacks before it left.
             let step = &mut accs[a].cascade;
-            step.attacked += alive.len();
-            step.forward += cost.forward;
-            step.backward += cost.backward;
-            let mut next = Vec::with_capacity(alive.len());
-            for (&row, o) in alive.iter().zip(outs) {
-                outcomes[a][row] = Some(o);
-                if o.broken {
+            let still = rows.iter().filter(|&&r| alive[r]).count();
+            step.attacked += still;
+            if !rows.is_empty() {
+                let share = |c: u64| c * still as u64 / rows.len() as u64;
+                step.forward += share(cost.forward);
+                step.backward += share(cost.backward);
+            }
+            for (&row, o) in rows.iter().zip(&outs) {
+                outcomes[a][row] = Some(*o);
+                if o.broken && alive[row] {
                     step.broken += 1;
+                    alive[row] = false;
                     worst_pred[row] = o.pred;
-                } else {
-                    next.push(row);
                 }
             }
-            alive = next;
-        }
-        // Each attack alone: run it on the clean-correct samples an earlier attack took.
-        for (a, (name, attack)) in attacks.iter().enumerate() {
-            let missing: Vec<usize> = (0..chunk.len())
-                .filter(|&i| correct[i] && outcomes[a][i].is_none())
-                .collect();
-            if missing.is_empty() {
-                continue;
-            }
-            let (outs, _) = run_on(
-                model,
-                name,
-                attack.as_ref(),
-                &batch.images,
-                &y,
-                &missing,
-                &threat,
-                &mut rng,
-                &mut accs[a],
-            )?;
-            for (&row, o) in missing.iter().zip(outs) {
-                outcomes[a][row] = Some(o);
+            if let Some(sink) = sink.as_mut() {
+                let keep: Vec<bool> = outs.iter().map(|o| o.inside).collect();
+                let images = if rows.is_empty() {
+                    adv
+                } else {
+                    scatter_rows(&batch.images, &rows, &adv, &keep)?
+                };
+                let row = |f: &dyn Fn(&Outcome) -> bool| -> Vec<bool> {
+                    outcomes[a].iter().map(|o| o.as_ref().is_some_and(f)).collect()
+                };
+                let size = |f: &dyn Fn(&Outcome) -> f32| -> Vec<f32> {
+                    outcomes[a].iter().map(|o| o.as_ref().map_or(0.0, f)).collect()
+                };
+                sink(AdversarialBatch {
+                    attack: a,
+                    name,
+                    indices: chunk,
+                    labels: &labels,
+                    broken: &row(&|o| o.broken),
+                    success: &row(&|o| o.broken || o.outside),
+                    linf: &size(&|o| o.linf),
+                    l2: &size(&|o| o.l2),
+                    images,
+                })?;
             }
         }
         for i in 0..chunk.len() {

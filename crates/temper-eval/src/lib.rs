@@ -20,8 +20,9 @@
 //!   `metrics.jsonl` read by [`TrainingLog`], learning-rate schedules), with a bundled font so
 //!   text renders on any machine.
 //!
-//! Randomness (attack starts, noise) comes from named [`temper_core::seed`] streams (`eval`,
-//! `eval/sweep`, `eval/masking`), so a report is reproduced exactly by the same seed.
+//! Randomness (attack starts, noise) comes from named [`temper_core::seed`] streams (one per
+//! attack, `eval/<name>`, and `eval/masking`), so a report is reproduced exactly by the same
+//! seed, and an attack's number does not depend on the other attacks of the list.
 //! This crate depends on no training code.
 //!
 //! ```
@@ -91,8 +92,8 @@ mod threat;
 
 pub use error::{Error, Result};
 pub use evaluate::{
-    evaluate, AttackResult, CascadeStep, CleanResult, EvalParams, Evaluation, NamedAttack, ValidEvalParams,
-    WorstCase,
+    evaluate, evaluate_with, AdversarialBatch, AdversarialSink, AttackResult, CascadeStep, CleanResult,
+    EvalParams, Evaluation, NamedAttack, ValidEvalParams, WorstCase,
 };
 pub use jsonl::TrainingLog;
 pub use masking::{MaskingChecks, MaskingFlag, MaskingParams, ValidMaskingParams};

@@ -507,8 +507,8 @@ pub(crate) fn run_checks(
     let (mut clean, mut few, mut many, mut noise, mut large, mut large_succ) = (0, 0, 0, 0, 0, 0);
 
     let indices: Vec<usize> = (0..m).collect();
-    for chunk in indices.chunks(batch_size) {
-        let batch = data.batch(chunk, device)?;
+    for item in data.eval_batches(&indices, batch_size, device) {
+        let (chunk, batch) = item?;
         let (x, y) = (&batch.images, batch.labels.to_dtype(DType::U32)?);
         let labels = y.to_vec1::<u32>()?;
         let pred = predict(model, x, &mut cost)?;

@@ -2,8 +2,9 @@
 //! batch bookkeeping.
 
 use crate::{Error, Result};
-use candle_core::{DType, Tensor, Var, D};
+use candle_core::{Tensor, Var, D};
 use temper_attacks::Cost;
+use temper_core::loss::cross_entropy;
 use temper_core::{Classifier, ForwardOpts, Mode};
 
 /// Evaluation runs the model as attacks do: eval mode, parameters detached.
@@ -18,8 +19,6 @@ pub(crate) fn predict(model: &dyn Classifier, x: &Tensor, cost: &mut Cost) -> Re
     let logits = model.forward_opts(&x.detach(), EVAL)?;
     Ok(logits.argmax(D::Minus1)?.to_vec1::<u32>()?)
 }
-
-use temper_core::loss::cross_entropy;
 
 /// The gradient of the cross-entropy of the true label with respect to the input, per sample
 /// (the quantity every gradient attack follows). A model whose output does not depend on its

@@ -1,13 +1,14 @@
 //! Robust accuracy against eps, for any attack spec.
 
+use crate::evaluate::{evaluate, evaluate_with, AdversarialBatch, EvalParams};
 use crate::metrics::{Accuracy, CostSummary};
-use crate::model_ops::{check_fit, predict};
+use crate::model_ops::check_fit;
 use crate::threat::Threat;
 use crate::{Error, Result};
-use candle_core::{DType, Device};
+use candle_core::Device;
 use std::time::Instant;
 use temper_attacks::spec::{AttackSettings, AttackSpec};
-use temper_attacks::{Attack, Cost, Goal, Norm};
+use temper_attacks::{Attack, Cost, Norm};
 use temper_core::Classifier;
 use temper_data::Dataset;
 
@@ -91,9 +92,12 @@ pub struct Sweep {
 
 /// Sweeps `spec`, completed with `settings` at each eps of `params`, over `data`.
 ///
-/// A bounded attack (FGSM, PGD) is run once per eps on every clean-correct sample. A
-/// minimum-norm attack (Carlini-Wagner) is run once, and its adversarial examples are
-/// counted at each eps they fit in, measured in `settings.norm`.
+/// Every point is [`crate::evaluate`]'s robust accuracy at that eps (the same batches, the
+/// same `eval/<name>` random stream, misclassified samples not attacked), so a point equals
+/// what `temper eval` or `temper attack` reports at that budget. A bounded attack (FGSM, PGD)
+/// is run once per eps on every clean-correct sample. A minimum-norm attack (Carlini-Wagner)
+/// is run once, and its adversarial examples are counted at each eps they fit in, measured in
+/// `settings.norm`.
 pub fn sweep(
     model: &dyn Classifier,
     data: &Dataset,
@@ -105,8 +109,6 @@ pub fn sweep(
     check_fit(model, data)?;
     let start = Instant::now();
     let n = data.len();
-    let mut rng = temper_core::seed::rng("eval/sweep");
-    let mut cost = Cost::default();
     let attacks: Vec<Box<dyn Attack>> = params
         .eps
         .iter()
@@ -121,51 +123,50 @@ pub fn sweep(
     let description = last.name();
     let min_norm = last.eps().is_none();
     let norm = if min_norm { settings.norm } else { last.norm() };
-
-    // The clean pass decides which samples are worth attacking.
-    let mut correct = Vec::with_capacity(n);
-    let indices: Vec<usize> = (0..n).collect();
-    for chunk in indices.chunks(params.batch_size) {
-        let b = data.batch(chunk, device)?;
-        let pred = predict(model, &b.images, &mut cost)?;
-        correct.extend(
-            chunk
-                .iter()
-                .zip(pred)
-                .filter(|(&i, p)| *p == data.labels()[i])
-                .map(|(&i, _)| i),
-        );
-    }
-    let clean = Accuracy::new(correct.len(), n);
-
-    let mut robust = vec![0usize; params.eps.len()];
-    let runs: Vec<&Box<dyn Attack>> = if min_norm {
-        vec![last]
-    } else {
-        attacks.iter().collect()
+    let eval_params = |eps: f64| {
+        EvalParams {
+            batch_size: params.batch_size,
+            masking: None,
+            ..EvalParams::new(norm, eps)
+        }
+        .check()
     };
-    for (r, attack) in runs.into_iter().enumerate() {
-        for chunk in correct.chunks(params.batch_size) {
-            let b = data.batch(chunk, device)?;
-            let y = b.labels.to_dtype(DType::U32)?;
-            let out = attack
-                .perturb(model, &b.images, &y, Goal::Untargeted, &mut rng)
-                .map_err(Error::attack(&spec.text))?;
-            cost += out.cost;
-            let targets: Vec<usize> = if min_norm {
-                (0..params.eps.len()).collect()
-            } else {
-                vec![r]
-            };
-            for t in targets {
-                let threat = Threat {
-                    norm,
-                    eps: params.eps[t],
-                };
-                robust[t] += (0..chunk.len())
-                    .filter(|&i| !(out.success[i] && threat.contains(out.linf[i], out.l2[i])))
-                    .count();
+
+    let mut cost = Cost::default();
+    let mut clean = Accuracy::new(0, n);
+    let mut robust = vec![0usize; params.eps.len()];
+    if min_norm {
+        // One run; each sample's example is then counted at every eps it fits in.
+        let largest = params.eps[params.eps.len() - 1];
+        let mut sizes: Vec<Option<(f32, f32)>> = vec![None; n];
+        let attack = spec.build(settings)?;
+        let named = [(spec.text.clone(), attack)];
+        let mut sink = |b: AdversarialBatch<'_>| -> Result<()> {
+            for (r, &i) in b.indices.iter().enumerate() {
+                if b.success[r] {
+                    sizes[i] = Some((b.linf[r], b.l2[r]));
+                }
             }
+            Ok(())
+        };
+        let e = evaluate_with(model, data, &named, &eval_params(largest)?, device, &mut sink)?;
+        clean = e.clean.accuracy;
+        cost += e.cost.passes();
+        for (t, &eps) in params.eps.iter().enumerate() {
+            let threat = Threat { norm, eps };
+            let broken = sizes
+                .iter()
+                .filter(|s| s.is_some_and(|(linf, l2)| threat.contains(linf, l2)))
+                .count();
+            robust[t] = clean.correct - broken;
+        }
+    } else {
+        for (t, attack) in attacks.into_iter().enumerate() {
+            let named = [(spec.text.clone(), attack)];
+            let e = evaluate(model, data, &named, &eval_params(params.eps[t])?, device)?;
+            clean = e.clean.accuracy;
+            cost += e.cost.passes();
+            robust[t] = e.attacks[0].robust.correct;
         }
     }
     let points = params

@@ -300,3 +300,73 @@ fn an_empty_attack_list_reports_clean_accuracy_only() -> Result<()> {
     assert_eq!(e.clean.accuracy.total, 30);
     Ok(())
 }
+
+/// One definition: an attack's robust accuracy is the same alone, after other attacks in the
+/// list, and as the matching point of an eps sweep; and the adversarial examples handed out
+/// lie inside the threat model and reproduce the count.
+#[test]
+fn an_attack_gives_one_number_wherever_it_is_run() -> Result<()> {
+    let model = trained_mnist()?;
+    let data = mnist_test(120)?;
+    let p = params(None, 0.1)?;
+    let alone = evaluate(&model, &data, &attacks("pgd-5", 0.1)?, &p, &Device::Cpu)?;
+    let after = evaluate(&model, &data, &attacks("fgsm,pgd-5", 0.1)?, &p, &Device::Cpu)?;
+    let pgd = alone.attacks[0].robust;
+    assert_eq!(after.attack("pgd-5").map(|a| a.robust), Some(pgd));
+    assert!(pgd.correct < alone.clean.accuracy.correct, "pgd breaks something");
+
+    let settings = AttackSettings {
+        eps: 0.1,
+        ..AttackSettings::default()
+    };
+    let sp = SweepParams {
+        eps: vec![0.05, 0.1],
+        batch_size: 100,
+    }
+    .check()?;
+    let s = sweep(
+        &model,
+        &data,
+        &AttackSpec::parse("pgd-5")?,
+        &settings,
+        &sp,
+        &Device::Cpu,
+    )?;
+    assert_eq!(
+        s.points[1].robust, pgd,
+        "the sweep's point at 0.1 is evaluate's number"
+    );
+
+    // The examples handed to the sink: inside the ball, and the model gets wrong exactly the
+    // broken ones (plus the ones it already got wrong).
+    let mut wrong = 0usize;
+    let mut sink = |b: temper_eval::AdversarialBatch<'_>| -> temper_eval::Result<()> {
+        let x = data.batch(b.indices, &Device::Cpu)?.images;
+        let d = (&b.images - &x)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
+        assert!(d <= 0.1 + 1e-5, "an example outside the ball: {d}");
+        let opts = temper_core::ForwardOpts {
+            mode: temper_core::Mode::Eval,
+            param_grads: false,
+        };
+        let pred = temper_core::Classifier::forward_opts(&model, &b.images, opts)?
+            .argmax(1)?
+            .to_vec1::<u32>()?;
+        wrong += pred.iter().zip(b.labels).filter(|(p, l)| p != l).count();
+        Ok(())
+    };
+    let e = temper_eval::evaluate_with(
+        &model,
+        &data,
+        &attacks("pgd-5", 0.1)?,
+        &p,
+        &Device::Cpu,
+        &mut sink,
+    )?;
+    assert_eq!(e.attacks[0].robust, pgd, "the sink changes nothing");
+    assert_eq!(wrong, data.len() - pgd.correct);
+    Ok(())
+}

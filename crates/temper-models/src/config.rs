@@ -112,6 +112,15 @@ impl std::fmt::Display for ModelKind {
     }
 }
 
+/// The most classes a model may have (ImageNet-21k has 21,843).
+pub const MAX_CLASSES: usize = 1_000_000;
+/// The most input channels a model may take.
+pub const MAX_CHANNELS: usize = 4096;
+/// The largest input side, in pixels.
+pub const MAX_SIDE: usize = 4096;
+/// The most parameters a model may have (4 GB of f32).
+pub const MAX_PARAMS: f64 = 1e9;
+
 /// Unchecked model configuration. Turn it into a [`ValidModelConfig`] with
 /// [`ModelConfig::check`]; the constructors accept only the valid type.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -161,13 +170,52 @@ impl ModelConfig {
         }
     }
 
+    /// A close upper estimate of the parameter count, computed without building anything:
+    /// the published body scaled by `width²`, plus the layers that grow with the input size
+    /// or the number of classes.
+    pub fn estimated_params(&self) -> f64 {
+        let w = self.width;
+        let (h, wd) = (self.input_size.0 as f64, self.input_size.1 as f64);
+        let classes = self.num_classes as f64;
+        let cin = self.in_channels as f64;
+        // (parameters of the body at width 1 with 3 input channels, features into the head)
+        let (body, features) = match self.kind {
+            ModelKind::SmallCnn => {
+                // fc1 takes every pixel of the 4x-downsampled map.
+                let fc1 = 32.0 * w * (h / 4.0 + 1.0) * (wd / 4.0 + 1.0) * 100.0 * w;
+                (fc1 + 16.0 * 32.0 * 16.0 * w * w, 100.0)
+            }
+            ModelKind::PreActResNet18 | ModelKind::ResNet18 => (11.2e6, 512.0),
+            ModelKind::ResNet34 => (21.3e6, 512.0),
+            ModelKind::ResNet50 => (23.6e6, 2048.0),
+            ModelKind::Wrn28x10 => (36.5e6, 640.0),
+            ModelKind::Wrn34x10 => (46.2e6, 640.0),
+            ModelKind::Vgg16Bn => (134.3e6, 4096.0),
+            ModelKind::MobileNetV2 => (2.3e6, 1280.0),
+        };
+        let stem = cin * 64.0 * 49.0 * w;
+        body * w.max(1.0) * w.max(1.0) + stem + features * w.max(1.0) * classes
+    }
+
     /// Validates every field.
     pub fn check(self) -> Result<ValidModelConfig> {
         if self.num_classes == 0 {
             return Err(Error::param("num-classes", "must be at least 1"));
         }
+        if self.num_classes > MAX_CLASSES {
+            return Err(Error::param(
+                "num-classes",
+                format!("{} is more than {MAX_CLASSES}", self.num_classes),
+            ));
+        }
         if self.in_channels == 0 {
             return Err(Error::param("in-channels", "must be at least 1"));
+        }
+        if self.in_channels > MAX_CHANNELS {
+            return Err(Error::param(
+                "in-channels",
+                format!("{} is more than {MAX_CHANNELS}", self.in_channels),
+            ));
         }
         if !(self.width.is_finite() && self.width > 0.0 && self.width <= 16.0) {
             return Err(Error::param("width", format!("{} is not in (0, 16]", self.width)));
@@ -193,6 +241,25 @@ impl ModelConfig {
             return Err(Error::param(
                 "input-size",
                 format!("{h}x{w} is too small for {} (at least {min}x{min})", self.kind),
+            ));
+        }
+        if h > MAX_SIDE || w > MAX_SIDE {
+            return Err(Error::param(
+                "input-size",
+                format!("{h}x{w} is larger than {MAX_SIDE}x{MAX_SIDE}"),
+            ));
+        }
+        // Sizes are bounded before anything is allocated, so an absurd request is an error
+        // and not an aborted process.
+        let params = self.estimated_params();
+        if params > MAX_PARAMS {
+            return Err(Error::param(
+                "model size",
+                format!(
+                    "{} with {} classes, {} input channels, {h}x{w} inputs and width {} would have \
+                     about {:.1e} parameters, more than the {MAX_PARAMS:.0e} Temper allows",
+                    self.kind, self.num_classes, self.in_channels, self.width, params
+                ),
             ));
         }
         if let Some(n) = &self.normalization {

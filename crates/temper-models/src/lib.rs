@@ -38,7 +38,7 @@ pub use config::{ModelConfig, ModelKind, ValidModelConfig};
 
 use candle_core::{DType, Device, Tensor};
 use temper_core::summary::LayerRecord;
-use temper_core::{Backbone, Builder, Classifier, ModelInfo, Network, Result};
+use temper_core::{Backbone, Builder, Classifier, ModelInfo, Network, Normalization, Result};
 
 /// The first layers of a ResNet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -80,7 +80,91 @@ pub fn build_zeroed(cfg: &ValidModelConfig, device: &Device) -> Result<Network> 
     assemble(cfg, Builder::zeroed(device), device)
 }
 
-/// Builds a model and loads a safetensors file with PyTorch key names into it.
+/// The safetensors metadata key under which Temper records the configuration of a model it
+/// writes (JSON of [`ModelConfig`], its normalisation resolved), so a reader knows the
+/// architecture options and the input normalisation the weights were trained with.
+pub const META_CONFIG: &str = "temper.model_config";
+
+/// The metadata to write beside a model's weights ([`META_CONFIG`]): every weight file
+/// Temper writes carries it, so loading it later needs no `--normalize`.
+pub fn metadata(cfg: &ValidModelConfig) -> std::collections::HashMap<String, String> {
+    let mut c = cfg.get().clone();
+    c.normalization = Some(cfg.normalization());
+    // A ModelConfig is plain data; serialising it cannot fail.
+    let json = serde_json::to_string(&c).unwrap_or_default();
+    std::collections::HashMap::from([(META_CONFIG.to_string(), json)])
+}
+
+/// Saves a model's weights with PyTorch names and its configuration in the metadata
+/// ([`metadata`]), atomically; `extra` adds metadata of the caller's.
+pub fn save(
+    model: &Network,
+    cfg: &ValidModelConfig,
+    path: impl AsRef<std::path::Path>,
+    dtype: candle_core::DType,
+    extra: &std::collections::HashMap<String, String>,
+) -> Result<()> {
+    let mut meta = metadata(cfg);
+    meta.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+    temper_core::weights::save(model.params(), path, dtype, &meta)
+}
+
+/// How the normalisation of a model loaded from a file was decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NormalizationSource {
+    /// The caller gave one (`--normalize`).
+    Given,
+    /// The file recorded one ([`META_CONFIG`]).
+    File,
+    /// Neither: the model's default was assumed. A message says which, for a warning, when
+    /// the default is not the identity (a checkpoint trained on raw pixels would then be
+    /// evaluated on normalised ones, silently).
+    Assumed(Option<String>),
+}
+
+/// The configuration to load the weights at `path` with: `cfg`, taking the normalisation the
+/// file records when the caller gave none.
+pub fn config_for_file(
+    cfg: &ValidModelConfig,
+    path: &std::path::Path,
+) -> Result<(ValidModelConfig, NormalizationSource)> {
+    if cfg.get().normalization.is_some() {
+        return Ok((cfg.clone(), NormalizationSource::Given));
+    }
+    let meta = temper_core::weights::read_metadata(path)?;
+    if let Some(json) = meta.get(META_CONFIG) {
+        let recorded: ModelConfig =
+            serde_json::from_str(json).map_err(|e| temper_core::Error::BadWeightFile {
+                path: path.to_path_buf(),
+                reason: format!("metadata '{META_CONFIG}': {e}"),
+            })?;
+        if let Some(n) = recorded.normalization {
+            let mut c = cfg.get().clone();
+            c.normalization = Some(n);
+            return Ok((c.check()?, NormalizationSource::File));
+        }
+    }
+    let n = cfg.normalization();
+    let note = (!n.is_identity()).then(|| {
+        let name = if n == Normalization::cifar10() {
+            "CIFAR-10 (--normalize cifar10)".to_string()
+        } else if n == Normalization::imagenet() {
+            "ImageNet (--normalize imagenet)".to_string()
+        } else {
+            format!("mean {:?}, std {:?}", n.mean, n.std)
+        };
+        format!(
+            "'{}' records no input normalisation; assuming {}'s default, {name}. If the weights \
+             were trained on raw pixels, pass --normalize none",
+            path.display(),
+            cfg.get().kind
+        )
+    });
+    Ok((cfg.clone(), NormalizationSource::Assumed(note)))
+}
+
+/// Builds a model and loads a safetensors file (or a PyTorch `.pt`/`.pth` checkpoint) with
+/// PyTorch key names into it.
 pub fn build_from_file(
     cfg: &ValidModelConfig,
     path: impl AsRef<std::path::Path>,

@@ -20,10 +20,10 @@ pub fn predict(model: &dyn Classifier, images: &Tensor, batch: usize) -> Result<
 
 /// Predicted classes of `model` on every image of `data`.
 pub fn predict_dataset(model: &dyn Classifier, data: &Dataset, batch: usize) -> Result<Vec<u32>> {
-    let idx: Vec<usize> = (0..data.len()).collect();
+    let idx = data.all_indices();
     let mut out = Vec::with_capacity(data.len());
-    for chunk in idx.chunks(batch.max(1)) {
-        let b = data.batch(chunk, model.device())?;
+    for item in data.eval_batches(&idx, batch, model.device()) {
+        let (_, b) = item?;
         out.extend(model.forward_opts(&b.images, EVAL)?.argmax(1)?.to_vec1::<u32>()?);
     }
     Ok(out)

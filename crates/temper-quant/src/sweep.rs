@@ -12,13 +12,14 @@ use crate::error::param;
 use crate::export::{float_bytes, to_bytes};
 use crate::params::{ActParams, QuantParams};
 use crate::{eval, quantize, Granularity, Result, WeightScheme};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use temper_attacks::{Attack, Goal};
+use temper_attacks::Attack;
 use temper_core::Classifier;
 use temper_data::Dataset;
 use temper_eval::chart::{Figure, LegendPosition, Panel, Series};
+use temper_eval::{evaluate, evaluate_with, AdversarialBatch, EvalParams, Threat};
 use temper_models::ValidModelConfig;
 
 /// Unchecked sweep settings.
@@ -30,6 +31,9 @@ pub struct SweepParams {
     pub quant: QuantParams,
     /// Images per attack batch.
     pub batch_size: usize,
+    /// The threat model robust accuracy refers to: an attack's example counts only inside
+    /// this ball (as in `temper eval` and `temper attack`).
+    pub threat: Threat,
 }
 
 impl SweepParams {
@@ -49,6 +53,7 @@ impl SweepParams {
         if self.batch_size == 0 {
             return Err(param("batch-size", "must be at least 1"));
         }
+        Threat::new(self.threat.norm, self.threat.eps)?;
         Ok(ValidSweepParams(self))
     }
 }
@@ -106,6 +111,8 @@ pub struct SweepReport {
     pub act: Option<ActParams>,
     /// The attacks, in the order given, as their full descriptions.
     pub attacks: Vec<String>,
+    /// The threat model of every robust accuracy.
+    pub threat: Threat,
     /// The float model first, then one row per width.
     pub rows: Vec<SweepRow>,
 }
@@ -114,31 +121,6 @@ pub struct SweepReport {
 fn robust_fraction(clean_ok: &[bool], adv_ok: &[bool]) -> f64 {
     let n = clean_ok.iter().zip(adv_ok).filter(|(c, a)| **c && **a).count();
     n as f64 / clean_ok.len().max(1) as f64
-}
-
-/// Runs `attack` on `model` over `data`; returns per image whether the model withstood it,
-/// and the adversarial images (on the host) when `keep` is set.
-fn attack_all(
-    model: &dyn Classifier,
-    attack: &dyn Attack,
-    data: &Dataset,
-    batch: usize,
-    stream: &str,
-    keep: bool,
-) -> Result<(Vec<bool>, Vec<Tensor>)> {
-    let mut rng = temper_core::seed::rng(stream);
-    let idx: Vec<usize> = (0..data.len()).collect();
-    let (mut ok, mut advs) = (Vec::with_capacity(data.len()), Vec::new());
-    for chunk in idx.chunks(batch) {
-        let b = data.batch(chunk, model.device())?;
-        let y = b.labels.to_dtype(DType::U32)?;
-        let out = attack.perturb(model, &b.images, &y, Goal::Untargeted, &mut rng)?;
-        ok.extend(out.success.iter().map(|s| !s));
-        if keep {
-            advs.push(out.adv.to_device(&Device::Cpu)?);
-        }
-    }
-    Ok((ok, advs))
 }
 
 /// Per image: does `model` classify the stored adversarial images correctly?
@@ -154,6 +136,13 @@ fn replay(model: &dyn Classifier, advs: &[Tensor], labels: &[u32], batch: usize)
 /// calibrated on `calib`, each evaluated on every image of `data` (clean, under every attack
 /// of `attacks` through the quantizer, and under the same attacks crafted on the float
 /// model). `progress` receives a line per finished row.
+///
+/// Clean and through-the-quantizer robust accuracy are [`temper_eval::evaluate`]'s, so they
+/// equal what `temper eval` and `temper attack` report for the same model, attack, threat,
+/// data, batch size and seed. Transfer robust accuracy replays, on each quantized model, the
+/// float model's adversarial examples as `evaluate` counts them (inside the threat model; the
+/// clean image where the float model was already wrong), and counts an image when the
+/// quantized model classifies both it and its replayed example correctly.
 pub fn sweep(
     float: &dyn Classifier,
     config: &ValidModelConfig,
@@ -167,34 +156,34 @@ pub fn sweep(
     let batch = p.batch_size;
     let labels = data.labels();
     let float_size = float_bytes(float)?;
+    let eval_params = EvalParams {
+        batch_size: batch,
+        masking: None,
+        ..EvalParams::new(p.threat.norm, p.threat.eps)
+    }
+    .check()?;
 
-    let clean_pred = eval::predict_dataset(float, data, batch)?;
-    let clean_ok: Vec<bool> = clean_pred.iter().zip(labels).map(|(a, b)| a == b).collect();
+    // The float model's adversarial examples, per attack, batch by batch on the host.
+    let mut sources: Vec<Vec<Tensor>> = attacks.iter().map(|_| Vec::new()).collect();
+    let mut keep = |b: AdversarialBatch<'_>| -> temper_eval::Result<()> {
+        sources[b.attack].push(b.images.to_device(&Device::Cpu)?);
+        Ok(())
+    };
+    let e = evaluate_with(float, data, attacks, &eval_params, float.device(), &mut keep)?;
     let mut float_row = SweepRow {
         label: "float".into(),
         scheme: None,
         bits: 32.0,
-        clean: eval::agreement(&clean_pred, labels),
+        clean: e.clean.accuracy.accuracy,
         robust: BTreeMap::new(),
         transfer: BTreeMap::new(),
         file_bytes: float_size,
         ratio: 1.0,
     };
-    let mut sources: Vec<Vec<Tensor>> = Vec::new();
-    for (name, a) in attacks {
-        let (ok, advs) = attack_all(
-            float,
-            a.as_ref(),
-            data,
-            batch,
-            &format!("sweep/{name}/float"),
-            true,
-        )?;
-        let r = robust_fraction(&clean_ok, &ok);
-        float_row.robust.insert(name.clone(), r);
+    for r in &e.attacks {
+        float_row.robust.insert(r.name.clone(), r.robust.accuracy);
         // The float model is the transfer source: its transfer accuracy is its own.
-        float_row.transfer.insert(name.clone(), r);
-        sources.push(advs);
+        float_row.transfer.insert(r.name.clone(), r.robust.accuracy);
     }
     progress(&float_row);
     let mut rows = vec![float_row];
@@ -206,6 +195,7 @@ pub fn sweep(
         }
         .check()?;
         let q = quantize(float, config, calib, &qp)?;
+        let e = evaluate(&q, data, attacks, &eval_params, q.device())?;
         let pred = eval::predict_dataset(&q, data, batch)?;
         let q_ok: Vec<bool> = pred.iter().zip(labels).map(|(a, b)| a == b).collect();
         let bytes = to_bytes(&q)?.len() as u64;
@@ -213,18 +203,16 @@ pub fn sweep(
             label: scheme.label(),
             scheme: Some(scheme),
             bits: scheme.effective_bits(),
-            clean: eval::agreement(&pred, labels),
+            clean: e.clean.accuracy.accuracy,
             robust: BTreeMap::new(),
             transfer: BTreeMap::new(),
             file_bytes: bytes,
             ratio: float_size as f64 / bytes.max(1) as f64,
         };
-        for ((name, a), advs) in attacks.iter().zip(&sources) {
-            let stream = format!("sweep/{name}/{}", scheme.label());
-            let (ok, _) = attack_all(&q, a.as_ref(), data, batch, &stream, false)?;
-            row.robust.insert(name.clone(), robust_fraction(&q_ok, &ok));
+        for (r, advs) in e.attacks.iter().zip(&sources) {
+            row.robust.insert(r.name.clone(), r.robust.accuracy);
             let t = replay(&q, advs, labels, batch)?;
-            row.transfer.insert(name.clone(), robust_fraction(&q_ok, &t));
+            row.transfer.insert(r.name.clone(), robust_fraction(&q_ok, &t));
         }
         progress(&row);
         rows.push(row);
@@ -242,6 +230,7 @@ pub fn sweep(
             .iter()
             .map(|(n, a)| format!("{n}: {}", a.name()))
             .collect(),
+        threat: p.threat,
         rows,
     })
 }
@@ -288,16 +277,18 @@ impl SweepReport {
     pub fn to_markdown(&self) -> String {
         let names = self.attack_names();
         let mut s = format!(
-            "# Quantization sweep: {} on {} ({} images)\n\n{}.\n\nAttacks: {}.\n\n",
+            "# Quantization sweep: {} on {} ({} images)\n\n{}.\n\nAttacks: {}; threat model {}.\n\n",
             self.model,
             self.dataset,
             self.images,
             self.settings(),
-            self.attacks.join("; ")
+            self.attacks.join("; "),
+            self.threat.describe()
         );
         s.push_str(
-            "Robust accuracy counts images classified correctly both clean and attacked. \
-             *Through* runs the attack on the quantized model itself (straight-through \
+            "Robust accuracy counts images classified correctly both clean and attacked, an \
+             adversarial example counting only inside the threat model; misclassified images \
+             are not attacked. *Through* runs the attack on the quantized model itself (straight-through \
              gradients for rounded activations); *transfer* replays the adversarial images \
              crafted on the float model.\n\n",
         );

@@ -193,3 +193,45 @@ fn malformed_files_are_rejected_with_the_tensor_named() -> Result<()> {
     assert!(e.contains("fc1.weight"), "{e}");
     Ok(())
 }
+
+/// A crafted file whose recorded model has an absurd input shape is refused with an error
+/// naming the size, before anything is allocated (it used to abort the process).
+#[test]
+fn a_crafted_huge_input_shape_is_an_error() -> Result<()> {
+    let (float, cfg) = mnist_cnn()?;
+    let q = quantize(
+        &float,
+        &cfg,
+        &calib(8)?,
+        &QuantParams::new(WeightScheme::bits(8)).check()?,
+    )?;
+    let bytes = to_bytes(&q)?;
+    let n = u64::from_le_bytes(bytes[..8].try_into()?) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n])?;
+    let meta = header
+        .get_mut("__metadata__")
+        .and_then(|m| m.as_object_mut())
+        .ok_or_else(|| anyhow::anyhow!("no metadata"))?;
+    let mut model: serde_json::Value = serde_json::from_str(
+        meta["temper.quant.model"]
+            .as_str()
+            .ok_or_else(|| anyhow::anyhow!("no model config"))?,
+    )?;
+    model["input_size"] = serde_json::json!([65536, 65536]);
+    meta.insert(
+        "temper.quant.model".into(),
+        serde_json::Value::String(model.to_string()),
+    );
+    let mut text = serde_json::to_string(&header)?;
+    while text.len() % 8 != 0 {
+        text.push(' ');
+    }
+    let mut crafted = (text.len() as u64).to_le_bytes().to_vec();
+    crafted.extend_from_slice(text.as_bytes());
+    crafted.extend_from_slice(&bytes[8 + n..]);
+    match load_bytes(&crafted, "crafted.safetensors".as_ref(), &Device::Cpu) {
+        Ok(_) => panic!("a 65536x65536 input must be refused"),
+        Err(e) => assert!(e.to_string().contains("input-size"), "{e}"),
+    }
+    Ok(())
+}

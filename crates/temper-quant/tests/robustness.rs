@@ -141,6 +141,7 @@ fn sweep_reports_clean_robust_and_transfer_accuracy() -> Result<()> {
         schemes: WeightScheme::parse_list("8,ternary", true)?,
         quant: QuantParams::new(WeightScheme::bits(8)),
         batch_size: 100,
+        threat: temper_eval::Threat::new(temper_attacks::Norm::Linf, 0.2)?,
     }
     .check()?;
     let mut seen = 0;

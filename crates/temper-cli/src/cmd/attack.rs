@@ -1,133 +1,178 @@
-//! `temper attack`: clean and robust accuracy of a model under one attack.
+//! `temper attack`: clean and robust accuracy of a model under one or more attacks, computed
+//! by `temper_eval::evaluate_with` (the evaluator every command shares), optionally with the
+//! adversarial images written out.
 
-use crate::args::{check_fit, load_any, AttackOpts, DataArgs, DeviceArgs, ModelArgs};
+use crate::args::{check_fit, load_any, AttackOpts, DataArgs, DeviceArgs, ModelArgs, WeightsArgs};
 use anyhow::{Context, Result};
 use clap::Args;
 use std::path::PathBuf;
-use temper_attacks::spec::AttackSpec;
-use temper_attacks::Goal;
+use temper_eval::{evaluate_with, AdversarialBatch, EvalParams, Evaluation};
 
 /// Arguments of `temper attack`.
 #[derive(Args, Debug)]
 pub struct AttackArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Weights: safetensors with PyTorch state_dict names (random initialisation if omitted),
-    /// or a file written by `temper quantize`, attacked through its quantizer.
-    #[arg(long, short = 'w')]
-    weights: Option<PathBuf>,
+    #[command(flatten)]
+    weights: WeightsArgs,
     #[command(flatten)]
     data: DataArgs,
-    /// Attack: fgsm, fgsm-rs, pgd, pgd-N, pgd-l2-N, pgd-cw-N (PGD on the CW margin loss), cw, cw-N.
-    #[arg(long, short = 'a', default_value = "pgd")]
-    attack: String,
+    /// Attacks, comma-separated: fgsm, fgsm-rs, pgd, pgd-N, pgd-l2-N, pgd-cw-N (PGD on the CW
+    /// margin loss), cw, cw-N. `--attack` is the same flag.
+    #[arg(
+        long = "attacks",
+        short = 'a',
+        visible_alias = "attack",
+        default_value = "pgd"
+    )]
+    attacks: String,
+    /// Attack settings; `--norm` and `--eps` also define the threat model: an adversarial
+    /// example counts only inside that ball (so CW, which minimises the perturbation and
+    /// ignores eps, counts where its example fits).
     #[command(flatten)]
     opts: AttackOpts,
     /// Batch size.
     #[arg(long, default_value_t = 250)]
     batch_size: usize,
-    /// Write the adversarial images and labels to this safetensors file.
+    /// Folder to write adversarial.safetensors into: per attack, the images that count
+    /// (`adv/<attack>`: the adversarial example inside the threat model, the clean image where
+    /// there is none), and the labels.
+    #[arg(long, short = 'o', value_name = "OUT_DIR")]
+    out: Option<PathBuf>,
+    /// Print the evaluation as JSON instead of text.
     #[arg(long)]
-    save_adv: Option<PathBuf>,
+    json: bool,
     #[command(flatten)]
     device: DeviceArgs,
 }
 
 pub fn run(a: AttackArgs) -> Result<()> {
     let device = a.device.init()?;
-    let loaded = load_any(&a.model, a.weights.as_deref(), &device)?;
+    let loaded = load_any(&a.model, &a.weights, &device)?;
     let model = loaded.classifier();
     let data = a.data.load()?;
     check_fit(model, &data)?;
-    let spec = AttackSpec::parse(&a.attack)?;
-    let settings = a.opts.settings()?;
-    let attack = spec.build(&settings)?;
-    if a.batch_size == 0 {
-        anyhow::bail!("--batch-size must be at least 1");
+    let (settings, _, attacks) = a.opts.build_list(&a.attacks, data.shape())?;
+    let params = EvalParams {
+        batch_size: a.batch_size,
+        masking: None,
+        ..EvalParams::new(settings.norm, settings.eps)
     }
-    println!(
-        "model:   {} ({} parameters)",
-        model.info().name,
-        model.params().num_trainable()
-    );
-    if let Some(q) = loaded.quantization() {
-        println!("         quantized: {q}; attacked through the quantizer (straight-through gradients)");
-    }
-    println!(
-        "data:    {} {} ({} images)",
-        data.name(),
-        a.data.split,
-        data.len()
-    );
-    println!("attack:  {}", attack.name());
-    let start = std::time::Instant::now();
-    let mut rng = temper_core::seed::rng("attack");
-    let (mut clean, mut robust, mut n) = (0usize, 0usize, 0usize);
-    let (mut sum_linf, mut sum_l2, mut max_linf) = (0f64, 0f64, 0f32);
-    let mut cost = temper_attacks::Cost::default();
-    let mut advs = Vec::new();
-    let mut labels = Vec::new();
-    let idx: Vec<usize> = (0..data.len()).collect();
-    for chunk in idx.chunks(a.batch_size) {
-        let b = data.batch(chunk, &device)?;
-        let logits = model.forward_opts(
-            &b.images,
-            temper_core::ForwardOpts {
-                mode: temper_core::Mode::Eval,
-                param_grads: false,
-            },
-        )?;
-        let pred = logits.argmax(1)?.to_vec1::<u32>()?;
-        let y = b.labels.to_dtype(candle_core::DType::U32)?;
-        let yv = y.to_vec1::<u32>()?;
-        let out = attack.perturb(model, &b.images, &y, Goal::Untargeted, &mut rng)?;
-        cost += out.cost;
-        for i in 0..chunk.len() {
-            let ok = pred[i] == yv[i];
-            clean += usize::from(ok);
-            // Robust: correct on the clean point and on the adversarial one.
-            robust += usize::from(ok && !out.success[i]);
-            sum_linf += f64::from(out.linf[i]);
-            sum_l2 += f64::from(out.l2[i]);
-            max_linf = max_linf.max(out.linf[i]);
+    .check()?;
+    if !a.json {
+        println!(
+            "model:   {} ({} parameters)",
+            model.info().name,
+            model.params().num_trainable()
+        );
+        if let Some(q) = loaded.quantization() {
+            println!("         quantized: {q}; attacked through the quantizer (straight-through gradients)");
         }
-        n += chunk.len();
-        if a.save_adv.is_some() {
-            advs.push(out.adv.to_device(&candle_core::Device::Cpu)?);
-            labels.push(y.to_device(&candle_core::Device::Cpu)?);
+        println!(
+            "data:    {} {} ({} images)",
+            data.name(),
+            a.data.split,
+            data.len()
+        );
+        for (name, attack) in &attacks {
+            println!("attack:  {name} = {}", attack.name());
         }
+        println!(
+            "threat:  {} eps {}",
+            settings.norm.name(),
+            temper_eval::fmt_eps(settings.eps)
+        );
     }
-    let secs = start.elapsed().as_secs_f64();
-    let pct = |k: usize| 100.0 * k as f64 / n.max(1) as f64;
-    println!();
-    println!("clean accuracy:   {:6.2}%  ({clean}/{n})", pct(clean));
-    println!("robust accuracy:  {:6.2}%  ({robust}/{n})", pct(robust));
-    println!(
-        "mean ‖δ‖∞:        {:.5}   (max {:.5})",
-        sum_linf / n.max(1) as f64,
-        max_linf
-    );
-    println!("mean ‖δ‖₂:        {:.5}", sum_l2 / n.max(1) as f64);
-    println!(
-        "cost:             {} forward + {} backward image passes, {secs:.1} s ({:.0} images/s)",
-        cost.forward,
-        cost.backward,
-        n as f64 / secs.max(1e-9)
-    );
-    if let Some(path) = &a.save_adv {
-        let adv = candle_core::Tensor::cat(&advs, 0)?;
-        let lab = candle_core::Tensor::cat(&labels, 0)?;
+    let mut advs: Vec<Vec<candle_core::Tensor>> = attacks.iter().map(|_| Vec::new()).collect();
+    let mut labels: Vec<u32> = Vec::new();
+    let keep = a.out.is_some();
+    let mut sink = |b: AdversarialBatch<'_>| -> temper_eval::Result<()> {
+        if keep {
+            if b.attack == 0 {
+                labels.extend_from_slice(b.labels);
+            }
+            advs[b.attack].push(b.images.to_device(&candle_core::Device::Cpu)?);
+        }
+        Ok(())
+    };
+    let evaluation = evaluate_with(model, &data, &attacks, &params, &device, &mut sink)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&evaluation)?);
+    } else {
+        print_text(&evaluation);
+    }
+    if let Some(dir) = &a.out {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create '{}'", dir.display()))?;
+        let path = dir.join("adversarial.safetensors");
+        let mut tensors = Vec::new();
+        for ((name, _), batches) in attacks.iter().zip(&advs) {
+            tensors.push((format!("adv/{name}"), candle_core::Tensor::cat(batches, 0)?));
+        }
+        let n = labels.len();
+        tensors.push((
+            "labels".to_string(),
+            candle_core::Tensor::from_vec(labels, n, &candle_core::Device::Cpu)?,
+        ));
         let mut meta = std::collections::HashMap::from([
-            ("attack".to_string(), attack.name()),
             ("model".to_string(), model.info().name.clone()),
             ("dataset".to_string(), data.name().to_string()),
+            ("threat".to_string(), evaluation.threat.describe()),
         ]);
+        for (name, attack) in &attacks {
+            meta.insert(format!("attack/{name}"), attack.name());
+        }
         if let Some(q) = loaded.quantization() {
             meta.insert("quantization".to_string(), q);
         }
-        temper_core::weights::save_tensors(&[("adv".into(), adv), ("labels".into(), lab)], path, &meta)
+        temper_core::weights::save_tensors(&tensors, &path, &meta)
             .with_context(|| format!("cannot save adversarial examples to '{}'", path.display()))?;
-        println!("adversarial examples written to {}", path.display());
+        if !a.json {
+            println!("adversarial examples written to {}", path.display());
+        }
     }
     Ok(())
+}
+
+/// The evaluation as the terminal shows it.
+fn print_text(e: &Evaluation) {
+    let n = e.samples;
+    let clean = &e.clean.accuracy;
+    println!();
+    println!(
+        "clean accuracy:   {:6.2}%  ({}/{n})",
+        100.0 * clean.accuracy,
+        clean.correct
+    );
+    for r in &e.attacks {
+        println!(
+            "robust accuracy:  {:6.2}%  ({}/{n})  under {}",
+            100.0 * r.robust.accuracy,
+            r.robust.correct,
+            r.name
+        );
+        if r.outside_threat > 0 {
+            println!(
+                "                  {} successful examples lay outside the threat model and did not count",
+                r.outside_threat
+            );
+        }
+        println!(
+            "mean ‖δ‖∞:        {:.5}   (max {:.5}) over {} attacked images",
+            r.perturbation.linf_mean, r.perturbation.linf_max, r.perturbation.count
+        );
+        println!("mean ‖δ‖₂:        {:.5}", r.perturbation.l2_mean);
+    }
+    if e.attacks.len() > 1 {
+        if let Some(w) = &e.worst_case {
+            println!(
+                "worst case:       {:6.2}%  ({}/{n})",
+                100.0 * w.accuracy.accuracy,
+                w.accuracy.correct
+            );
+        }
+    }
+    println!(
+        "cost:             {} forward + {} backward image passes, {:.1} s ({:.0} images/s)",
+        e.cost.forward, e.cost.backward, e.cost.seconds, e.cost.images_per_second
+    );
 }

@@ -52,10 +52,12 @@ fn load(args: &InspectArgs, split: Split) -> temper_data::Result<Dataset> {
         (DatasetName::ImageFolder, Some(size), Some(dir)) => {
             let root = temper_data::image_folder_split(dir, split)?;
             let shorter = (f64::from(size) / 0.875).round() as u32;
-            let mut ds = ImageFolderParams::new(root)
-                .transform(FolderTransform::CenterCrop { shorter, crop: size })
-                .check()?
-                .decode_all()?;
+            let mut params =
+                ImageFolderParams::new(root).transform(FolderTransform::CenterCrop { shorter, crop: size });
+            if let Some(classes) = temper_data::image_folder_classes(dir, split)? {
+                params = params.class_list(classes);
+            }
+            let mut ds = params.check()?.decode_all()?;
             ds.set_name(format!("image-folder/{split}"));
             Ok(ds)
         }

@@ -27,9 +27,12 @@ pub struct DemoArgs {
     /// Epochs of adversarial fine-tuning.
     #[arg(long, default_value_t = 2)]
     finetune_epochs: usize,
-    /// L-inf budget of fine-tuning and of the evaluation.
-    #[arg(long, default_value_t = 0.1)]
-    eps: f64,
+    /// L-inf budget of fine-tuning and of the evaluation, a decimal or a fraction. The demo's
+    /// recipe uses 0.1, not the usual 0.3 for digits that every other command defaults to:
+    /// two epochs of fine-tuning at 0.3 collapse small-cnn to chance (measured: 13.5% clean
+    /// after one epoch), while 0.1 shows the robustness gain within the demo's minutes.
+    #[arg(long, default_value = "0.1")]
+    eps: String,
     /// Test images for the eps-sweep charts (the headline numbers use all 2,000).
     #[arg(long, default_value_t = 300)]
     sweep_images: usize,
@@ -157,12 +160,16 @@ pub fn run(a: DemoArgs) -> Result<()> {
     prepare(&a.out)?;
     let test = temper_data::load("mnist10k", None, temper_data::Split::Test)?;
     let sweep_set = test.subset(&(0..a.sweep_images.min(test.len())).collect::<Vec<_>>())?;
+    let eps = temper_attacks::spec::parse_number(&a.eps, "eps")?;
+    if !(eps.is_finite() && eps > 0.0) {
+        anyhow::bail!("--eps must be positive, not {eps}");
+    }
     println!("Temper demo: small-cnn on the bundled mnist10k (8,000 train / 2,000 test digits)");
     println!(
         "Plan: {} natural epochs, PGD evaluation, {} epochs of adversarial fine-tuning (PGD-10, eps {}) with a \
          slow-start-fast-decay schedule, evaluation again. Epochs are chosen so the whole demo stays well \
          under 5 minutes on 2 CPU cores (about 70 s measured).",
-        a.natural_epochs, a.finetune_epochs, a.eps
+        a.natural_epochs, a.finetune_epochs, temper_eval::fmt_eps(eps)
     );
     let model_cfg = ModelConfig::new(ModelKind::SmallCnn, 10);
 
@@ -175,8 +182,8 @@ pub fn run(a: DemoArgs) -> Result<()> {
     nat.optimizer = "adamw:weight_decay=0".into();
     nat.lr_schedule = "constant:lr=0.002".into();
     nat.val_size = 200;
-    nat.threat.eps = a.eps;
-    nat.threat.alpha = a.eps / 4.0;
+    nat.threat.eps = eps;
+    nat.threat.alpha = eps / 4.0;
     nat.seed = a.device.seed;
     let nat_dir = a.out.join("natural");
     let nat_run = train(nat, &nat_dir, &device)?;
@@ -185,7 +192,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     // 2. Evaluate it.
     println!(
         "[2/4] evaluating the natural model under FGSM, PGD-20 and PGD-20 on the CW loss (eps {})",
-        a.eps
+        eps
     );
     let cfg = model_cfg.clone().check()?;
     let natural =
@@ -195,7 +202,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         &nat_w,
         &test,
         &sweep_set,
-        a.eps,
+        eps,
         &a.out.join("report-natural"),
         "natural",
         &device,
@@ -214,8 +221,8 @@ pub fn run(a: DemoArgs) -> Result<()> {
     ft.epochs = a.finetune_epochs;
     ft.batch_size = 64;
     ft.lr_schedule = "ssfd".into();
-    ft.threat.eps = a.eps;
-    ft.threat.alpha = a.eps / 4.0;
+    ft.threat.eps = eps;
+    ft.threat.alpha = eps / 4.0;
     ft.threat.steps = 10;
     ft.val_size = 200;
     ft.seed = a.device.seed;
@@ -232,7 +239,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         &ft_w,
         &test,
         &sweep_set,
-        a.eps,
+        eps,
         &a.out.join("report-finetuned"),
         "fine-tuned",
         &device,
@@ -290,13 +297,13 @@ pub fn run(a: DemoArgs) -> Result<()> {
          every attack fails on it.\n\n{table}\nTotal time {secs:.0} s on {}.\n\n\
          Files: `robust_vs_eps.png`, `lr_schedule.png`, `natural/curves.png`, `finetune/curves.png`, \
          `report-natural/`, `report-finetuned/` (report.json, report.md).\n",
-        a.eps,
+        eps,
         temper_core::device::name(&device)
     );
     temper_core::fsutil::write_atomic(&a.out.join("README.md"), md.as_bytes())?;
     println!(
         "\nsmall-cnn, mnist10k test (2,000 digits), L-inf eps {}; robust = the digit survives the attack\n\n{table}",
-        a.eps
+        eps
     );
     println!("total time {secs:.0} s; report folder: {}", a.out.display());
     for name in [

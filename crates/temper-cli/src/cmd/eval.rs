@@ -1,11 +1,13 @@
 //! `temper eval`: clean, per-attack and worst-case robust accuracy, eps sweeps and
 //! gradient-masking checks, written as a report folder.
 
-use crate::args::{check_fit, load_any, AttackOpts, DataArgs, DeviceArgs, ModelArgs};
+use crate::args::{
+    check_fit, load_any, parse_attack_list, AttackOpts, DataArgs, DeviceArgs, ModelArgs, WeightsArgs,
+};
 use anyhow::{Context, Result};
 use clap::Args;
 use std::path::PathBuf;
-use temper_attacks::spec::{parse_sweep, AttackSpec};
+use temper_attacks::spec::parse_sweep;
 use temper_eval::{
     evaluate, sweep, DatasetSection, EvalParams, MaskingParams, ModelSection, Report, RunSection, SweepParams,
 };
@@ -15,15 +17,13 @@ use temper_eval::{
 pub struct EvalArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Weights: safetensors with PyTorch state_dict names (random initialisation if omitted),
-    /// or a file written by `temper quantize`, evaluated and attacked through its quantizer.
-    #[arg(long, short = 'w')]
-    weights: Option<PathBuf>,
+    #[command(flatten)]
+    weights: WeightsArgs,
     #[command(flatten)]
     data: DataArgs,
     /// Attacks, comma-separated: fgsm, fgsm-rs, pgd, pgd-N, pgd-l2-N, pgd-cw-N (PGD on the CW margin loss), cw, cw-N. The worst case
     /// runs them in this order, each on the samples the ones before it left correct.
-    #[arg(long, short = 'a', default_value = "fgsm,pgd-20")]
+    #[arg(long, short = 'a', visible_alias = "attack", default_value = "fgsm,pgd-20")]
     attacks: String,
     /// Attack settings; `--norm` and `--eps` also define the threat model: robust accuracy
     /// counts adversarial examples inside that ball only.
@@ -47,18 +47,21 @@ pub struct EvalArgs {
     batch_size: usize,
     #[command(flatten)]
     device: DeviceArgs,
-    /// Folder for report.json, report.md and robust_vs_eps.png.
-    #[arg(long, value_name = "OUT_DIR")]
-    report: PathBuf,
+    /// Folder for report.json, report.md and robust_vs_eps.png (`--report` is the same flag).
+    #[arg(long, short = 'o', visible_alias = "report", value_name = "OUT_DIR")]
+    out: PathBuf,
+    /// Print the report as JSON (report.json's content) instead of the table.
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
     let device = a.device.init()?;
-    let loaded = load_any(&a.model, a.weights.as_deref(), &device)?;
+    let loaded = load_any(&a.model, &a.weights, &device)?;
     let model = loaded.classifier();
     let data = a.data.load()?;
     check_fit(model, &data)?;
-    let (settings, specs, attacks) = a.opts.build_list(&a.attacks)?;
+    let (settings, specs, attacks) = a.opts.build_list(&a.attacks, data.shape())?;
     let norm = settings.norm;
     let params = EvalParams {
         batch_size: a.batch_size,
@@ -74,7 +77,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         Some(s) => {
             let eps = parse_sweep(s, "eps-sweep")?;
             let which = match &a.sweep_attack {
-                Some(list) => AttackSpec::parse_list(list)?,
+                Some(list) => parse_attack_list(list)?,
                 None => specs.clone(),
             };
             Some((
@@ -89,28 +92,42 @@ pub fn run(a: EvalArgs) -> Result<()> {
         None => None,
     };
 
+    // Progress goes to stderr under --json, so stdout is the JSON alone.
+    let say = |line: String| {
+        if a.json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
     if let Some(q) = loaded.quantization() {
-        println!("quantized: {q}; attacks go through the quantizer (straight-through gradients)");
+        say(format!(
+            "quantized: {q}; attacks go through the quantizer (straight-through gradients)"
+        ));
     }
-    println!(
+    say(format!(
         "evaluating {} on {} ({} images) under {} at {} eps {} ...",
         model.info().name,
         data.name(),
         data.len(),
         a.attacks,
         norm.name(),
-        a.opts.eps
-    );
+        temper_eval::fmt_eps(settings.eps)
+    ));
     let evaluation = evaluate(model, &data, &attacks, &params, &device)?;
     let mut sweeps = Vec::new();
     if let Some((sp, which)) = &sweep_plan {
         for spec in which {
-            println!("sweeping {} over {} eps values ...", spec.text, sp.eps().len());
+            say(format!(
+                "sweeping {} over {} eps values ...",
+                spec.text,
+                sp.eps().len()
+            ));
             sweeps.push(sweep(model, &data, spec, &settings, sp, &device)?);
         }
     }
     let command = std::env::args().collect::<Vec<_>>().join(" ");
-    let mut model_section = ModelSection::of(model, a.weights.as_deref());
+    let mut model_section = ModelSection::of(model, a.weights.weights.as_deref());
     model_section.quantization = loaded.quantization();
     let report = Report::new(
         model_section,
@@ -119,16 +136,20 @@ pub fn run(a: EvalArgs) -> Result<()> {
         evaluation,
         sweeps,
     );
-    println!();
-    print!("{}", report.to_text());
+    if a.json {
+        println!("{}", report.to_json()?);
+    } else {
+        println!();
+        print!("{}", report.to_text());
+    }
     let files = report
-        .write(&a.report)
-        .with_context(|| format!("cannot write the report into '{}'", a.report.display()))?;
-    println!();
-    println!("report written to {}", files.json.display());
-    println!("summary written to {}", files.markdown.display());
+        .write(&a.out)
+        .with_context(|| format!("cannot write the report into '{}'", a.out.display()))?;
+    say(String::new());
+    say(format!("report written to {}", files.json.display()));
+    say(format!("summary written to {}", files.markdown.display()));
     if let Some(c) = &files.chart {
-        println!("chart written to {}", c.display());
+        say(format!("chart written to {}", c.display()));
     }
     Ok(())
 }

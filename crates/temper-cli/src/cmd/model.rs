@@ -11,7 +11,11 @@ use temper_models::ModelKind;
 #[derive(Subcommand, Debug)]
 pub enum ModelCmd {
     /// List the models of the zoo.
-    List,
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a model's layer table, parameter count and multiply-accumulates per image.
     Summary {
         #[command(flatten)]
@@ -24,7 +28,19 @@ pub enum ModelCmd {
 
 pub fn run(cmd: ModelCmd) -> Result<()> {
     match cmd {
-        ModelCmd::List => {
+        ModelCmd::List { json: true } => {
+            let v: Vec<serde_json::Value> = ModelKind::ALL
+                .iter()
+                .map(|k| {
+                    serde_json::json!({
+                        "name": k.name(), "input_shape": k.default_input(), "description": k.description(),
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(())
+        }
+        ModelCmd::List { json: false } => {
             println!("{:<16} {:<10} description", "name", "input");
             for k in ModelKind::ALL {
                 let [c, h, w] = k.default_input();

@@ -1,7 +1,7 @@
 //! `temper quant`: robustness of quantized models across bit widths, and quantized files.
 
-use crate::args::{check_fit, load_model, AttackOpts, DataArgs, DeviceArgs, ModelArgs};
-use crate::cmd::quantize::{calibration_tensor, print_layers, QuantOpts};
+use crate::args::{check_fit, load_model, AttackOpts, DataArgs, DeviceArgs, ModelArgs, WeightsArgs};
+use crate::cmd::quantize::{calibration_tensor, layers_text, QuantOpts};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
@@ -22,13 +22,12 @@ pub enum QuantCmd {
 
 /// Arguments of `temper quant sweep`.
 #[derive(Args, Debug)]
-#[command(mut_arg("eps", |a| a.default_value("0.1")))]
 pub struct SweepArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Float weights: safetensors with PyTorch state_dict names.
-    #[arg(long, short = 'w')]
-    weights: PathBuf,
+    /// The float model (required).
+    #[command(flatten)]
+    weights: WeightsArgs,
     #[command(flatten)]
     data: DataArgs,
     /// Weight grids to try: widths of 2 to 8 bits, ternary, binary.
@@ -37,17 +36,20 @@ pub struct SweepArgs {
     #[command(flatten)]
     quant: QuantOpts,
     /// Attacks, comma-separated: fgsm, fgsm-rs, pgd, pgd-N, pgd-l2-N, pgd-cw-N (PGD on the CW margin loss), cw, cw-N.
-    #[arg(long, short = 'a', default_value = "pgd-20")]
+    #[arg(long, short = 'a', visible_alias = "attack", default_value = "pgd-20")]
     attacks: String,
-    /// Attack settings (`--eps` defaults to 0.1, a budget for digits).
+    /// Attack settings; `--norm` and `--eps` also define the threat model.
     #[command(flatten)]
     attack: AttackOpts,
     /// Batch size.
     #[arg(long, default_value_t = 250)]
     batch_size: usize,
-    /// Folder for sweep.json, sweep.md and sweep.png.
-    #[arg(long, value_name = "OUT_DIR")]
-    report: PathBuf,
+    /// Folder for sweep.json, sweep.md and sweep.png (`--report` is the same flag).
+    #[arg(long, short = 'o', visible_alias = "report", value_name = "OUT_DIR")]
+    out: PathBuf,
+    /// Print the sweep as JSON (sweep.json's content) instead of the table.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -63,6 +65,9 @@ pub struct InspectArgs {
     /// Directory holding the data set's files (not needed for mnist10k).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -81,32 +86,50 @@ fn pct(v: f64) -> String {
 fn run_sweep(a: SweepArgs) -> Result<()> {
     let device = a.device.init()?;
     let cfg = a.model.config()?;
-    let model = load_model(&cfg, Some(&a.weights), &device)?;
+    let weights = a.weights.required()?.to_path_buf();
+    let model = load_model(&cfg, Some(&weights), a.weights.strictness(), &device)?;
+    let (cfg, _) = temper_models::config_for_file(&cfg, &weights)?;
     let data = a.data.load()?;
     check_fit(&model, &data)?;
     let schemes = WeightScheme::parse_list(&a.bits, !a.quant.asymmetric)?;
-    let (_, _, attacks) = a.attack.build_list(&a.attacks)?;
-    if attacks.is_empty() {
-        anyhow::bail!("--attacks names no attack");
-    }
+    let (settings, _, attacks) = a.attack.build_list(&a.attacks, data.shape())?;
     let params = SweepParams {
         schemes,
         quant: a.quant.params(WeightScheme::bits(8), a.batch_size)?,
         batch_size: a.batch_size,
+        threat: temper_eval::Threat::new(settings.norm, settings.eps)?,
     }
     .check()?;
     let calib_set = a.quant.calibration(&a.data)?;
     let calib = calibration_tensor(calib_set.as_ref(), &model)?;
     let n_calib = calib_set.as_ref().map_or(0, |s| s.len());
-    println!("model:   {} from {}", model.info().name, a.weights.display());
-    println!(
+    // Progress goes to stderr under --json, so stdout is the JSON alone.
+    let json = a.json;
+    let say = |line: String| {
+        if json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
+    say(format!(
+        "model:   {} from {}",
+        model.info().name,
+        weights.display()
+    ));
+    say(format!(
         "data:    {} ({} images); calibration: {n_calib} images of the train split",
         data.name(),
         data.len()
-    );
+    ));
     for (n, at) in &attacks {
-        println!("attack:  {n} = {}", at.name());
+        say(format!("attack:  {n} = {}", at.name()));
     }
+    say(format!(
+        "threat:  {} eps {}",
+        settings.norm.name(),
+        temper_eval::fmt_eps(settings.eps)
+    ));
     let names: Vec<String> = attacks.iter().map(|(n, _)| n.clone()).collect();
     let start = std::time::Instant::now();
     let mut print_row = |r: &SweepRow| {
@@ -121,7 +144,7 @@ fn run_sweep(a: SweepArgs) -> Result<()> {
                 format!("{n} through {}  transfer {t}", pct(r.robust[n]))
             })
             .collect();
-        println!(
+        say(format!(
             "{:>10}  clean {}  {}  file {:>9.1} KiB ({:5.2}x)  [{:.0} s]",
             r.label,
             pct(r.clean),
@@ -129,17 +152,21 @@ fn run_sweep(a: SweepArgs) -> Result<()> {
             r.file_bytes as f64 / 1024.0,
             r.ratio,
             start.elapsed().as_secs_f64()
-        );
+        ));
     };
     let report = sweep(&model, &cfg, &calib, &data, &attacks, &params, &mut print_row)?;
     let files = report
-        .write(&a.report)
-        .with_context(|| format!("cannot write the report to '{}'", a.report.display()))?;
-    println!();
-    print!("{}", report.to_markdown());
-    println!();
+        .write(&a.out)
+        .with_context(|| format!("cannot write the report to '{}'", a.out.display()))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!();
+        print!("{}", report.to_markdown());
+    }
+    say(String::new());
     for f in files {
-        println!("wrote {}", f.display());
+        say(format!("wrote {}", f.display()));
     }
     Ok(())
 }
@@ -157,6 +184,53 @@ fn run_inspect(a: InspectArgs) -> Result<()> {
         .with_context(|| format!("cannot read '{}'", a.file.display()))?
         .len();
     let info = q.quant_info();
+    let clean = match &a.dataset {
+        Some(name) => {
+            let data = DataArgs {
+                dataset: name.clone(),
+                data_dir: a.data_dir.clone(),
+                split: "test".into(),
+                limit: None,
+            }
+            .load()?;
+            check_fit(&q, &data)?;
+            Some((data.name().to_string(), eval::accuracy(&q, &data, 250)?))
+        }
+        None => None,
+    };
+    let float = export::float_bytes(&q)?;
+    if a.json {
+        let layers: Vec<serde_json::Value> = q
+            .layers()
+            .iter()
+            .map(|l| {
+                serde_json::json!({
+                    "name": l.name,
+                    "shape": l.weight.shape(),
+                    "scheme": l.weight.scheme().to_string(),
+                    "bytes": l.weight.stored_bytes(),
+                    "input_bits": l.input.map(|i| i.bits),
+                })
+            })
+            .collect();
+        let v = serde_json::json!({
+            "file": a.file.display().to_string(),
+            "file_bytes": size,
+            "model": q.info().name,
+            "num_classes": q.num_classes(),
+            "input_shape": q.input_shape(),
+            "quantization": info.describe(),
+            "calib_images": info.calib_images,
+            "folded": info.fold.folded,
+            "kept_in_float": info.fold.kept,
+            "quantized_weight_bytes": q.quantized_weight_bytes(),
+            "ratio_f32": float as f64 / size.max(1) as f64,
+            "layers": layers,
+            "clean": clean.as_ref().map(|(d, acc)| serde_json::json!({"dataset": d, "accuracy": acc})),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
     println!("file:     {} ({:.1} KiB)", a.file.display(), size as f64 / 1024.0);
     println!(
         "model:    {} ({} classes, input {:?})",
@@ -178,27 +252,14 @@ fn run_inspect(a: InspectArgs) -> Result<()> {
         "folded:   {} BatchNorms; kept in float: {kept}",
         info.fold.folded.len()
     );
-    print_layers(&q);
-    let float = export::float_bytes(&q)?;
+    print!("{}", layers_text(&q));
     println!(
         "size:     {:.1} KiB quantized weights; {:.2}x smaller than f32",
         q.quantized_weight_bytes() as f64 / 1024.0,
         float as f64 / size.max(1) as f64
     );
-    if let Some(name) = &a.dataset {
-        let data = DataArgs {
-            dataset: name.clone(),
-            data_dir: a.data_dir.clone(),
-            split: "test".into(),
-            limit: None,
-        }
-        .load()?;
-        check_fit(&q, &data)?;
-        println!(
-            "clean accuracy on {}: {:.2}%",
-            data.name(),
-            100.0 * eval::accuracy(&q, &data, 250)?
-        );
+    if let Some((name, acc)) = clean {
+        println!("clean accuracy on {name}: {:.2}%", 100.0 * acc);
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! `temper quantize`: post-training quantization of a model to a packed safetensors file.
 
-use crate::args::{check_fit, load_model, DataArgs, DeviceArgs, ModelArgs};
+use crate::args::{check_fit, load_model, DataArgs, DeviceArgs, ModelArgs, WeightsArgs};
 use anyhow::{Context, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -16,7 +16,7 @@ use temper_quant::{
 pub struct QuantOpts {
     /// Rounding: rtn (round to nearest) or gpfq (greedy path-following, uses calibration).
     #[arg(long, default_value = "rtn")]
-    pub method: String,
+    pub quantizer: String,
     /// One weight step per output channel instead of one per tensor.
     #[arg(long)]
     pub per_channel: bool,
@@ -59,7 +59,7 @@ impl QuantOpts {
             max_rows: self.gpfq_rows,
         };
         let mut p = QuantParams::new(scheme);
-        p.method = Method::parse(&self.method, gpfq)?;
+        p.method = Method::parse(&self.quantizer, gpfq)?;
         p.granularity = if self.per_channel {
             Granularity::PerChannel
         } else {
@@ -114,9 +114,9 @@ pub fn calibration_tensor(
 pub struct QuantizeArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Float weights: safetensors with PyTorch state_dict names.
-    #[arg(long, short = 'w')]
-    weights: PathBuf,
+    /// The float model (required).
+    #[command(flatten)]
+    weights: WeightsArgs,
     #[command(flatten)]
     data: DataArgs,
     /// Weight grid: a width of 2 to 8 bits, ternary or binary.
@@ -134,9 +134,12 @@ pub struct QuantizeArgs {
     /// Batch size.
     #[arg(long, default_value_t = 250)]
     batch_size: usize,
-    /// The quantized file to write (packed integer weights, scales, metadata).
-    #[arg(long, short = 'o')]
+    /// Folder to write quantized.safetensors into (packed integer weights, scales, metadata).
+    #[arg(long, short = 'o', value_name = "OUT_DIR")]
     out: PathBuf,
+    /// Print the result as JSON instead of text.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -145,10 +148,13 @@ fn kib(b: u64) -> String {
     format!("{:.1} KiB", b as f64 / 1024.0)
 }
 
+/// The file name `temper quantize` writes into its `--out` folder.
+pub const QUANTIZED_FILE: &str = "quantized.safetensors";
+
 /// One line per quantized layer: weight grid, storage, input grid, GPFQ error.
-pub fn print_layers(q: &QuantModel) {
-    println!(
-        "  {:<28} {:>18} {:>14} {:>10}  input grid",
+pub fn layers_text(q: &QuantModel) -> String {
+    let mut out = format!(
+        "  {:<28} {:>18} {:>14} {:>10}  input grid\n",
         "layer", "shape", "weights", "bytes"
     );
     for l in q.layers() {
@@ -162,8 +168,8 @@ pub fn print_layers(q: &QuantModel) {
         let err = l
             .gpfq_error
             .map_or(String::new(), |e| format!("  (gpfq error {e:.4})"));
-        println!(
-            "  {:<28} {:>18} {:>14} {:>10}  {input}{err}",
+        out.push_str(&format!(
+            "  {:<28} {:>18} {:>14} {:>10}  {input}{err}\n",
             l.name,
             format!("{:?}", l.weight.shape()),
             format!(
@@ -172,35 +178,48 @@ pub fn print_layers(q: &QuantModel) {
                 if l.weight.scale().len() > 1 { "pc" } else { "pt" }
             ),
             l.weight.stored_bytes(),
-        );
+        ));
     }
+    out
 }
 
 pub fn run(a: QuantizeArgs) -> Result<()> {
     let device = a.device.init()?;
     let cfg = a.model.config()?;
-    let model = load_model(&cfg, Some(&a.weights), &device)?;
+    let weights = a.weights.required()?.to_path_buf();
+    let model = load_model(&cfg, Some(&weights), a.weights.strictness(), &device)?;
+    // The file's recorded normalisation, if any, is part of the configuration quantized.
+    let (cfg, _) = temper_models::config_for_file(&cfg, &weights)?;
     let data = a.data.load()?;
     check_fit(&model, &data)?;
     if a.batch_size == 0 {
         anyhow::bail!("--batch-size must be at least 1");
     }
+    // Text goes to stderr under --json, so stdout is the JSON alone.
+    let json = a.json;
+    let say = |line: String| {
+        if json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
     let scheme = WeightScheme::parse(&a.bits, !a.quant.asymmetric)?;
     let mut params = a.quant.params(scheme, a.batch_size)?;
     let calib_set = a.quant.calibration(&a.data)?;
     let calib = calibration_tensor(calib_set.as_ref(), &model)?;
     let n_calib = calib_set.as_ref().map_or(0, |s| s.len());
-    println!(
+    say(format!(
         "model:    {} ({} parameters) from {}",
         model.info().name,
         model.params().num_trainable(),
-        a.weights.display()
-    );
-    println!(
+        weights.display()
+    ));
+    say(format!(
         "data:     {} ({} images); calibration: {n_calib} images of the train split",
         data.name(),
         data.len()
-    );
+    ));
 
     if let Some(budget) = &a.size_budget {
         let budget = SizeBudget::parse(budget)?;
@@ -211,14 +230,14 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
             );
         };
         let sens = sensitivity(&model, &cfg, &calib, &calib, held.labels(), &candidates, &params)?;
-        println!("sensitivity (accuracy points lost with only that layer quantized, calibration images):");
+        say("sensitivity (accuracy points lost with only that layer quantized, calibration images):".into());
         for l in &sens.layers {
             let cells: Vec<String> = l
                 .trials
                 .iter()
                 .map(|t| format!("{} {:5.2}", t.scheme, 100.0 * t.drop))
                 .collect();
-            println!("  {:<28} {}", l.layer, cells.join("  "));
+            say(format!("  {:<28} {}", l.layer, cells.join("  ")));
         }
         let mut pinned = std::collections::BTreeMap::new();
         if let Some(b) = params.first_last_bits {
@@ -235,10 +254,10 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
             }
         }
         let alloc = allocate(&sens, budget, &pinned)?;
-        println!(
+        say(format!(
             "mixed precision: {} of {} budget bytes",
             alloc.bytes, alloc.budget
-        );
+        ));
         params.layers = alloc.precisions();
     }
 
@@ -248,20 +267,37 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     let secs = start.elapsed().as_secs_f64();
     let info = q.quant_info();
     let fold = &info.fold;
-    println!(
+    say(format!(
         "quantize: {}; BatchNorm folded {} (kept in float {}); {secs:.1} s",
         info.describe(),
         fold.folded.len(),
         fold.kept.len(),
-    );
-    print_layers(&q);
+    ));
+    say(layers_text(&q));
 
     let before = eval::accuracy(&model, &data, a.batch_size)?;
     let after = eval::accuracy(&q, &data, a.batch_size)?;
-    let report = export::save(&q, &a.out).with_context(|| format!("cannot write '{}'", a.out.display()))?;
-    let weights_file = std::fs::metadata(&a.weights)
+    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create '{}'", a.out.display()))?;
+    let out = a.out.join(QUANTIZED_FILE);
+    let report = export::save(&q, &out).with_context(|| format!("cannot write '{}'", out.display()))?;
+    let weights_file = std::fs::metadata(&weights)
         .map(|m| m.len())
         .unwrap_or(report.float_bytes);
+    if json {
+        let summary = serde_json::json!({
+            "model": model.info().name,
+            "weights": weights.display().to_string(),
+            "quantization": info.describe(),
+            "file": out.display().to_string(),
+            "clean_float": before,
+            "clean_quantized": after,
+            "float_file_bytes": weights_file,
+            "quantized_bytes": report.quantized_bytes,
+            "ratio_f32": report.ratio(),
+        });
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+        return Ok(());
+    }
     println!();
     println!(
         "clean accuracy: float {:.2}% -> quantized {:.2}% ({:+.2} points)",
@@ -269,11 +305,11 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         100.0 * after,
         100.0 * (after - before)
     );
-    println!("float file:     {} ({})", kib(weights_file), a.weights.display());
+    println!("float file:     {} ({})", kib(weights_file), weights.display());
     println!(
         "quantized file: {} ({})",
         kib(report.quantized_bytes),
-        a.out.display()
+        out.display()
     );
     println!(
         "compression:    {:.2}x ({:.2}x against the same tensors saved as f32)",

@@ -11,8 +11,8 @@ use temper_eval::TrainingLog;
 pub struct ReportArgs {
     /// A training run's folder, holding metrics.jsonl.
     run_dir: PathBuf,
-    /// Where to write the chart (default: RUN_DIR/curves.png).
-    #[arg(long, value_name = "OUT.png")]
+    /// Folder to write curves.png into (default: RUN_DIR).
+    #[arg(long, short = 'o', value_name = "OUT_DIR")]
     out: Option<PathBuf>,
 }
 
@@ -30,7 +30,9 @@ pub fn run(a: ReportArgs) -> Result<()> {
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_else(|| a.run_dir.display().to_string());
-    let out = a.out.clone().unwrap_or_else(|| a.run_dir.join("curves.png"));
+    let dir = a.out.clone().unwrap_or_else(|| a.run_dir.clone());
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create '{}'", dir.display()))?;
+    let out = dir.join("curves.png");
     training_curves(&log, &name)
         .save(&out)
         .with_context(|| format!("cannot write the training curves to '{}'", out.display()))?;

@@ -20,8 +20,8 @@ pub struct PlotArgs {
     /// Length of the run in epochs.
     #[arg(long)]
     epochs: f64,
-    /// Output PNG.
-    #[arg(long, value_name = "OUT.png")]
+    /// Folder to write lr_schedule.png into.
+    #[arg(long, short = 'o', value_name = "OUT_DIR")]
     out: PathBuf,
     /// Points sampled along the run.
     #[arg(long, default_value_t = 400)]
@@ -44,11 +44,13 @@ fn plot(a: &PlotArgs) -> Result<()> {
         .check(a.epochs)
         .with_context(|| format!("schedule '{}' for {} epochs", a.spec, a.epochs))?;
     let points = schedule.sample(a.epochs, a.points);
+    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create '{}'", a.out.display()))?;
+    let out = a.out.join("lr_schedule.png");
     // The canonical spec (every key written out) titles the chart, so the picture says exactly
     // which schedule it shows.
     temper_eval::chart::lr_schedule(&points, &schedule.to_string())
-        .save(&a.out)
-        .with_context(|| format!("cannot write the chart to '{}'", a.out.display()))?;
+        .save(&out)
+        .with_context(|| format!("cannot write the chart to '{}'", out.display()))?;
     let (peak_at, peak) =
         points
             .iter()
@@ -60,6 +62,6 @@ fn plot(a: &PlotArgs) -> Result<()> {
         "highest sampled lr {peak:.6} at epoch {peak_at:.2}; final lr {last:.6} at epoch {} ({} points)",
         a.epochs, a.points
     );
-    println!("chart written to {}", a.out.display());
+    println!("chart written to {}", out.display());
     Ok(())
 }

@@ -34,11 +34,13 @@ pub struct RunArgs {
     /// Threat model budget (L-inf, pixel units): default 0.3 for 28x28 digits, 8/255 otherwise.
     #[arg(long)]
     eps: Option<String>,
-    /// Inner attack step size (default 0.01 for digits, 2/255 otherwise).
+    /// Inner attack step size: a number (2/255) or a multiple of eps (eps/4) (default 0.01 for
+    /// digits, 2/255 otherwise).
     #[arg(long)]
     alpha: Option<String>,
-    /// Inner attack steps (default 40 for digits, 10 otherwise).
-    #[arg(long)]
+    /// Inner attack steps (default 40 for digits, 10 otherwise; `--attack-steps` is the same
+    /// flag).
+    #[arg(long = "steps", visible_alias = "attack-steps")]
     attack_steps: Option<usize>,
     /// TRADES beta.
     #[arg(long)]
@@ -49,8 +51,9 @@ pub struct RunArgs {
     /// Validation images evaluated (clean and PGD-10) after each epoch.
     #[arg(long)]
     val_size: Option<usize>,
-    /// Random-crop (and for RGB, flip) augmentation: on or off (default: on except for digits).
-    #[arg(long)]
+    /// Random-crop (and for RGB, flip) augmentation: on or off (true and false work too;
+    /// default: on except for digits).
+    #[arg(long, value_parser = crate::args::parse_on_off)]
     augment: Option<bool>,
     /// Write a resumable checkpoint every N iterations (always at epoch ends).
     #[arg(long)]
@@ -120,7 +123,7 @@ fn config(method: Method, weights: Option<PathBuf>, r: &RunArgs) -> Result<Train
         }
     }
     if let Some(v) = &r.alpha {
-        cfg.threat.alpha = parse_number(v, "alpha")?;
+        cfg.threat.alpha = crate::args::parse_alpha(v, cfg.threat.eps)?;
     }
     if let Some(v) = r.attack_steps {
         cfg.threat.steps = v;
