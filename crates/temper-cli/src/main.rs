@@ -56,6 +56,8 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // Before any tensor operation: candle reads this once, when its CPU pool starts.
+    temper_core::device::prefer_sleeping_cpu_workers();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TEMPER_LOG")
