@@ -108,7 +108,10 @@ fn sigkill_then_resume_is_bit_identical() {
     let _ = child.wait();
     assert!(ckpt.exists(), "no checkpoint was written before the kill");
     // The kill landed mid-run: no summary, and neither the log nor the checkpoint reached the end.
-    assert!(!b.join("summary.json").exists(), "the run finished before the kill");
+    assert!(
+        !b.join("summary.json").exists(),
+        "the run finished before the kill"
+    );
     let logged = last_logged_iter(&b.join("metrics.jsonl"));
     assert!(logged < total, "killed after iteration {logged} of {total}");
     let at = temper_train::checkpoint::load(&ckpt, &candle_core::Device::Cpu)

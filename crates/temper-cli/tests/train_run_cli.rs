@@ -42,8 +42,15 @@ fn a_diverging_run_exits_non_zero_and_saves_no_weights() {
     // The command of the bug report, without validation (so "best" would be the last weights).
     let o = temper(
         &[
-            "train", "--model", "small-cnn", "--epochs", "2", "--lr-schedule", "constant:lr=1000",
-            "--val-split", "0",
+            "train",
+            "--model",
+            "small-cnn",
+            "--epochs",
+            "2",
+            "--lr-schedule",
+            "constant:lr=1000",
+            "--val-split",
+            "0",
         ],
         Some(&d),
     );
@@ -51,7 +58,10 @@ fn a_diverging_run_exits_non_zero_and_saves_no_weights() {
     let e = stderr(&o);
     assert!(e.contains("diverged") && e.contains("learning rate"), "{e}");
     for f in ["model.safetensors", "best.safetensors", "config.toml"] {
-        assert!(!d.join(f).exists(), "{f} left behind by a run that diverged before its first checkpoint");
+        assert!(
+            !d.join(f).exists(),
+            "{f} left behind by a run that diverged before its first checkpoint"
+        );
     }
     // The corrected command can use the same directory.
     let o = temper(SHORT, Some(&d));
@@ -68,13 +78,23 @@ fn resume_refuses_flags_it_would_ignore_and_keeps_a_finished_run() {
     assert!(o.status.success(), "{}", stderr(&o));
     let summary = std::fs::read(d.join("summary.json")).unwrap_or_default();
     let dir_s = d.to_string_lossy().into_owned();
-    let o = temper(&["train", "--resume", &dir_s, "--epochs", "5", "--eps", "0.2"], None);
+    let o = temper(
+        &["train", "--resume", &dir_s, "--epochs", "5", "--eps", "0.2"],
+        None,
+    );
     assert!(!o.status.success());
     let e = stderr(&o);
-    assert!(e.contains("--epochs") && e.contains("--eps") && e.contains("ignored"), "{e}");
+    assert!(
+        e.contains("--epochs") && e.contains("--eps") && e.contains("ignored"),
+        "{e}"
+    );
     let o = temper(&["train", "--resume", &dir_s], None);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(std::fs::read(d.join("summary.json")).unwrap_or_default(), summary, "summary.json rewritten");
+    assert_eq!(
+        std::fs::read(d.join("summary.json")).unwrap_or_default(),
+        summary,
+        "summary.json rewritten"
+    );
 }
 
 #[test]
@@ -94,7 +114,10 @@ fn out_of_range_validation_sizes_name_the_flag() {
 #[test]
 fn attack_bn_is_a_setting_of_the_run() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let o = temper(&["train", "--model", "small-cnn", "--attack-bn", "sometimes"], Some(&dir.path().join("x")));
+    let o = temper(
+        &["train", "--model", "small-cnn", "--attack-bn", "sometimes"],
+        Some(&dir.path().join("x")),
+    );
     assert!(!o.status.success());
     assert!(stderr(&o).contains("attack-bn"), "{}", stderr(&o));
     let d = dir.path().join("run");

@@ -81,8 +81,8 @@ mod spec;
 
 pub use error::{Error, Result};
 pub use optim::{
-    Active, AdamW, AdamWConfig, DecayScope, Optimizer, OptimizerConfig, ParamGroup, ParamGroups, Sgd, SgdConfig,
-    DEFAULT_GROUP,
+    Active, AdamW, AdamWConfig, DecayScope, Optimizer, OptimizerConfig, ParamGroup, ParamGroups, Sgd,
+    SgdConfig, DEFAULT_GROUP,
 };
 pub use schedule::{
     Constant, Cosine, Cyclic, ExpRate, Exponential, Milestones, OneCycle, Piecewise, Restarts, Schedule,

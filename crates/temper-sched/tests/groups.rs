@@ -19,12 +19,19 @@ fn model() -> Result<ParamStore> {
 
 fn loss_grads(store: &ParamStore) -> Result<GradStore> {
     let x = Tensor::new(&[[0.3f32, -0.7, 1.1]], &Device::Cpu)?;
-    let p = |n: &str| store.get(n).map(|e| e.var.as_tensor().clone()).ok_or_else(|| anyhow::anyhow!(n.to_string()));
+    let p = |n: &str| {
+        store
+            .get(n)
+            .map(|e| e.var.as_tensor().clone())
+            .ok_or_else(|| anyhow::anyhow!(n.to_string()))
+    };
     let h = x
         .matmul(&p("backbone.weight")?.t()?)?
         .broadcast_add(&p("backbone.bias")?)?
         .tanh()?;
-    let out = h.matmul(&p("head.weight")?.t()?)?.broadcast_add(&p("head.bias")?)?;
+    let out = h
+        .matmul(&p("head.weight")?.t()?)?
+        .broadcast_add(&p("head.bias")?)?;
     Ok(out.sqr()?.sum_all()?.backward()?)
 }
 
@@ -52,7 +59,9 @@ fn lr_scale_multiplies_the_scheduled_rate() -> Result<()> {
     // The same update done by hand, per parameter.
     for e in b.trainable() {
         let lr = if e.name.starts_with("head.") { 0.1 } else { 1.0 };
-        let g = gb.get(e.var.as_tensor()).ok_or_else(|| anyhow::anyhow!("no grad"))?;
+        let g = gb
+            .get(e.var.as_tensor())
+            .ok_or_else(|| anyhow::anyhow!("no grad"))?;
         e.var.set(&(e.var.as_tensor() - (g * lr)?)?)?;
     }
     let (va, vb) = (values(&a)?, values(&b)?);
@@ -82,7 +91,10 @@ fn frozen_groups_keep_values_and_state() -> Result<()> {
         }
     }
     let state = opt.export_state()?;
-    ensure!(!state.iter().any(|(k, _)| k.contains("backbone.")), "state kept for a frozen group");
+    ensure!(
+        !state.iter().any(|(k, _)| k.contains("backbone.")),
+        "state kept for a frozen group"
+    );
     ensure!(state.iter().any(|(k, _)| k == "momentum_buffer.head.weight"));
     Ok(())
 }
@@ -108,14 +120,19 @@ fn alternating_updates_equal_two_optimizers() -> Result<()> {
             rest_opt.step_groups(&b, &gb, 0.01, &only_rest, Active::All)?;
         }
     }
-    ensure!(values(&a)? == values(&b)?, "alternating updates differ from two optimizers");
+    ensure!(
+        values(&a)? == values(&b)?,
+        "alternating updates differ from two optimizers"
+    );
     Ok(())
 }
 
 #[test]
 fn bad_groups_are_errors_that_name_the_group() -> Result<()> {
     let err = |r: temper_sched::Result<ParamGroups>| r.err().map(|e| e.to_string()).unwrap_or_default();
-    let e = err(ParamGroups::new(vec![ParamGroup::new("head", &["head."]).lr_scale(-1.0)]));
+    let e = err(ParamGroups::new(vec![
+        ParamGroup::new("head", &["head."]).lr_scale(-1.0)
+    ]));
     ensure!(e.contains("param_groups.head") && e.contains("lr_scale"), "{e}");
     let e = err(ParamGroups::new(vec![
         ParamGroup::new("head", &["head."]),
@@ -126,13 +143,23 @@ fn bad_groups_are_errors_that_name_the_group() -> Result<()> {
     ensure!(e.contains("default"), "{e}");
     // A misspelt prefix claims nothing.
     let g = ParamGroups::new(vec![ParamGroup::new("head", &["haed."])])?;
-    let e = g.check_store(&model()?).err().map(|e| e.to_string()).unwrap_or_default();
+    let e = g
+        .check_store(&model()?)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     ensure!(e.contains("param_groups.head") && e.contains("haed."), "{e}");
     // A step that names a group that does not exist.
     let store = model()?;
     let mut opt = optim("sgd")?;
     let e = opt
-        .step_groups(&store, &loss_grads(&store)?, 0.1, &ParamGroups::default(), Active::Only(&["nope"]))
+        .step_groups(
+            &store,
+            &loss_grads(&store)?,
+            0.1,
+            &ParamGroups::default(),
+            Active::Only(&["nope"]),
+        )
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default();

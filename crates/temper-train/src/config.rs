@@ -202,7 +202,9 @@ impl TrainConfig {
         if !(v.is_finite() && v >= 0.0 && (v < 1.0 || v.fract() == 0.0)) {
             return Err(param(
                 "val-split",
-                format!("{v} is neither a fraction in [0, 1) nor a whole number of images (0: no validation)"),
+                format!(
+                    "{v} is neither a fraction in [0, 1) nor a whole number of images (0: no validation)"
+                ),
             ));
         }
         if self.val_size == 0 {

@@ -131,9 +131,7 @@ fn clean_stale_temps(run_dir: &Path) -> Result<()> {
     let entries = std::fs::read_dir(run_dir).map_err(|e| io("cannot list", run_dir, e))?;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let stale = files::ALL
-            .iter()
-            .any(|f| name.starts_with(&format!(".{f}.tmp-")));
+        let stale = files::ALL.iter().any(|f| name.starts_with(&format!(".{f}.tmp-")));
         if stale {
             let p = entry.path();
             std::fs::remove_file(&p).map_err(|e| io("cannot remove stale temporary file", &p, e))?;
@@ -212,10 +210,7 @@ pub fn resume(run_dir: &Path, device: &Device, mut opts: RunOptions) -> Result<T
 fn read_summary(run_dir: &Path) -> Option<TrainReport> {
     let text = std::fs::read_to_string(run_dir.join(files::SUMMARY)).ok()?;
     let r: TrainReport = serde_json::from_str(&text).ok()?;
-    r.files
-        .iter()
-        .all(|f| run_dir.join(f).is_file())
-        .then_some(r)
+    r.files.iter().all(|f| run_dir.join(f).is_file()).then_some(r)
 }
 
 /// Clean and PGD-10 robust accuracy of `model` on `val` with the one evaluator,
@@ -228,10 +223,7 @@ pub(crate) fn validate(
     cost: &mut TrainCost,
 ) -> Result<(f64, f64)> {
     let eps = cfg.threat.eps;
-    let attacks: Vec<NamedAttack> = vec![(
-        "pgd-10".to_string(),
-        Box::new(validation_attack(eps)?),
-    )];
+    let attacks: Vec<NamedAttack> = vec![("pgd-10".to_string(), Box::new(validation_attack(eps)?))];
     let params = EvalParams {
         batch_size: 500,
         threat: Threat {
@@ -438,10 +430,7 @@ fn run(s: Setup, run_dir: &Path, mut opts: RunOptions, resume_from: Option<Loade
             model.set_dropout_rng(rng_with(cfg.seed, &format!("temper-train/dropout/{iter}")));
             model.set_mode(Mode::Train);
             let out = step.step(
-                StepBatch {
-                    x: &b.images,
-                    y: &y,
-                },
+                StepBatch { x: &b.images, y: &y },
                 StepCtx {
                     model: &model,
                     attack_model: &attack_model,
@@ -501,8 +490,10 @@ fn run(s: Setup, run_dir: &Path, mut opts: RunOptions, resume_from: Option<Loade
                     let (c, r) = validate(&model, val, &cfg, &device, &mut cost)?;
                     pos.val_clean = Some(c);
                     pos.val_robust = Some(r);
-                    log.write(&json!({"kind": "val", "epoch": (epoch + 1) as f64, "iter": pos.iter,
-                        "clean_acc": c, "robust_acc": r}))?;
+                    log.write(
+                        &json!({"kind": "val", "epoch": (epoch + 1) as f64, "iter": pos.iter,
+                        "clean_acc": c, "robust_acc": r}),
+                    )?;
                     renderer.message(&format!(
                         "epoch {}/{}: val clean {:.2}%  PGD-10 robust {:.2}% (eps {:.4})",
                         epoch + 1,

@@ -35,17 +35,27 @@ fn a_diverging_run_stops_before_the_step_and_saves_nothing_non_finite() -> Resul
     }
     ensure!(all_finite(&d.join(files::CHECKPOINT))?);
     let summary: TrainReport = serde_json::from_str(&std::fs::read_to_string(d.join(files::SUMMARY))?)?;
-    ensure!(summary.stopped.as_deref().unwrap_or_default().contains("diverged"));
+    ensure!(summary
+        .stopped
+        .as_deref()
+        .unwrap_or_default()
+        .contains("diverged"));
     for f in &summary.files {
         ensure!(d.join(f).is_file(), "summary names {f}, which does not exist");
     }
-    ensure!(!d.join(files::LAST).exists(), "the diverged weights were saved as the last ones");
+    ensure!(
+        !d.join(files::LAST).exists(),
+        "the diverged weights were saved as the last ones"
+    );
 
     // Without a checkpoint nothing is kept, and the corrected command can reuse the folder.
     let d = dir.path().join("nothing");
     let mut c = diverging();
     c.checkpoint_every = 0;
-    ensure!(matches!(train(c.check()?, &d, &Device::Cpu, opts(None)), Err(Error::Diverged { .. })));
+    ensure!(matches!(
+        train(c.check()?, &d, &Device::Cpu, opts(None)),
+        Err(Error::Diverged { .. })
+    ));
     ensure!(!d.join(files::CONFIG).exists() && !d.join(files::LAST).exists());
     let mut c = config(Method::Natural);
     c.epochs = 1;
@@ -59,9 +69,14 @@ fn a_failed_start_leaves_no_config_behind() -> Result<()> {
     let d = dir.path().join("run");
     let mut c = config(Method::Natural);
     c.batch_size = 1000; // larger than the 320 training digits
-    let e = train(c.check()?, &d, &Device::Cpu, opts(None)).err().map(|e| e.to_string());
+    let e = train(c.check()?, &d, &Device::Cpu, opts(None))
+        .err()
+        .map(|e| e.to_string());
     ensure!(e.unwrap_or_default().contains("batch-size"));
-    ensure!(!d.join(files::CONFIG).exists(), "config.toml left by a run that never started");
+    ensure!(
+        !d.join(files::CONFIG).exists(),
+        "config.toml left by a run that never started"
+    );
     let mut c = config(Method::Natural);
     c.epochs = 1;
     train(c.check()?, &d, &Device::Cpu, opts(None))?;
@@ -93,7 +108,10 @@ fn resuming_a_finished_run_keeps_its_summary() -> Result<()> {
     let before = std::fs::read(d.join(files::SUMMARY))?;
     let weights = std::fs::read(d.join(files::LAST))?;
     let again = resume(&d, &Device::Cpu, opts(None))?;
-    ensure!(std::fs::read(d.join(files::SUMMARY))? == before, "summary.json rewritten");
+    ensure!(
+        std::fs::read(d.join(files::SUMMARY))? == before,
+        "summary.json rewritten"
+    );
     ensure!(std::fs::read(d.join(files::LAST))? == weights);
     ensure!(again == r, "{again:?} != {r:?}");
     ensure!(again.val_clean.is_some() && again.val_robust.is_some());
@@ -168,7 +186,12 @@ fn the_renderer_knows_the_total_and_agrees_with_the_log() -> Result<()> {
     for i in &shown {
         ensure!(i.total == 10);
         let e = logged.iter().find(|(it, _)| *it == i.iter).map(|(_, e)| *e);
-        ensure!(e == Some(i.epoch), "iteration {}: shown epoch {} but logged {e:?}", i.iter, i.epoch);
+        ensure!(
+            e == Some(i.epoch),
+            "iteration {}: shown epoch {} but logged {e:?}",
+            i.iter,
+            i.epoch
+        );
     }
     Ok(())
 }

@@ -40,7 +40,13 @@ fn accuracy(model: &dyn Classifier, cfg: &TrainConfig) -> Result<(f64, f64)> {
     }
     .check()?;
     temper_core::seed::set_seed(cfg.seed);
-    let e = temper_eval::evaluate(model, &val, &[("pgd-10".into(), Box::new(pgd))], &params, &Device::Cpu)?;
+    let e = temper_eval::evaluate(
+        model,
+        &val,
+        &[("pgd-10".into(), Box::new(pgd))],
+        &params,
+        &Device::Cpu,
+    )?;
     Ok((e.clean.accuracy.accuracy, e.attacks[0].robust.accuracy))
 }
 
@@ -74,14 +80,20 @@ fn every_method_learns_on_a_tiny_problem() -> Result<()> {
         let d = dir.path().join(method.name());
         let r = train(cfg.check()?, &d, &Device::Cpu, opts(None))?;
         let (c, rob) = (r.val_clean.unwrap_or(0.0), r.val_robust.unwrap_or(0.0));
-        eprintln!("{}: clean {c0:.3} -> {c:.3}, robust {r0:.3} -> {rob:.3}", method.name());
+        eprintln!(
+            "{}: clean {c0:.3} -> {c:.3}, robust {r0:.3} -> {rob:.3}",
+            method.name()
+        );
         ensure!(r.complete && r.stopped.is_none(), "{method:?}: {:?}", r.stopped);
         ensure!(
             c > c0 + 0.3,
             "{method:?}: clean accuracy {c0} -> {c} did not improve"
         );
         if method.is_adversarial() {
-            ensure!(rob > r0 + 0.1, "{method:?}: robust accuracy {r0} -> {rob} did not improve");
+            ensure!(
+                rob > r0 + 0.1,
+                "{method:?}: robust accuracy {r0} -> {rob} did not improve"
+            );
         }
         if method == Method::Natural {
             natural_weights = Some(d.join(files::LAST));
@@ -98,10 +110,18 @@ fn every_method_learns_on_a_tiny_problem() -> Result<()> {
     )?
     .0;
     let (_, before) = accuracy(&start, &cfg)?;
-    let r = train(cfg.check()?, &dir.path().join("finetune"), &Device::Cpu, opts(None))?;
+    let r = train(
+        cfg.check()?,
+        &dir.path().join("finetune"),
+        &Device::Cpu,
+        opts(None),
+    )?;
     let after = r.val_robust.unwrap_or(0.0);
     eprintln!("finetune: robust {before:.3} -> {after:.3}");
-    ensure!(after > before + 0.05, "finetune: robust accuracy {before} -> {after} did not improve");
+    ensure!(
+        after > before + 0.05,
+        "finetune: robust accuracy {before} -> {after} did not improve"
+    );
     Ok(())
 }
 
@@ -173,7 +193,10 @@ fn attack_bn_defaults_follow_the_references() -> Result<()> {
         (Method::Finetune, AttackBn::Train),
         (Method::Trades, AttackBn::Eval),
     ] {
-        ensure!(TrainConfig::new(method, m.clone(), "mnist10k").attack_bn == bn, "{method:?}");
+        ensure!(
+            TrainConfig::new(method, m.clone(), "mnist10k").attack_bn == bn,
+            "{method:?}"
+        );
     }
     // A config.toml written before the setting existed resumes as it ran: eval mode.
     let text = TrainConfig::new(Method::PgdAt, m, "mnist10k").to_toml()?;
@@ -205,9 +228,14 @@ fn attack_in_train_mode_uses_batch_statistics() -> Result<()> {
         let view = AttackView::new(&model, bn);
         let mut rng = temper_core::seed::rng("test");
         use temper_attacks::Attack;
-        Ok(pgd.perturb(&view, &b.images, &y, temper_attacks::Goal::Untargeted, &mut rng)?.adv)
+        Ok(pgd
+            .perturb(&view, &b.images, &y, temper_attacks::Goal::Untargeted, &mut rng)?
+            .adv)
     };
-    let d = (run(AttackBn::Train)? - run(AttackBn::Eval)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    let d = (run(AttackBn::Train)? - run(AttackBn::Eval)?)?
+        .abs()?
+        .max_all()?
+        .to_scalar::<f32>()?;
     ensure!(d > 0.0, "train and eval mode attacks found the same points");
     Ok(())
 }
@@ -223,13 +251,18 @@ fn catastrophic_overfitting_stop_fires_on_a_collapse() -> Result<()> {
     };
     // Robust accuracy collapsing from 45% to 5% (FGSM accuracy would keep rising).
     let why = s.after_validation(&v(0.05, Some(0.45))).unwrap_or_default();
-    ensure!(why.contains("catastrophic overfitting") && why.contains("45.0%"), "{why}");
+    ensure!(
+        why.contains("catastrophic overfitting") && why.contains("45.0%"),
+        "{why}"
+    );
     // A drop within the tolerance, an improvement, and the first epoch do not stop the run.
     ensure!(s.after_validation(&v(0.30, Some(0.45))).is_none());
     ensure!(s.after_validation(&v(0.50, Some(0.45))).is_none());
     ensure!(s.after_validation(&v(0.0, None)).is_none());
     // The other methods never stop on it.
-    ensure!(PgdAt::new(0.1, 0.04, 3)?.after_validation(&v(0.05, Some(0.45))).is_none());
+    ensure!(PgdAt::new(0.1, 0.04, 3)?
+        .after_validation(&v(0.05, Some(0.45)))
+        .is_none());
     Ok(())
 }
 
@@ -239,7 +272,12 @@ struct ZeroGrads {
 }
 
 impl GradHook for ZeroGrads {
-    fn on_grads(&mut self, iter: u64, params: &ParamStore, grads: &mut GradStore) -> temper_train::Result<()> {
+    fn on_grads(
+        &mut self,
+        iter: u64,
+        params: &ParamStore,
+        grads: &mut GradStore,
+    ) -> temper_train::Result<()> {
         if let Ok(mut s) = self.seen.lock() {
             s.push(iter);
         }

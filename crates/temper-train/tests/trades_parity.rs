@@ -20,9 +20,11 @@ fn max_abs(a: &Tensor, b: &Tensor) -> Result<f32> {
 #[test]
 fn trades_matches_pytorch() -> Result<()> {
     let dir = fixtures();
-    let t: HashMap<String, Tensor> = candle_core::safetensors::load(dir.join("trades/trades.safetensors"), &Device::Cpu)?;
+    let t: HashMap<String, Tensor> =
+        candle_core::safetensors::load(dir.join("trades/trades.safetensors"), &Device::Cpu)?;
     let get = |k: &str| t.get(k).cloned().with_context(|| format!("fixture has no {k}"));
-    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("trades/trades.json"))?)?;
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("trades/trades.json"))?)?;
     let num = |k: &str| s[k].as_f64().with_context(|| format!("trades.json has no {k}"));
     let model = temper_models::build_from_file(
         &ModelConfig::new(ModelKind::SmallCnn, 10).check()?,
@@ -39,7 +41,11 @@ fn trades_matches_pytorch() -> Result<()> {
     let clean = model.forward(&x)?;
     let adv = model.forward(&get("fixed")?)?;
     let kl = (trades::kl_sum(&clean, &adv)?.to_scalar::<f32>()? as f64) / n;
-    ensure!((kl - num("kl")?).abs() <= 1e-5 * num("kl")?.abs().max(1e-3), "KL {kl} vs {}", num("kl")?);
+    ensure!(
+        (kl - num("kl")?).abs() <= 1e-5 * num("kl")?.abs().max(1e-3),
+        "KL {kl} vs {}",
+        num("kl")?
+    );
     let loss = trades::loss(&clean, &adv, &y, num("beta")?)?;
     let l = loss.to_scalar::<f32>()? as f64;
     ensure!((l - num("loss")?).abs() <= 1e-5, "loss {l} vs {}", num("loss")?);
@@ -49,14 +55,22 @@ fn trades_matches_pytorch() -> Result<()> {
         let want = get(&format!("grad.{}", e.name))?;
         let scale = want.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
         let d = max_abs(g, &want)?;
-        ensure!(d <= 1e-4 * scale.max(1e-3), "gradient of {}: off by {d} (scale {scale})", e.name);
+        ensure!(
+            d <= 1e-4 * scale.max(1e-3),
+            "gradient of {}: off by {d} (scale {scale})",
+            e.name
+        );
     }
 
     // The KL term at PyTorch's perturbation, and the perturbation itself from the same start.
     model.set_mode(temper_core::Mode::Eval);
     let clean = model.forward(&x)?;
     let kl_adv = (trades::kl_sum(&clean, &model.forward(&get("adv")?)?)?.to_scalar::<f32>()? as f64) / n;
-    ensure!((kl_adv - num("kl_adv")?).abs() <= 1e-4 * num("kl_adv")?, "KL at the perturbation {kl_adv} vs {}", num("kl_adv")?);
+    ensure!(
+        (kl_adv - num("kl_adv")?).abs() <= 1e-4 * num("kl_adv")?,
+        "KL at the perturbation {kl_adv} vs {}",
+        num("kl_adv")?
+    );
     let (ours, fwd, bwd) = trades::perturb_from(
         &model,
         &x,
@@ -73,9 +87,17 @@ fn trades_matches_pytorch() -> Result<()> {
     let diff: Vec<f32> = (&ours - &want)?.abs()?.flatten_all()?.to_vec1()?;
     let off = diff.iter().filter(|d| **d > 1e-5).count();
     let allowed = num("f64_pixels_off")? as usize;
-    ensure!(off <= allowed, "{off} of {} pixels differ from PyTorch (its float64 run: {allowed})", diff.len());
+    ensure!(
+        off <= allowed,
+        "{off} of {} pixels differ from PyTorch (its float64 run: {allowed})",
+        diff.len()
+    );
     let kl_ours = (trades::kl_sum(&clean, &model.forward(&ours)?)?.to_scalar::<f32>()? as f64) / n;
-    ensure!((kl_ours - num("kl_adv")?).abs() <= 0.02 * num("kl_adv")?, "KL {kl_ours} vs {}", num("kl_adv")?);
+    ensure!(
+        (kl_ours - num("kl_adv")?).abs() <= 0.02 * num("kl_adv")?,
+        "KL {kl_ours} vs {}",
+        num("kl_adv")?
+    );
     ensure!(max_abs(&ours, &x)? as f64 <= num("eps")? + 1e-6);
     let flat: Vec<f32> = ours.flatten_all()?.to_vec1()?;
     ensure!(flat.iter().all(|v| (0.0..=1.0).contains(v)));

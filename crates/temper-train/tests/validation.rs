@@ -37,15 +37,37 @@ fn validation_equals_the_evaluator() -> Result<()> {
     .check()?;
     let params = EvalParams {
         batch_size: 500,
-        threat: Threat { norm: Norm::Linf, eps },
+        threat: Threat {
+            norm: Norm::Linf,
+            eps,
+        },
         masking: None,
     }
     .check()?;
     temper_core::seed::set_seed(cfg.seed);
-    let e = temper_eval::evaluate(&model, &val_set(&cfg)?, &[("pgd-10".into(), Box::new(pgd))], &params, &Device::Cpu)?;
+    let e = temper_eval::evaluate(
+        &model,
+        &val_set(&cfg)?,
+        &[("pgd-10".into(), Box::new(pgd))],
+        &params,
+        &Device::Cpu,
+    )?;
     ensure!(e.samples == 300);
-    ensure!(r.val_clean == Some(e.clean.accuracy.accuracy), "{:?} vs {:?}", r.val_clean, e.clean.accuracy);
-    ensure!(r.val_robust == Some(e.attacks[0].robust.accuracy), "{:?} vs {:?}", r.val_robust, e.attacks[0].robust);
-    ensure!(e.attacks[0].robust.accuracy < e.clean.accuracy.accuracy, "the attack did nothing");
+    ensure!(
+        r.val_clean == Some(e.clean.accuracy.accuracy),
+        "{:?} vs {:?}",
+        r.val_clean,
+        e.clean.accuracy
+    );
+    ensure!(
+        r.val_robust == Some(e.attacks[0].robust.accuracy),
+        "{:?} vs {:?}",
+        r.val_robust,
+        e.attacks[0].robust
+    );
+    ensure!(
+        e.attacks[0].robust.accuracy < e.clean.accuracy.accuracy,
+        "the attack did nothing"
+    );
     Ok(())
 }

@@ -274,7 +274,10 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     } else {
         Some(config(Method::parse(&a.method)?, a.weights.clone(), &a.run)?)
     };
-    let extra = [("--method", a.method != "natural"), ("--weights", a.weights.is_some())];
+    let extra = [
+        ("--method", a.method != "natural"),
+        ("--weights", a.weights.is_some()),
+    ];
     go(cfg, &a.run, &extra)
 }
 
@@ -290,6 +293,9 @@ pub fn run_finetune(a: FinetuneArgs) -> Result<()> {
         }
         Some(c)
     };
-    let extra = [("--attack", a.attack != "pgd"), ("--weights", a.weights.is_some())];
+    let extra = [
+        ("--attack", a.attack != "pgd"),
+        ("--weights", a.weights.is_some()),
+    ];
     go(cfg, &a.run, &extra)
 }
