@@ -63,7 +63,8 @@ impl Method {
 pub struct ThreatConfig {
     /// L-inf budget in pixel units.
     pub eps: f64,
-    /// Inner attack step size.
+    /// Inner attack step size: PGD's and TRADES' step, and FGSM-RS's single step (Wong et
+    /// al. use 1.25 eps, the default for `fgsm-rs`).
     pub alpha: f64,
     /// Inner attack steps (PGD-AT, TRADES, finetune).
     pub steps: usize,

@@ -390,13 +390,10 @@ fn run(s: Setup, run_dir: &Path, mut opts: RunOptions, resume_from: Option<Loade
         val_robust: None,
     };
     let mut renderer = std::mem::replace(&mut opts.renderer, Box::new(crate::render::Silent));
-    match resume_from {
-        Some(l) => {
-            checkpoint::restore_model(model.params(), &l.model, &ckpt_path)?;
-            optim.import_state(model.params(), &l.optim)?;
-            pos = l.position;
-        }
-        None => {}
+    if let Some(l) = resume_from {
+        checkpoint::restore_model(model.params(), &l.model, &ckpt_path)?;
+        optim.import_state(model.params(), &l.optim)?;
+        pos = l.position;
     }
     let prior_wall = pos.cost.wall_seconds;
     // Lines after the checkpoint's iteration (all of them for a fresh start) belong to an

@@ -309,3 +309,24 @@ fn gradient_hooks_run_between_backward_and_step() -> Result<()> {
     ensure!(seen == (0..r.iters).collect::<Vec<_>>(), "hook saw {seen:?}");
     Ok(())
 }
+
+#[test]
+fn fast_at_takes_its_step_size_from_alpha() -> Result<()> {
+    // Wong et al.'s default step, 1.25 eps...
+    let c = TrainConfig::new(Method::FgsmRs, ModelConfig::new(ModelKind::SmallCnn, 10), "mnist10k");
+    ensure!((c.threat.alpha - 1.25 * c.threat.eps).abs() < 1e-12, "{:?}", c.threat);
+    // ...and a different alpha trains differently.
+    let dir = tempfile::tempdir()?;
+    let run = |alpha: f64, name: &str| -> Result<Vec<(String, Vec<u32>)>> {
+        let mut c = config(Method::FgsmRs);
+        c.epochs = 1;
+        c.val_split = 0.0;
+        c.threat.eps = 0.1;
+        c.threat.alpha = alpha;
+        let d = dir.path().join(name);
+        train(c.check()?, &d, &Device::Cpu, opts(None))?;
+        common::bits(&d.join(files::LAST))
+    };
+    ensure!(run(0.125, "a")? != run(0.05, "b")?, "--alpha does not change Fast-AT");
+    Ok(())
+}
