@@ -49,10 +49,11 @@ pub struct RunArgs {
     /// default).
     #[arg(long, value_name = "train|eval")]
     attack_bn: Option<String>,
-    /// Validation hold-out from the training split: a count (800) or a fraction (0.1).
+    /// Validation hold-out from the training split: a whole count (800), a fraction in
+    /// (0, 1) (0.1), or 0 for no validation.
     #[arg(long)]
     val_split: Option<f64>,
-    /// Validation images evaluated (clean and PGD-10) after each epoch.
+    /// Validation images evaluated (clean and PGD-10) after each epoch, at least 1.
     #[arg(long)]
     val_size: Option<usize>,
     /// Random-crop (and for RGB, flip) augmentation: on or off (default: on except for digits).
