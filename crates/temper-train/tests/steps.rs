@@ -313,8 +313,16 @@ fn gradient_hooks_run_between_backward_and_step() -> Result<()> {
 #[test]
 fn fast_at_takes_its_step_size_from_alpha() -> Result<()> {
     // Wong et al.'s default step, 1.25 eps...
-    let c = TrainConfig::new(Method::FgsmRs, ModelConfig::new(ModelKind::SmallCnn, 10), "mnist10k");
-    ensure!((c.threat.alpha - 1.25 * c.threat.eps).abs() < 1e-12, "{:?}", c.threat);
+    let c = TrainConfig::new(
+        Method::FgsmRs,
+        ModelConfig::new(ModelKind::SmallCnn, 10),
+        "mnist10k",
+    );
+    ensure!(
+        (c.threat.alpha - 1.25 * c.threat.eps).abs() < 1e-12,
+        "{:?}",
+        c.threat
+    );
     // ...and a different alpha trains differently.
     let dir = tempfile::tempdir()?;
     let run = |alpha: f64, name: &str| -> Result<Vec<(String, Vec<u32>)>> {
@@ -327,6 +335,9 @@ fn fast_at_takes_its_step_size_from_alpha() -> Result<()> {
         train(c.check()?, &d, &Device::Cpu, opts(None))?;
         common::bits(&d.join(files::LAST))
     };
-    ensure!(run(0.125, "a")? != run(0.05, "b")?, "--alpha does not change Fast-AT");
+    ensure!(
+        run(0.125, "a")? != run(0.05, "b")?,
+        "--alpha does not change Fast-AT"
+    );
     Ok(())
 }
