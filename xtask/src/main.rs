@@ -108,7 +108,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
         &["temper-train", "temper-sched", "temper-quant", "temper-cli"],
     ),
     ("temper-quant", &["temper-train", "temper-sched", "temper-cli"]),
-    ("temper-train", &["temper-eval", "temper-quant", "temper-cli"]),
+    ("temper-train", &["temper-quant", "temper-cli"]),
 ];
 
 fn invariants() -> Result<()> {

@@ -80,7 +80,10 @@ pub mod schedule;
 mod spec;
 
 pub use error::{Error, Result};
-pub use optim::{AdamW, AdamWConfig, DecayScope, Optimizer, OptimizerConfig, Sgd, SgdConfig};
+pub use optim::{
+    Active, AdamW, AdamWConfig, DecayScope, Optimizer, OptimizerConfig, ParamGroup, ParamGroups, Sgd,
+    SgdConfig, DEFAULT_GROUP,
+};
 pub use schedule::{
     Constant, Cosine, Cyclic, ExpRate, Exponential, Milestones, OneCycle, Piecewise, Restarts, Schedule,
     ScheduleSpec, Shape, Ssfd, Step, Warmup,

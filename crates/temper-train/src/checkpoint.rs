@@ -61,6 +61,12 @@ pub struct Position {
     pub cost: TrainCost,
     /// Why the run stopped early, if it did.
     pub stopped: Option<String>,
+    /// The last validation clean accuracy, so a resumed finished run can still report it.
+    #[serde(default)]
+    pub val_clean: Option<f64>,
+    /// The last validation robust accuracy.
+    #[serde(default)]
+    pub val_robust: Option<f64>,
 }
 
 const META_KEY: &str = "temper.position";

@@ -1,9 +1,11 @@
 //! The configuration of a training run, stored as `config.toml` in the run directory.
 
+use crate::attack_bn::AttackBn;
 use crate::error::param;
 use crate::Result;
 use std::path::PathBuf;
 use temper_models::ModelConfig;
+use temper_sched::{ParamGroup, ParamGroups};
 
 /// The training method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -61,7 +63,8 @@ impl Method {
 pub struct ThreatConfig {
     /// L-inf budget in pixel units.
     pub eps: f64,
-    /// Inner attack step size.
+    /// Inner attack step size: PGD's and TRADES' step, and FGSM-RS's single step (Wong et
+    /// al. use 1.25 eps, the default for `fgsm-rs`).
     pub alpha: f64,
     /// Inner attack steps (PGD-AT, TRADES, finetune).
     pub steps: usize,
@@ -100,9 +103,11 @@ pub struct TrainConfig {
     pub dataset: String,
     /// Directory of the data set's files (not needed for mnist10k).
     pub data_dir: Option<PathBuf>,
-    /// Validation hold-out from the training split: a count (`800`) or a fraction (`0.1`).
+    /// Validation hold-out from the training split: a whole count (`800`), a fraction in
+    /// `(0, 1)` (`0.1`), or 0 for no validation.
     pub val_split: f64,
-    /// Validation images evaluated each epoch (clean and PGD-10), from the hold-out.
+    /// Validation images evaluated each epoch (clean and PGD-10), from the hold-out; at
+    /// least 1.
     pub val_size: usize,
     /// Train on only the first this many images of the training part (all when absent).
     pub train_size: Option<usize>,
@@ -116,6 +121,15 @@ pub struct TrainConfig {
     pub optimizer: String,
     /// Inner attack and validation threat model.
     pub threat: ThreatConfig,
+    /// BatchNorm mode of the inner attack: `train` (batch statistics, the PGD-AT and Fast-AT
+    /// references) or `eval` (running statistics, the TRADES reference). Runs written before
+    /// the setting existed attacked in eval mode, and resume so.
+    #[serde(default = "AttackBn::legacy")]
+    pub attack_bn: AttackBn,
+    /// Optimizer parameter groups (learning-rate multipliers, frozen groups); empty for one
+    /// group of every parameter.
+    #[serde(default)]
+    pub param_groups: Vec<ParamGroup>,
     /// Inner attack for `finetune`: `pgd` (default) or `fgsm-rs`.
     pub finetune_attack: String,
     /// TRADES trade-off beta.
@@ -137,6 +151,11 @@ impl TrainConfig {
     /// Sensible defaults for `method` on `model` and `dataset`.
     pub fn new(method: Method, model: ModelConfig, dataset: &str) -> Self {
         let input = [model.in_channels, model.input_size.0, model.input_size.1];
+        let mut threat = ThreatConfig::default_for(input);
+        if method == Method::FgsmRs {
+            // Wong et al.'s step: 1.25 eps from a uniform start in the eps ball.
+            threat.alpha = 1.25 * threat.eps;
+        }
         let (lr_schedule, epochs) = match method {
             Method::Finetune => ("ssfd".to_string(), 3),
             Method::FgsmRs => ("cyclic:peak=0.2".to_string(), 10),
@@ -155,7 +174,9 @@ impl TrainConfig {
             batch_size: 128,
             lr_schedule,
             optimizer: "sgd:momentum=0.9,weight_decay=5e-4".to_string(),
-            threat: ThreatConfig::default_for(input),
+            threat,
+            attack_bn: AttackBn::reference(method),
+            param_groups: Vec::new(),
             finetune_attack: "pgd".to_string(),
             trades_beta: 6.0,
             augment: input != [1, 28, 28],
@@ -178,10 +199,19 @@ impl TrainConfig {
         if self.batch_size == 0 {
             return Err(param("batch-size", "must be at least 1"));
         }
-        if !(self.val_split >= 0.0 && self.val_split.is_finite()) {
+        let v = self.val_split;
+        if !(v.is_finite() && v >= 0.0 && (v < 1.0 || v.fract() == 0.0)) {
             return Err(param(
                 "val-split",
-                format!("{} must be a count or a fraction in [0, 1)", self.val_split),
+                format!(
+                    "{v} is neither a fraction in [0, 1) nor a whole number of images (0: no validation)"
+                ),
+            ));
+        }
+        if self.val_size == 0 {
+            return Err(param(
+                "val-size",
+                "must be at least 1 (to train without validation, set val-split to 0)",
             ));
         }
         let t = &self.threat;
@@ -226,11 +256,13 @@ impl TrainConfig {
             .check(self.epochs as f64)?;
         let optimizer = self.optimizer.parse::<temper_sched::OptimizerConfig>()?;
         optimizer.build()?;
+        let groups = ParamGroups::new(self.param_groups.clone())?;
         Ok(ValidTrainConfig {
             cfg: self,
             model,
             schedule,
             optimizer,
+            groups,
         })
     }
 
@@ -255,6 +287,7 @@ pub struct ValidTrainConfig {
     pub(crate) model: temper_models::ValidModelConfig,
     pub(crate) schedule: temper_sched::Schedule,
     pub(crate) optimizer: temper_sched::OptimizerConfig,
+    pub(crate) groups: ParamGroups,
 }
 
 impl ValidTrainConfig {

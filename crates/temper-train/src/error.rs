@@ -24,6 +24,17 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// The loss or the gradients stopped being finite; nothing non-finite was applied or
+    /// saved.
+    #[error("training diverged at iteration {iter}: {reason}; lower the learning rate (--lr-schedule). The weights were not updated with it and nothing non-finite was saved; {kept}")]
+    Diverged {
+        /// The iteration (1-based) whose loss or gradients were not finite.
+        iter: u64,
+        /// What was not finite.
+        reason: String,
+        /// What the run directory still holds.
+        kept: String,
+    },
     /// Reading or writing a file failed.
     #[error("{op} '{path}'")]
     Io {
@@ -44,6 +55,9 @@ pub enum Error {
     /// An attack failed.
     #[error(transparent)]
     Attack(#[from] temper_attacks::Error),
+    /// Validation failed.
+    #[error(transparent)]
+    Eval(#[from] temper_eval::Error),
     /// A schedule or optimizer failed.
     #[error(transparent)]
     Sched(#[from] temper_sched::Error),

@@ -1,23 +1,29 @@
-//! The training loop: data, model, optimizer, schedule and an optional inner attack.
+//! The training loop: it owns data, schedule, optimizer, checkpoints, metrics, validation and
+//! rendering, and asks a [`TrainStep`] for each iteration's loss and gradients. Methods live
+//! in `steps/`; nothing here depends on which one runs.
 
-use crate::checkpoint::{self, BestByMetric, CheckpointPolicy, EveryIters, Position};
-use crate::config::{Method, ValidTrainConfig};
+use crate::attack_bn::AttackView;
+use crate::checkpoint::{self, BestByMetric, CheckpointPolicy, EveryIters, Loaded, Position};
+use crate::config::ValidTrainConfig;
+use crate::data::{self, Data};
 use crate::error::{io, param};
+use crate::hooks::GradHook;
 use crate::metrics::{Accuracy, JsonlLog, MeanLoss, Metric, TrainCost};
 use crate::render::{IterInfo, Renderer};
-use crate::{trades, Error, Result, TrainConfig};
+use crate::step::{StepBatch, StepCtx, TrainStep, Validation};
+use crate::{steps, Error, Result, TrainConfig};
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, D};
 use serde_json::json;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
-use temper_attacks::{Attack, FgsmParams, Goal, PgdParams};
+use temper_attacks::{Norm, PgdParams};
 use temper_core::seed::rng_with;
-use temper_core::{Classifier, ForwardOpts, Mode, Network};
-use temper_data::augment::{AugmentParams, PadMode};
-use temper_data::split::{SplitParams, ValSize};
-use temper_data::{Dataset, Loader, LoaderParams, Split};
+use temper_core::{Classifier, Mode, Network, ParamStore};
+use temper_data::Dataset;
+use temper_eval::{EvalParams, NamedAttack, Threat};
+use temper_sched::{Active, Optimizer, ParamGroups, Schedule};
 
 /// File names inside a run directory.
 pub mod files {
@@ -33,6 +39,8 @@ pub mod files {
     pub const BEST: &str = "best.safetensors";
     /// The cost counter and final numbers.
     pub const SUMMARY: &str = "summary.json";
+    /// Every file a run writes.
+    pub const ALL: &[&str] = &[CONFIG, METRICS, CHECKPOINT, LAST, BEST, SUMMARY];
 }
 
 /// How a run is driven.
@@ -42,10 +50,23 @@ pub struct RunOptions {
     /// Stop (as if interrupted) after this many iterations in total; for tests and for
     /// budgeted runs. The run can be resumed afterwards.
     pub stop_after: Option<u64>,
+    /// Run, in order, between each step's backward pass and the optimizer step.
+    pub grad_hooks: Vec<Box<dyn GradHook>>,
 }
 
-/// What a finished (or stopped) run reports.
-#[derive(Debug, Clone, serde::Serialize)]
+impl RunOptions {
+    /// Progress to `renderer`, no stop, no hooks.
+    pub fn new(renderer: Box<dyn Renderer>) -> Self {
+        RunOptions {
+            renderer,
+            stop_after: None,
+            grad_hooks: Vec::new(),
+        }
+    }
+}
+
+/// What a finished (or stopped) run reports; also the content of summary.json.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TrainReport {
     /// The run directory.
     pub run_dir: PathBuf,
@@ -65,154 +86,64 @@ pub struct TrainReport {
     pub stopped: Option<String>,
     /// True when every epoch ran.
     pub complete: bool,
+    /// The weight files the run directory holds (names inside it).
+    #[serde(default)]
+    pub files: Vec<String>,
 }
 
-struct Data {
-    loader: Loader,
-    val: Option<Dataset>,
+/// Everything a run needs, built before the run directory is touched, so a configuration
+/// that cannot start leaves nothing behind.
+struct Setup {
+    cfg: TrainConfig,
+    model: Network,
+    data: Data,
+    optim: Box<dyn Optimizer>,
+    schedule: Schedule,
+    groups: ParamGroups,
+    step: Box<dyn TrainStep>,
 }
 
-fn data(cfg: &TrainConfig) -> Result<Data> {
-    let full = temper_data::load(&cfg.dataset, cfg.data_dir.as_deref(), Split::Train)?;
-    let [c, h, w] = full.shape();
-    let m = &cfg.model;
-    if [c, h, w] != [m.in_channels, m.input_size.0, m.input_size.1] {
-        return Err(param(
-            "model",
-            format!(
-                "data set '{}' has {c}x{h}x{w} images but the model takes {}x{}x{} (set --in-channels / --input-size)",
-                full.name(),
-                m.in_channels,
-                m.input_size.0,
-                m.input_size.1
-            ),
-        ));
-    }
-    if full.num_classes() > m.num_classes {
-        return Err(param(
-            "num-classes",
-            format!(
-                "data set has {} classes, model {}",
-                full.num_classes(),
-                m.num_classes
-            ),
-        ));
-    }
-    let (train, val) = if cfg.val_split > 0.0 {
-        let size = if cfg.val_split >= 1.0 {
-            ValSize::Count(cfg.val_split as usize)
-        } else {
-            ValSize::Fraction(cfg.val_split)
-        };
-        let split = SplitParams {
-            val: size,
-            seed: cfg.seed,
+fn prepare(v: &ValidTrainConfig, device: &Device) -> Result<Setup> {
+    let cfg = v.get().clone();
+    temper_core::seed::set_seed(cfg.seed);
+    let model = match &cfg.weights {
+        Some(w) => {
+            temper_models::build_from_file(&v.model, w, temper_core::weights::Strictness::Strict, device)?.0
         }
-        .check(full.len())?;
-        let (t, v) = split.split_dataset(&full)?;
-        let v = if cfg.val_size > 0 && cfg.val_size < v.len() {
-            v.subset(&(0..cfg.val_size).collect::<Vec<_>>())?
-        } else {
-            v
-        };
-        (t, Some(v))
-    } else {
-        (full, None)
+        None => temper_models::build(&v.model, device)?,
     };
-    let train = match cfg.train_size {
-        Some(k) if k < train.len() => train.subset(&(0..k).collect::<Vec<_>>())?,
-        _ => train,
-    };
-    let mut loader = Loader::new(
-        Arc::new(train),
-        LoaderParams::new(cfg.batch_size)
-            .seed(cfg.seed)
-            .drop_last(true)
-            .check()?,
-    )?;
-    if cfg.augment {
-        let pad = if h >= 32 { 4 } else { 2 };
-        let mut a = AugmentParams::new().random_crop(h.min(w), pad, PadMode::Zero);
-        if c == 3 {
-            a = a.hflip(0.5);
+    let data = data::load(&cfg)?;
+    v.groups.check_store(model.params())?;
+    Ok(Setup {
+        step: steps::for_config(v)?,
+        optim: v.optimizer.build()?,
+        schedule: v.schedule.clone(),
+        groups: v.groups.clone(),
+        model,
+        data,
+        cfg,
+    })
+}
+
+/// Removes temporary files that an interrupted atomic write of one of the run's files left
+/// behind (`fsutil::write_atomic` names them `.<file>.tmp-<pid>`).
+fn clean_stale_temps(run_dir: &Path) -> Result<()> {
+    let entries = std::fs::read_dir(run_dir).map_err(|e| io("cannot list", run_dir, e))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let stale = files::ALL.iter().any(|f| name.starts_with(&format!(".{f}.tmp-")));
+        if stale {
+            let p = entry.path();
+            std::fs::remove_file(&p).map_err(|e| io("cannot remove stale temporary file", &p, e))?;
         }
-        loader = loader.with_augment(a.check([c, h, w])?)?;
     }
-    if loader.is_empty() {
-        return Err(param(
-            "batch-size",
-            format!("{} is larger than the training set", cfg.batch_size),
-        ));
-    }
-    Ok(Data { loader, val })
-}
-
-fn labels_u32(t: &Tensor) -> Result<Tensor> {
-    Ok(t.to_dtype(DType::U32)?)
-}
-
-/// Clean and PGD-10 accuracy (and clean loss) of `model` on `val`, in eval mode.
-fn validate(
-    model: &Network,
-    val: &Dataset,
-    cfg: &TrainConfig,
-    epoch: u64,
-    device: &Device,
-    cost: &mut TrainCost,
-) -> Result<(f64, f64, f64)> {
-    let t = &cfg.threat;
-    let pgd = PgdParams {
-        eps: t.eps,
-        alpha: 2.5 * t.eps / 10.0,
-        steps: 10,
-        ..PgdParams::default()
-    }
-    .check()?;
-    let mut rng = rng_with(cfg.seed, &format!("temper-train/val/{epoch}"));
-    let (mut clean, mut robust, mut loss_sum, mut n) = (0usize, 0usize, 0f64, 0usize);
-    let idx: Vec<usize> = (0..val.len()).collect();
-    let eval = ForwardOpts {
-        mode: Mode::Eval,
-        param_grads: false,
-    };
-    for chunk in idx.chunks(500) {
-        let b = val.batch(chunk, device)?;
-        let y = labels_u32(&b.labels)?;
-        let logits = model.forward_opts(&b.images, eval)?;
-        cost.val_forward += chunk.len() as u64;
-        loss_sum += temper_core::loss::cross_entropy_mean(&logits, &y)?.to_scalar::<f32>()? as f64
-            * chunk.len() as f64;
-        let pred = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
-        let yv = y.to_vec1::<u32>()?;
-        let out = pgd.perturb(model, &b.images, &y, Goal::Untargeted, &mut rng)?;
-        cost.val_forward += out.cost.forward;
-        cost.val_backward += out.cost.backward;
-        for i in 0..chunk.len() {
-            clean += usize::from(pred[i] == yv[i]);
-            robust += usize::from(pred[i] == yv[i] && !out.success[i]);
-        }
-        n += chunk.len();
-    }
-    let n = n.max(1) as f64;
-    Ok((clean as f64 / n, robust as f64 / n, loss_sum / n))
-}
-
-fn write_json(path: &Path, v: &impl serde::Serialize) -> Result<()> {
-    let text = serde_json::to_string_pretty(v).map_err(|e| param("summary", e.to_string()))?;
-    temper_core::fsutil::write_atomic(path, text.as_bytes())?;
     Ok(())
 }
 
-fn save_weights(model: &Network, path: &Path, cfg: &TrainConfig) -> Result<()> {
-    let meta = HashMap::from([
-        ("temper.model".to_string(), cfg.model.kind.name().to_string()),
-        ("temper.method".to_string(), cfg.method.name().to_string()),
-    ]);
-    temper_core::weights::save(model.params(), path, DType::F32, &meta)?;
-    Ok(())
-}
-
-/// Starts a new run in `run_dir` (created; it must not already hold a run).
+/// Starts a new run in `run_dir` (created; it must not already hold a run). Everything that
+/// can fail before training (model, weights, data, groups) is checked before the directory
+/// is written to; a run that fails before its first checkpoint removes what it wrote, so the
+/// corrected command can use the same directory.
 pub fn train(
     cfg: ValidTrainConfig,
     run_dir: &Path,
@@ -225,39 +156,228 @@ pub fn train(
             reason: "already holds a run; continue it with --resume, or choose a new --out".into(),
         });
     }
+    let setup = prepare(&cfg, device)?;
+    let created = !run_dir.exists();
     std::fs::create_dir_all(run_dir).map_err(|e| io("cannot create", run_dir, e))?;
+    clean_stale_temps(run_dir)?;
     temper_core::fsutil::write_atomic(&run_dir.join(files::CONFIG), cfg.get().to_toml()?.as_bytes())?;
-    run(cfg, run_dir, device, opts, false)
+    let result = run(setup, run_dir, opts, None);
+    if result.is_err() && !run_dir.join(files::CHECKPOINT).exists() {
+        for f in files::ALL {
+            let _ = std::fs::remove_file(run_dir.join(f));
+        }
+        if created {
+            // Only succeeds when empty, so nothing of the user's is removed.
+            let _ = std::fs::remove_dir(run_dir);
+        }
+    }
+    result
 }
 
 /// Continues the run in `run_dir` from its checkpoint, with the configuration it was started
-/// with. On CPU the result is bit-identical to a run that was never interrupted.
-pub fn resume(run_dir: &Path, device: &Device, opts: RunOptions) -> Result<TrainReport> {
+/// with. On CPU the result is bit-identical to a run that was never interrupted. A finished
+/// run is left as it is and its summary returned.
+pub fn resume(run_dir: &Path, device: &Device, mut opts: RunOptions) -> Result<TrainReport> {
     let cpath = run_dir.join(files::CONFIG);
     let text = std::fs::read_to_string(&cpath).map_err(|e| io("cannot read", &cpath, e))?;
-    let cfg = TrainConfig::from_toml(&text, &cpath)?.check()?;
-    run(cfg, run_dir, device, opts, true)
+    let v = TrainConfig::from_toml(&text, &cpath)?.check()?;
+    let setup = prepare(&v, device)?;
+    clean_stale_temps(run_dir)?;
+    let ckpt_path = run_dir.join(files::CHECKPOINT);
+    let loaded = if ckpt_path.exists() {
+        Some(checkpoint::load(&ckpt_path, device)?)
+    } else {
+        None
+    };
+    if loaded.is_none() {
+        opts.renderer
+            .message("no checkpoint yet: starting the run from its beginning");
+    }
+    if let Some(l) = &loaded {
+        let p = &l.position;
+        let finished = p.stopped.is_some() || p.epoch >= v.get().epochs as u64;
+        if finished {
+            if let Some(report) = read_summary(run_dir) {
+                return Ok(report);
+            }
+        }
+    }
+    run(setup, run_dir, opts, loaded)
 }
 
-fn run(
-    v: ValidTrainConfig,
-    run_dir: &Path,
+/// The summary of a finished run, when it is there, readable, and every weight file it
+/// names exists.
+fn read_summary(run_dir: &Path) -> Option<TrainReport> {
+    let text = std::fs::read_to_string(run_dir.join(files::SUMMARY)).ok()?;
+    let r: TrainReport = serde_json::from_str(&text).ok()?;
+    r.files.iter().all(|f| run_dir.join(f).is_file()).then_some(r)
+}
+
+/// Clean and PGD-10 robust accuracy of `model` on `val` with the one evaluator,
+/// `temper_eval::evaluate`, so validation numbers mean what `temper eval` numbers mean.
+pub(crate) fn validate(
+    model: &dyn Classifier,
+    val: &Dataset,
+    cfg: &TrainConfig,
     device: &Device,
-    mut opts: RunOptions,
-    resuming: bool,
-) -> Result<TrainReport> {
-    let cfg = v.get().clone();
-    let started = Instant::now();
+    cost: &mut TrainCost,
+) -> Result<(f64, f64)> {
+    let eps = cfg.threat.eps;
+    let attacks: Vec<NamedAttack> = vec![("pgd-10".to_string(), Box::new(validation_attack(eps)?))];
+    let params = EvalParams {
+        batch_size: 500,
+        threat: Threat {
+            norm: Norm::Linf,
+            eps,
+        },
+        masking: None,
+    }
+    .check()?;
+    // The evaluator draws its attack starts from the global seed's `eval` stream.
     temper_core::seed::set_seed(cfg.seed);
-    let model = match &cfg.weights {
-        Some(w) => {
-            temper_models::build_from_file(&v.model, w, temper_core::weights::Strictness::Strict, device)?.0
-        }
-        None => temper_models::build(&v.model, device)?,
+    let e = temper_eval::evaluate(model, val, &attacks, &params, device)?;
+    cost.val_forward += e.cost.forward;
+    cost.val_backward += e.cost.backward;
+    let robust = e.attacks.first().map_or(f64::NAN, |a| a.robust.accuracy);
+    Ok((e.clean.accuracy.accuracy, robust))
+}
+
+/// The validation attack: L-inf PGD-10 with step 2.5 eps / 10 (Madry et al.'s ratio) from a
+/// random start.
+pub fn validation_attack(eps: f64) -> Result<temper_attacks::Pgd> {
+    Ok(PgdParams {
+        eps,
+        alpha: 2.5 * eps / 10.0,
+        steps: 10,
+        ..PgdParams::default()
+    }
+    .check()?)
+}
+
+fn write_json(path: &Path, v: &impl serde::Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(v).map_err(|e| param("summary", e.to_string()))?;
+    temper_core::fsutil::write_atomic(path, text.as_bytes())?;
+    Ok(())
+}
+
+/// The name of the first tensor among `named` whose sum of absolute values is not finite.
+fn first_non_finite<'a>(named: impl Iterator<Item = (&'a str, Tensor)>) -> Result<Option<String>> {
+    let (names, sums): (Vec<&str>, Vec<Tensor>) = named
+        .map(|(n, t)| Ok((n, t.to_dtype(DType::F32)?.abs()?.sum_all()?)))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .unzip();
+    if sums.is_empty() {
+        return Ok(None);
+    }
+    // One transfer for all tensors rather than one per tensor.
+    let sums = Tensor::stack(&sums, 0)?.to_vec1::<f32>()?;
+    Ok(sums
+        .iter()
+        .position(|s| !s.is_finite())
+        .map(|i| names[i].to_string()))
+}
+
+fn non_finite_grad(store: &ParamStore, grads: &GradStore) -> Result<Option<String>> {
+    first_non_finite(
+        store
+            .trainable()
+            .filter_map(|e| grads.get(e.var.as_tensor()).map(|g| (e.name.as_str(), g.clone()))),
+    )
+}
+
+fn non_finite_param(store: &ParamStore) -> Result<Option<String>> {
+    first_non_finite(
+        store
+            .entries()
+            .iter()
+            .map(|e| (e.name.as_str(), e.var.as_tensor().clone())),
+    )
+}
+
+fn save_weights(model: &Network, path: &Path, cfg: &TrainConfig) -> Result<()> {
+    if let Some(name) = non_finite_param(model.params())? {
+        return Err(Error::RunDir {
+            path: path.to_path_buf(),
+            reason: format!("refusing to save weights: '{name}' is not finite"),
+        });
+    }
+    let meta = HashMap::from([
+        ("temper.model".to_string(), cfg.model.kind.name().to_string()),
+        ("temper.method".to_string(), cfg.method.name().to_string()),
+    ]);
+    temper_core::weights::save(model.params(), path, DType::F32, &meta)?;
+    Ok(())
+}
+
+/// The weight files present in `run_dir`.
+fn weight_files(run_dir: &Path) -> Vec<String> {
+    [files::LAST, files::BEST]
+        .into_iter()
+        .filter(|f| run_dir.join(f).is_file())
+        .map(str::to_string)
+        .collect()
+}
+
+fn report(run_dir: &Path, pos: &Position, cost: TrainCost, best: &BestByMetric, total: u64) -> TrainReport {
+    TrainReport {
+        run_dir: run_dir.to_path_buf(),
+        iters: pos.iter,
+        epochs_done: pos.epoch,
+        val_clean: pos.val_clean,
+        val_robust: pos.val_robust,
+        best_robust: best.best,
+        cost,
+        complete: pos.iter >= total,
+        stopped: pos.stopped.clone(),
+        files: weight_files(run_dir),
+    }
+}
+
+/// Ends a run whose loss or gradients stopped being finite at iteration `iter` (0-based):
+/// nothing is applied or saved; the summary says why and names only files that exist.
+fn diverged(
+    run_dir: &Path,
+    mut pos: Position,
+    cost: TrainCost,
+    best: &BestByMetric,
+    total: u64,
+    iter: u64,
+    reason: String,
+) -> Error {
+    pos.stopped = Some(format!("diverged at iteration {}: {reason}", iter + 1));
+    let r = report(run_dir, &pos, cost, best, total);
+    let mut kept: Vec<String> = r.files.clone();
+    if run_dir.join(files::CHECKPOINT).is_file() {
+        kept.push(format!("{} (a resumable earlier state)", files::CHECKPOINT));
+    }
+    let kept = if kept.is_empty() {
+        "no weights were saved".to_string()
+    } else {
+        format!("the run directory keeps {}", kept.join(", "))
     };
-    let Data { loader, val } = data(&cfg)?;
-    let mut optim = v.optimizer.build()?;
-    let schedule = v.schedule.clone();
+    if let Err(e) = write_json(&run_dir.join(files::SUMMARY), &r) {
+        return e;
+    }
+    Error::Diverged {
+        iter: iter + 1,
+        reason,
+        kept,
+    }
+}
+
+fn run(s: Setup, run_dir: &Path, mut opts: RunOptions, resume_from: Option<Loaded>) -> Result<TrainReport> {
+    let Setup {
+        cfg,
+        model,
+        data: Data { loader, val },
+        mut optim,
+        schedule,
+        groups,
+        mut step,
+    } = s;
+    let device = model.device().clone();
+    let started = Instant::now();
     let ckpt_path = run_dir.join(files::CHECKPOINT);
     let mut pos = Position {
         epoch: 0,
@@ -266,23 +386,19 @@ fn run(
         best_robust: None,
         cost: TrainCost::default(),
         stopped: None,
+        val_clean: None,
+        val_robust: None,
     };
-    if resuming {
-        if ckpt_path.exists() {
-            let l = checkpoint::load(&ckpt_path, device)?;
-            checkpoint::restore_model(model.params(), &l.model, &ckpt_path)?;
-            optim.import_state(model.params(), &l.optim)?;
-            pos = l.position;
-        } else {
-            opts.renderer
-                .message("no checkpoint yet: starting the run from its beginning");
-        }
+    let mut renderer = std::mem::replace(&mut opts.renderer, Box::new(crate::render::Silent));
+    if let Some(l) = resume_from {
+        checkpoint::restore_model(model.params(), &l.model, &ckpt_path)?;
+        optim.import_state(model.params(), &l.optim)?;
+        pos = l.position;
     }
     let prior_wall = pos.cost.wall_seconds;
-    let mut log = JsonlLog::open(
-        &run_dir.join(files::METRICS),
-        if resuming { Some(pos.iter) } else { None },
-    )?;
+    // Lines after the checkpoint's iteration (all of them for a fresh start) belong to an
+    // interrupted attempt and are dropped.
+    let mut log = JsonlLog::open(&run_dir.join(files::METRICS), Some(pos.iter))?;
     let policy: Box<dyn CheckpointPolicy> = Box::new(EveryIters {
         every: cfg.checkpoint_every,
     });
@@ -291,137 +407,89 @@ fn run(
     };
     let per_epoch = loader.len() as u64;
     let total = per_epoch * cfg.epochs as u64;
+    renderer.start(total, pos.iter);
     let mut metrics: Vec<Box<dyn Metric>> =
         vec![Box::new(MeanLoss::default()), Box::new(Accuracy::default())];
-    let t = cfg.threat;
-    let inner: Option<Box<dyn Attack>> = match cfg.method {
-        Method::Natural | Method::Trades => None,
-        Method::PgdAt => Some(Box::new(
-            PgdParams {
-                eps: t.eps,
-                alpha: t.alpha,
-                steps: t.steps,
-                ..PgdParams::default()
-            }
-            .check()?,
-        )),
-        Method::FgsmRs => Some(Box::new(
-            FgsmParams {
-                eps: t.eps,
-                random_start: Some(1.25 * t.eps),
-                ..FgsmParams::default()
-            }
-            .check()?,
-        )),
-        Method::Finetune if cfg.finetune_attack == "fgsm-rs" => Some(Box::new(
-            FgsmParams {
-                eps: t.eps,
-                random_start: Some(1.25 * t.eps),
-                ..FgsmParams::default()
-            }
-            .check()?,
-        )),
-        Method::Finetune => Some(Box::new(
-            PgdParams {
-                eps: t.eps,
-                alpha: t.alpha,
-                steps: t.steps,
-                ..PgdParams::default()
-            }
-            .check()?,
-        )),
-    };
-    let (mut last_clean, mut last_robust) = (None, None);
+    let attack_model = AttackView::new(&model, cfg.attack_bn);
     let mut cost = pos.cost;
-    let mut stopped = pos.stopped.clone();
-    let mut renderer = std::mem::replace(&mut opts.renderer, Box::new(crate::render::Silent));
-    'epochs: while pos.epoch < cfg.epochs as u64 && stopped.is_none() {
+    'epochs: while pos.epoch < cfg.epochs as u64 && pos.stopped.is_none() {
         let epoch = pos.epoch;
         for m in metrics.iter_mut() {
             m.clear();
         }
-        for batch in loader.epoch_from(epoch, pos.batch, device) {
+        for batch in loader.epoch_from(epoch, pos.batch, &device) {
             let b = batch?;
             let iter = pos.iter;
-            let epoch_f = epoch as f64 + b.index as f64 / per_epoch as f64;
-            let lr = schedule.lr(epoch_f);
-            let y = labels_u32(&b.labels)?;
+            let lr = schedule.lr(epoch as f64 + b.index as f64 / per_epoch as f64);
+            let y = b.labels.to_dtype(DType::U32)?;
             let n = y.dim(0)? as u64;
             let mut rng = rng_with(cfg.seed, &format!("temper-train/attack/{iter}"));
             model.set_dropout_rng(rng_with(cfg.seed, &format!("temper-train/dropout/{iter}")));
-            let x_train = match &inner {
-                Some(a) => {
-                    let out = a.perturb(&model, &b.images, &y, Goal::Untargeted, &mut rng)?;
-                    cost.forward += out.cost.forward;
-                    cost.backward += out.cost.backward;
-                    out.adv
-                }
-                None if cfg.method == Method::Trades => {
-                    let (adv, passes) =
-                        trades::perturb(&model, &b.images, t.eps, t.alpha, t.steps, &mut rng)?;
-                    cost.forward += passes;
-                    cost.backward += passes - n;
-                    adv
-                }
-                None => b.images.clone(),
-            };
             model.set_mode(Mode::Train);
-            let logits = model.forward(&x_train)?;
-            let mut loss = temper_core::loss::cross_entropy_mean(&logits, &y)?;
-            cost.forward += n;
-            cost.backward += n;
-            if cfg.method == Method::Trades {
-                // TRADES trains on the clean logits; x_train holds the perturbation.
-                let clean = model.forward(&b.images)?;
-                let kl = (trades::kl_sum(&clean, &logits)? / n as f64)?;
-                loss = (temper_core::loss::cross_entropy_mean(&clean, &y)? + (kl * cfg.trades_beta)?)?;
-                cost.forward += n;
-                cost.backward += n;
-            }
-            let grads = loss.backward()?;
-            optim.step(model.params(), &grads, lr)?;
+            let out = step.step(
+                StepBatch { x: &b.images, y: &y },
+                StepCtx {
+                    model: &model,
+                    attack_model: &attack_model,
+                    rng: &mut rng,
+                    cost: &mut cost,
+                },
+            );
             model.set_mode(Mode::Eval);
-            let l = loss.to_scalar::<f32>()? as f64;
-            if !l.is_finite() {
-                stopped = Some(format!(
-                    "loss became {l} at iteration {iter}; lower the learning rate"
-                ));
-                renderer.message(stopped.as_deref().unwrap_or_default());
-                break 'epochs;
+            let mut out = out?;
+            // Checked before anything is applied: a non-finite update would poison the
+            // weights, the optimizer state and every file written afterwards.
+            if !out.loss.is_finite() {
+                renderer.finish();
+                let reason = format!("the loss is {}", out.loss);
+                return Err(diverged(run_dir, pos, cost, &best, total, iter, reason));
             }
-            let pred = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+            for h in opts.grad_hooks.iter_mut() {
+                h.on_grads(iter, model.params(), &mut out.grads)?;
+            }
+            if let Some(name) = non_finite_grad(model.params(), &out.grads)? {
+                renderer.finish();
+                let reason = format!("the gradient of '{name}' is not finite");
+                return Err(diverged(run_dir, pos, cost, &best, total, iter, reason));
+            }
+            let names: Vec<&str> = out.active.iter().flatten().map(String::as_str).collect();
+            let active = match &out.active {
+                None => Active::All,
+                Some(_) => Active::Only(&names),
+            };
+            optim.step_groups(model.params(), &out.grads, lr, &groups, active)?;
+            let pred = out.logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
             let yv = y.to_vec1::<u32>()?;
             for m in metrics.iter_mut() {
-                m.update(&pred, &yv, l);
+                m.update(&pred, &yv, out.loss);
             }
             cost.images += n;
             pos.iter += 1;
             pos.batch = b.index + 1;
+            let epoch_now = epoch as f64 + pos.batch as f64 / per_epoch as f64;
             let (mloss, macc) = (metrics[0].compute(), metrics[1].compute());
             renderer.iter(&IterInfo {
                 iter: pos.iter,
                 total,
-                epoch: epoch_f,
+                epoch: epoch_now,
                 loss: mloss,
                 acc: macc,
                 lr,
             });
             if pos.iter.is_multiple_of(cfg.log_every) {
-                log.write(
-                    &json!({"kind": "train", "epoch": epoch as f64 + pos.batch as f64 / per_epoch as f64,
-                    "iter": pos.iter, "loss": mloss, "acc": macc, "lr": lr}),
-                )?;
+                log.write(&json!({"kind": "train", "epoch": epoch_now, "iter": pos.iter,
+                    "loss": mloss, "acc": macc, "lr": lr}))?;
             }
             let epoch_end = pos.batch as u64 >= per_epoch;
             if epoch_end {
                 // Validation belongs to the epoch, before its checkpoint.
                 if let Some(val) = &val {
-                    let (c, r, vl) = validate(&model, val, &cfg, epoch, device, &mut cost)?;
-                    last_clean = Some(c);
-                    last_robust = Some(r);
+                    let (c, r) = validate(&model, val, &cfg, &device, &mut cost)?;
+                    pos.val_clean = Some(c);
+                    pos.val_robust = Some(r);
                     log.write(
                         &json!({"kind": "val", "epoch": (epoch + 1) as f64, "iter": pos.iter,
-                        "clean_acc": c, "robust_acc": r, "loss": vl}),
+                        "clean_acc": c, "robust_acc": r}),
                     )?;
                     renderer.message(&format!(
                         "epoch {}/{}: val clean {:.2}%  PGD-10 robust {:.2}% (eps {:.4})",
@@ -429,51 +497,44 @@ fn run(
                         cfg.epochs,
                         100.0 * c,
                         100.0 * r,
-                        t.eps
+                        cfg.threat.eps
                     ));
+                    let best_before = best.best;
                     if best.improves(r) {
                         save_weights(&model, &run_dir.join(files::BEST), &cfg)?;
                     }
-                    if cfg.method == Method::FgsmRs {
-                        if let Some(b) = best.best {
-                            if b - r > cfg.co_drop {
-                                stopped = Some(format!(
-                                    "catastrophic overfitting: validation robust accuracy fell from {:.1}% to {:.1}% in epoch {}; \
-                                     best.safetensors holds the weights from before",
-                                    100.0 * b,
-                                    100.0 * r,
-                                    epoch + 1
-                                ));
-                                renderer.message(stopped.as_deref().unwrap_or_default());
-                            }
-                        }
+                    let v = Validation {
+                        epoch: epoch + 1,
+                        clean: c,
+                        robust: r,
+                        best_before,
+                    };
+                    if let Some(reason) = step.after_validation(&v) {
+                        renderer.message(&reason);
+                        pos.stopped = Some(reason);
                     }
                 }
                 pos.epoch += 1;
                 pos.batch = 0;
             }
-            if policy.should_save(pos.iter, epoch_end) || stopped.is_some() {
+            if policy.should_save(pos.iter, epoch_end) || pos.stopped.is_some() {
                 pos.best_robust = best.best;
-                pos.stopped = stopped.clone();
                 cost.wall_seconds = prior_wall + started.elapsed().as_secs_f64();
                 pos.cost = cost;
+                if let Some(name) = non_finite_param(model.params())? {
+                    renderer.finish();
+                    let reason = format!("'{name}' is not finite after the update");
+                    return Err(diverged(run_dir, pos, cost, &best, total, iter, reason));
+                }
                 checkpoint::save(&ckpt_path, model.params(), &optim.export_state()?, &pos)?;
             }
-            if stopped.is_some() {
+            if pos.stopped.is_some() {
                 break 'epochs;
             }
             if opts.stop_after.is_some_and(|s| pos.iter >= s) {
                 renderer.finish();
-                return Ok(report(
-                    run_dir,
-                    &pos,
-                    cost,
-                    last_clean,
-                    last_robust,
-                    &best,
-                    stopped,
-                    total,
-                ));
+                pos.best_robust = best.best;
+                return Ok(report(run_dir, &pos, cost, &best, total));
             }
             if epoch_end {
                 break;
@@ -487,40 +548,7 @@ fn run(
         // Without validation "best" means "last".
         save_weights(&model, &run_dir.join(files::BEST), &cfg)?;
     }
-    let r = report(
-        run_dir,
-        &pos,
-        cost,
-        last_clean,
-        last_robust,
-        &best,
-        stopped,
-        total,
-    );
+    let r = report(run_dir, &pos, cost, &best, total);
     write_json(&run_dir.join(files::SUMMARY), &r)?;
     Ok(r)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn report(
-    run_dir: &Path,
-    pos: &Position,
-    cost: TrainCost,
-    val_clean: Option<f64>,
-    val_robust: Option<f64>,
-    best: &BestByMetric,
-    stopped: Option<String>,
-    total: u64,
-) -> TrainReport {
-    TrainReport {
-        run_dir: run_dir.to_path_buf(),
-        iters: pos.iter,
-        epochs_done: pos.epoch,
-        val_clean,
-        val_robust,
-        best_robust: best.best,
-        cost,
-        complete: pos.iter >= total,
-        stopped,
-    }
 }

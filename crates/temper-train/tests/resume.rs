@@ -24,8 +24,8 @@ fn config(method: Method) -> TrainConfig {
 
 fn opts(stop_after: Option<u64>) -> RunOptions {
     RunOptions {
-        renderer: Box::new(Silent),
         stop_after,
+        ..RunOptions::new(Box::new(Silent))
     }
 }
 

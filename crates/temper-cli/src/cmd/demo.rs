@@ -147,10 +147,7 @@ fn evaluate(
 }
 
 fn train(cfg: TrainConfig, dir: &Path, device: &candle_core::Device) -> Result<TrainReport> {
-    let opts = RunOptions {
-        renderer: temper_train::render::default_renderer(0, 0, 20),
-        stop_after: None,
-    };
+    let opts = RunOptions::new(temper_train::render::default_renderer(0, 0, 20));
     Ok(temper_train::train(cfg.check()?, dir, device, opts)?)
 }
 

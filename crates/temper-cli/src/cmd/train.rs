@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use std::path::PathBuf;
 use temper_attacks::spec::parse_number;
-use temper_train::{Method, RunOptions, TrainConfig, TrainReport};
+use temper_train::{AttackBn, Method, RunOptions, TrainConfig, TrainReport};
 
 /// Options shared by `train` and `finetune`.
 #[derive(Args, Debug)]
@@ -34,8 +34,8 @@ pub struct RunArgs {
     /// Threat model budget (L-inf, pixel units): default 0.3 for 28x28 digits, 8/255 otherwise.
     #[arg(long)]
     eps: Option<String>,
-    /// Inner attack step size: a number (2/255) or a multiple of eps (eps/4) (default 0.01 for
-    /// digits, 2/255 otherwise).
+    /// Inner attack step size: a number (2/255) or a multiple of eps (eps/4). Default for
+    /// PGD and TRADES: 0.01 for digits, 2/255 otherwise; for FGSM-RS: 1.25 eps (Wong et al.).
     #[arg(long)]
     alpha: Option<String>,
     /// Inner attack steps (default 40 for digits, 10 otherwise; `--attack-steps` is the same
@@ -45,10 +45,16 @@ pub struct RunArgs {
     /// TRADES beta.
     #[arg(long)]
     trades_beta: Option<f64>,
-    /// Validation hold-out from the training split: a count (800) or a fraction (0.1).
+    /// BatchNorm mode of the inner attack: train (batch statistics; the PGD-AT, Fast-AT and
+    /// fine-tuning default, as their reference code) or eval (running statistics; the TRADES
+    /// default).
+    #[arg(long, value_name = "train|eval")]
+    attack_bn: Option<String>,
+    /// Validation hold-out from the training split: a whole count (800), a fraction in
+    /// (0, 1) (0.1), or 0 for no validation.
     #[arg(long)]
     val_split: Option<f64>,
-    /// Validation images evaluated (clean and PGD-10) after each epoch.
+    /// Validation images evaluated (clean and PGD-10) after each epoch, at least 1.
     #[arg(long)]
     val_size: Option<usize>,
     /// Random-crop (and for RGB, flip) augmentation: on or off (true and false work too;
@@ -131,6 +137,9 @@ fn config(method: Method, weights: Option<PathBuf>, r: &RunArgs) -> Result<Train
     if let Some(v) = r.trades_beta {
         cfg.trades_beta = v;
     }
+    if let Some(v) = &r.attack_bn {
+        cfg.attack_bn = AttackBn::parse(v)?;
+    }
     if let Some(v) = r.val_split {
         cfg.val_split = v;
     }
@@ -149,15 +158,59 @@ fn config(method: Method, weights: Option<PathBuf>, r: &RunArgs) -> Result<Train
     Ok(cfg)
 }
 
-fn go(cfg: Option<TrainConfig>, r: &RunArgs) -> Result<()> {
+/// The run flags given on the command line, which `--resume` would ignore: a resumed run
+/// continues with its own config.toml, so that it ends as the uninterrupted run would.
+fn ignored_by_resume(r: &RunArgs, extra: &[(&'static str, bool)]) -> Vec<&'static str> {
+    let m = &r.model;
+    let given = [
+        ("--model", m.model.is_some()),
+        ("--num-classes", m.num_classes != 10),
+        ("--in-channels", m.in_channels.is_some()),
+        ("--input-size", m.input_size.is_some()),
+        ("--stem", m.stem.is_some()),
+        ("--width", m.width != 1.0),
+        ("--normalize", m.normalize.is_some()),
+        ("--dataset", r.dataset != "mnist10k"),
+        ("--data-dir", r.data_dir.is_some()),
+        ("--epochs", r.epochs.is_some()),
+        ("--lr-schedule", r.lr_schedule.is_some()),
+        ("--optimizer", r.optimizer.is_some()),
+        ("--batch-size", r.batch_size.is_some()),
+        ("--eps", r.eps.is_some()),
+        ("--alpha", r.alpha.is_some()),
+        ("--steps", r.attack_steps.is_some()),
+        ("--trades-beta", r.trades_beta.is_some()),
+        ("--attack-bn", r.attack_bn.is_some()),
+        ("--val-split", r.val_split.is_some()),
+        ("--val-size", r.val_size.is_some()),
+        ("--augment", r.augment.is_some()),
+        ("--checkpoint-every", r.checkpoint_every.is_some()),
+        ("--log-every", r.log_every.is_some()),
+        ("--seed", r.device.seed != 0),
+    ];
+    given
+        .iter()
+        .chain(extra)
+        .filter(|(_, g)| *g)
+        .map(|(f, _)| *f)
+        .collect()
+}
+
+fn go(cfg: Option<TrainConfig>, r: &RunArgs, extra: &[(&'static str, bool)]) -> Result<()> {
     let device = r.device.init()?;
     let log_every = r.log_every.unwrap_or(10);
     let report = match (&r.resume, cfg) {
         (Some(dir), _) => {
-            let opts = RunOptions {
-                renderer: temper_train::render::default_renderer(0, 0, log_every),
-                stop_after: None,
-            };
+            let ignored = ignored_by_resume(r, extra);
+            if !ignored.is_empty() {
+                anyhow::bail!(
+                    "--resume continues {} with the settings in its config.toml, so {} would be ignored; \
+                     drop them, or start a new run with --out",
+                    dir.display(),
+                    ignored.join(", ")
+                );
+            }
+            let opts = RunOptions::new(temper_train::render::default_renderer(0, 0, log_every));
             println!("resuming {}", dir.display());
             temper_train::resume(dir, &device, opts)?
         }
@@ -175,10 +228,7 @@ fn go(cfg: Option<TrainConfig>, r: &RunArgs) -> Result<()> {
                 c.threat.eps,
                 out.display()
             );
-            let opts = RunOptions {
-                renderer: temper_train::render::default_renderer(0, 0, log_every),
-                stop_after: None,
-            };
+            let opts = RunOptions::new(temper_train::render::default_renderer(0, 0, log_every));
             temper_train::train(valid, &out, &device, opts)?
         }
         (None, None) => anyhow::bail!("nothing to run"),
@@ -205,10 +255,20 @@ pub fn print_report(r: &TrainReport) {
         "cost:              {} forward + {} backward image passes, {} images, {:.1} s",
         r.cost.forward, r.cost.backward, r.cost.images, r.cost.wall_seconds
     );
-    println!(
-        "weights:           {}/model.safetensors (last), best.safetensors (best robust)",
-        r.run_dir.display()
-    );
+    let describe = |f: &String| match f.as_str() {
+        temper_train::files::LAST => format!("{f} (last)"),
+        temper_train::files::BEST => format!("{f} (best robust)"),
+        _ => f.clone(),
+    };
+    if r.files.is_empty() {
+        println!("weights:           none saved in {}", r.run_dir.display());
+    } else {
+        println!(
+            "weights:           {}/{}",
+            r.run_dir.display(),
+            r.files.iter().map(describe).collect::<Vec<_>>().join(", ")
+        );
+    }
 }
 
 pub fn run_train(a: TrainArgs) -> Result<()> {
@@ -217,7 +277,11 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     } else {
         Some(config(Method::parse(&a.method)?, a.weights.clone(), &a.run)?)
     };
-    go(cfg, &a.run)
+    let extra = [
+        ("--method", a.method != "natural"),
+        ("--weights", a.weights.is_some()),
+    ];
+    go(cfg, &a.run, &extra)
 }
 
 pub fn run_finetune(a: FinetuneArgs) -> Result<()> {
@@ -226,7 +290,15 @@ pub fn run_finetune(a: FinetuneArgs) -> Result<()> {
     } else {
         let mut c = config(Method::Finetune, a.weights.clone(), &a.run)?;
         c.finetune_attack = a.attack.clone();
+        if a.attack == "fgsm-rs" && a.run.alpha.is_none() {
+            // Wong et al.'s FGSM step, 1.25 eps, unless --alpha says otherwise.
+            c.threat.alpha = 1.25 * c.threat.eps;
+        }
         Some(c)
     };
-    go(cfg, &a.run)
+    let extra = [
+        ("--attack", a.attack != "pgd"),
+        ("--weights", a.weights.is_some()),
+    ];
+    go(cfg, &a.run, &extra)
 }

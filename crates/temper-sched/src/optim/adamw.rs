@@ -2,7 +2,7 @@
 
 use super::{
     check_range, check_step_lr, check_unique, count_tensor, read_count, state_tensor, trainable_entry,
-    DecayScope, Optimizer, OptimizerConfig,
+    Active, DecayScope, Optimizer, OptimizerConfig, ParamGroups,
 };
 use crate::spec::{Params, SpecWriter};
 use crate::{Error, Result};
@@ -123,10 +123,21 @@ impl AdamW {
 }
 
 impl Optimizer for AdamW {
-    fn step(&mut self, store: &ParamStore, grads: &GradStore, lr: f64) -> Result<()> {
-        check_step_lr(lr)?;
+    fn step_groups(
+        &mut self,
+        store: &ParamStore,
+        grads: &GradStore,
+        base_lr: f64,
+        groups: &ParamGroups,
+        active: Active<'_>,
+    ) -> Result<()> {
+        check_step_lr(base_lr)?;
+        groups.check_active(active)?;
         let c = &self.config;
         for entry in store.trainable() {
+            let Some(lr) = groups.lr_for(&entry.name, base_lr, active) else {
+                continue;
+            };
             let Some(g) = grads.get(entry.var.as_tensor()) else {
                 continue;
             };

@@ -1,5 +1,6 @@
 //! Optimizers with PyTorch semantics over a [`ParamStore`]: [`Sgd`] (momentum, Nesterov,
-//! weight decay) and [`AdamW`].
+//! weight decay) and [`AdamW`], with optional [`ParamGroups`] (per-group learning-rate
+//! multipliers, frozen groups, and steps that update only some groups).
 //!
 //! They update parameters in place with [`Var::set`](candle_core::Var::set), so every layer
 //! holding a clone of a parameter sees the new value and the model is never re-allocated.
@@ -19,9 +20,11 @@
 //! bit for bit.
 
 mod adamw;
+mod groups;
 mod sgd;
 
 pub use adamw::{AdamW, AdamWConfig};
+pub use groups::{Active, ParamGroup, ParamGroups, DEFAULT_GROUP};
 pub use sgd::{Sgd, SgdConfig};
 
 use crate::spec::{split_kind, Keyword, Params, SpecWriter};
@@ -36,7 +39,21 @@ use temper_core::{Entry, ParamStore, Role};
 pub trait Optimizer {
     /// Applies one update with learning rate `lr` (finite, `>= 0`) to every trainable entry
     /// of `store` that has a gradient in `grads`.
-    fn step(&mut self, store: &ParamStore, grads: &GradStore, lr: f64) -> Result<()>;
+    fn step(&mut self, store: &ParamStore, grads: &GradStore, lr: f64) -> Result<()> {
+        self.step_groups(store, grads, lr, &ParamGroups::default(), Active::All)
+    }
+
+    /// Applies one update to the trainable entries of `store` that have a gradient and that
+    /// `groups` and `active` let this step update, each at `lr` times its group's
+    /// `lr_scale`. Entries left alone keep their values and their optimizer state.
+    fn step_groups(
+        &mut self,
+        store: &ParamStore,
+        grads: &GradStore,
+        lr: f64,
+        groups: &ParamGroups,
+        active: Active<'_>,
+    ) -> Result<()>;
 
     /// How many times [`Optimizer::step`] has run (restored by [`Optimizer::import_state`]).
     fn steps(&self) -> u64;
