@@ -306,7 +306,9 @@ fn save_weights(model: &Network, path: &Path, cfg: &TrainConfig) -> Result<()> {
         ("temper.model".to_string(), cfg.model.kind.name().to_string()),
         ("temper.method".to_string(), cfg.method.name().to_string()),
     ]);
-    temper_core::weights::save(model.params(), path, DType::F32, &meta)?;
+    // The model's configuration (normalisation included) goes into the metadata, so the file
+    // loads back into the same model without flags.
+    temper_models::save(model, &cfg.model.clone().check()?, path, DType::F32, &meta)?;
     Ok(())
 }
 

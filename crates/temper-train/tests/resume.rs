@@ -83,6 +83,21 @@ fn identical_runs_give_identical_weights() -> Result<()> {
     train(c.clone().check()?, &a, &Device::Cpu, opts(None))?;
     train(c.check()?, &b, &Device::Cpu, opts(None))?;
     assert!(same_weights(&a.join(files::LAST), &b.join(files::LAST))?);
+    // Metadata keys are written in sorted order, so identical runs give identical files.
+    assert_eq!(bytes(&a.join(files::LAST))?, bytes(&b.join(files::LAST))?);
+    // The file records the model's configuration, normalisation included, so it loads back
+    // into the same model without flags.
+    let meta = temper_core::weights::read_metadata(a.join(files::LAST))?;
+    let recorded = meta
+        .get(temper_models::META_CONFIG)
+        .ok_or_else(|| anyhow::anyhow!("no {} in {meta:?}", temper_models::META_CONFIG))?;
+    let cfg: ModelConfig = serde_json::from_str(recorded)?;
+    assert_eq!(cfg.kind, ModelKind::SmallCnn);
+    assert_eq!(cfg.width, 0.5);
+    assert!(
+        cfg.normalization.is_some(),
+        "normalisation not recorded: {recorded}"
+    );
     Ok(())
 }
 
