@@ -198,8 +198,11 @@ fn fixtures() -> Result<()> {
     for script in [
         "tests/fixtures/models/make_fixtures.py",
         "tests/fixtures/kernels/make_fixtures.py",
-        // After attacks/: it converts attacks/small_cnn_mnist.safetensors.
+        "tests/fixtures/optim/make_fixtures.py",
+        "tests/fixtures/attacks/make_fixtures.py",
+        // After attacks/: these read attacks/small_cnn_mnist.safetensors.
         "tests/fixtures/pytorch/make_fixtures.py",
+        "tests/fixtures/trades/make_fixtures.py",
     ] {
         run(Command::new(&py).arg(script))?;
     }
