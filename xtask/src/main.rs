@@ -192,6 +192,8 @@ fn fixtures() -> Result<()> {
     for script in [
         "tests/fixtures/models/make_fixtures.py",
         "tests/fixtures/kernels/make_fixtures.py",
+        // Needs the AutoAttack reference: AUTOATTACK_SRC=<checkout of fra31/auto-attack>.
+        "tests/fixtures/autoattack/make_fixtures.py",
     ] {
         run(Command::new(&py).arg(script))?;
     }

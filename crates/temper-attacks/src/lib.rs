@@ -29,6 +29,7 @@
 //! # Ok(()) }
 //! ```
 
+mod apgd;
 mod cw;
 mod error;
 mod fgsm;
@@ -37,13 +38,16 @@ mod norm;
 mod pgd;
 mod problem;
 pub mod spec;
+mod square;
 
+pub use apgd::{checkpoints, Apgd, ApgdParams, ApgdTrace};
 pub use cw::{CarliniWagner, CwParams};
 pub use error::{Error, Result};
 pub use fgsm::{Fgsm, FgsmParams};
-pub use loss::LossKind;
+pub use loss::{dlr, dlr_targeted, LossKind};
 pub use norm::{per_sample_l2, per_sample_linf, Norm};
 pub use pgd::{Pgd, PgdParams};
+pub use square::{square_p, Square, SquareParams};
 
 use candle_core::Tensor;
 use temper_core::seed::Rng;
@@ -65,12 +69,17 @@ pub struct Cost {
     pub forward: u64,
     /// Images passed backward through the model.
     pub backward: u64,
+    /// Of the forward passes, the score queries of black-box attacks (Square): the number
+    /// the black-box literature reports.
+    #[serde(default)]
+    pub queries: u64,
 }
 
 impl std::ops::AddAssign for Cost {
     fn add_assign(&mut self, o: Cost) {
         self.forward += o.forward;
         self.backward += o.backward;
+        self.queries += o.queries;
     }
 }
 
@@ -91,6 +100,9 @@ pub struct AttackOutput {
     pub pred: Vec<u32>,
     /// Work done.
     pub cost: Cost,
+    /// What the attack changed on its own and the user should know, e.g. a loss that is
+    /// undefined for this model (DLR with fewer than 3 classes) replaced by a defined one.
+    pub notes: Vec<String>,
 }
 
 /// An adversarial attack.
