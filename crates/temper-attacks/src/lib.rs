@@ -30,6 +30,7 @@
 //! ```
 
 mod apgd;
+mod autoattack;
 mod cw;
 mod error;
 mod fgsm;
@@ -41,6 +42,7 @@ pub mod spec;
 mod square;
 
 pub use apgd::{checkpoints, Apgd, ApgdParams, ApgdTrace};
+pub use autoattack::{components as autoattack_components, AutoAttack, AutoAttackVersion};
 pub use cw::{CarliniWagner, CwParams};
 pub use error::{Error, Result};
 pub use fgsm::{Fgsm, FgsmParams};
