@@ -368,6 +368,65 @@ mod tests {
     }
 
     #[test]
+    fn autoattack_names_parse() -> Result<()> {
+        let p = AttackSpec::parse("apgd-dlr-l2-50-r5-eot20")?;
+        assert_eq!(
+            (p.kind, p.loss, p.norm, p.steps, p.restarts, p.eot),
+            (AttackKind::Apgd, Some(LossKind::Dlr), Some(Norm::L2), Some(50), Some(5), Some(20))
+        );
+        assert_eq!(AttackSpec::parse("apgd-t")?.kind, AttackKind::ApgdT);
+        assert_eq!(AttackSpec::parse("square-1000")?.steps, Some(1000));
+        assert_eq!(
+            AttackSpec::parse("autoattack-rand")?.kind,
+            AttackKind::AutoAttack(AutoAttackVersion::Rand)
+        );
+        for bad in ["apgd-t-eot0", "apgd-ce-r0", "square-dlr", "autoattack-fast", "autoattack-20", "fab-t"] {
+            assert!(AttackSpec::parse(bad).is_err(), "{bad}");
+        }
+        let names: Vec<String> = AttackSpec::parse_list("pgd-20,autoattack")?
+            .into_iter()
+            .map(|s| s.text)
+            .collect();
+        assert_eq!(names, ["pgd-20", "apgd-ce", "apgd-t", "square"]);
+        let s = AttackSettings {
+            eps: 0.3,
+            ..AttackSettings::default()
+        };
+        let a = AttackSpec::parse("apgd-ce")?.build(&s)?;
+        assert!(a.name().contains("steps=100"), "the reference's 100 iterations: {}", a.name());
+        let t = AttackSpec::parse("apgd-t")?.build(&s)?;
+        assert!(t.name().starts_with("apgd-t(targets=9"), "{}", t.name());
+        let q = AttackSpec::parse("square")?.build(&s)?;
+        assert!(q.name().contains("queries=5000"), "{}", q.name());
+        assert!(AttackSpec::parse("autoattack")?.build(&s)?.name().contains("apgd-t"));
+        Ok(())
+    }
+
+    #[test]
+    fn zero_steps_is_a_steps_error() {
+        let s = AttackSettings {
+            steps: 0,
+            ..AttackSettings::default()
+        };
+        let e = AttackSpec::parse("pgd").and_then(|p| p.build(&s)).err();
+        assert!(
+            matches!(e, Some(crate::Error::InvalidParam { name: "steps", .. })),
+            "{e:?}"
+        );
+        let e = PgdParams {
+            steps: 0,
+            alpha: f64::INFINITY,
+            ..PgdParams::default()
+        }
+        .check()
+        .err();
+        assert!(
+            matches!(e, Some(crate::Error::InvalidParam { name: "steps", .. })),
+            "{e:?}"
+        );
+    }
+
+    #[test]
     fn sweeps_parse() -> Result<()> {
         let v = parse_sweep("0:8/255:2/255", "eps")?;
         assert_eq!(v.len(), 5);

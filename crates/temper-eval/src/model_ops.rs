@@ -2,7 +2,7 @@
 //! batch bookkeeping.
 
 use crate::{Error, Result};
-use candle_core::{DType, Tensor, Var, D};
+use candle_core::{Tensor, Var, D};
 use temper_attacks::Cost;
 use temper_core::{Classifier, ForwardOpts, Mode};
 
