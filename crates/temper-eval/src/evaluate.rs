@@ -132,7 +132,7 @@ pub struct AttackResult {
     pub cascade: CascadeStep,
     /// What the attack changed on its own, e.g. a DLR loss undefined for this model
     /// replaced by a defined one.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub notes: Vec<String>,
 }
 
