@@ -3,11 +3,10 @@
 //! attack fails on it (the per-point worst case).
 //!
 //! Versions, as in the reference's `set_version`:
-//! - `standard`: APGD-CE (1 run), APGD-T (9 target classes), Square (5000 queries). The
-//!   reference also runs FAB-T between APGD-T and Square; Temper has no FAB yet, so the
-//!   version is the reference's minus FAB-T (which, in the reference's own tables, almost
-//!   never breaks a point that APGD-T left).
-//! - `plus`: APGD-CE and APGD-DLR with 5 restarts each, Square, APGD-T.
+//! - `standard`: APGD-CE (1 run), APGD-T (9 target classes), FAB-T (9 target classes),
+//!   Square (5000 queries).
+//! - `plus`: APGD-CE and APGD-DLR with 5 restarts each, Square, APGD-T, FAB-T. The reference
+//!   also runs untargeted FAB with 5 restarts; Temper has FAB-T only.
 //! - `rand`: APGD-CE and APGD-DLR with expectation over transformation (20 gradient passes
 //!   per step), for randomized defenses.
 //! - a custom list of attacks.
@@ -30,9 +29,9 @@ use temper_core::{Classifier, Mode, ModeGuard};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AutoAttackVersion {
-    /// APGD-CE, APGD-T, Square (the reference's standard minus FAB-T).
+    /// APGD-CE, APGD-T, FAB-T, Square.
     Standard,
-    /// APGD-CE and APGD-DLR with 5 restarts, Square, APGD-T.
+    /// APGD-CE and APGD-DLR with 5 restarts, Square, APGD-T, FAB-T.
     Plus,
     /// APGD-CE and APGD-DLR with EOT over 20 passes.
     Rand,
@@ -51,8 +50,8 @@ impl AutoAttackVersion {
     /// The component attacks, as specs `AttackSpec::parse` reads.
     pub fn components(self) -> &'static [&'static str] {
         match self {
-            AutoAttackVersion::Standard => &["apgd-ce", "apgd-t", "square"],
-            AutoAttackVersion::Plus => &["apgd-ce-r5", "apgd-dlr-r5", "square", "apgd-t"],
+            AutoAttackVersion::Standard => &["apgd-ce", "apgd-t", "fab-t", "square"],
+            AutoAttackVersion::Plus => &["apgd-ce-r5", "apgd-dlr-r5", "square", "apgd-t", "fab-t"],
             AutoAttackVersion::Rand => &["apgd-ce-eot20", "apgd-dlr-eot20"],
         }
     }

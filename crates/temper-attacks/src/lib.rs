@@ -3,7 +3,9 @@
 //! Adversarial attacks for any [`temper_core::Classifier`], written once for every device:
 //! [`Fgsm`] (optionally with the uniform random start of Fast-AT), [`Pgd`] (L-inf and L2,
 //! random start, restarts keeping the per-sample worst case, targeted or untargeted,
-//! cross-entropy or CW-margin loss, per-sample early stop) and [`CarliniWagner`] L2.
+//! cross-entropy, CW-margin or DLR loss, per-sample early stop), [`CarliniWagner`] L2, and
+//! AutoAttack: [`Apgd`] (APGD-CE, APGD-DLR, APGD-T, with EOT), [`Fab`] (FAB-T), [`Square`]
+//! and the [`AutoAttack`] ensemble.
 //!
 //! Conventions, shared with torchattacks: inputs are pixels in `[0, 1]`, eps is in pixel
 //! units (`8/255`), the model is put in eval mode for the attack and restored afterwards,
@@ -33,6 +35,7 @@ mod apgd;
 mod autoattack;
 mod cw;
 mod error;
+mod fab;
 mod fgsm;
 mod loss;
 mod norm;
@@ -45,6 +48,7 @@ pub use apgd::{checkpoints, Apgd, ApgdParams, ApgdTrace};
 pub use autoattack::{components as autoattack_components, AutoAttack, AutoAttackVersion};
 pub use cw::{CarliniWagner, CwParams};
 pub use error::{Error, Result};
+pub use fab::{projection_linf, Fab, FabParams};
 pub use fgsm::{Fgsm, FgsmParams};
 pub use loss::{dlr, dlr_targeted, LossKind};
 pub use norm::{per_sample_l2, per_sample_linf, Norm};

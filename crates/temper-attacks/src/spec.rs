@@ -1,11 +1,11 @@
 //! Attacks described by short strings, as users type them: `fgsm`, `fgsm-rs`, `pgd`,
 //! `pgd-20`, `pgd-l2-50`, `pgd-cw-20` (PGD on the CW margin loss), `cw`, `cw-200`,
-//! `apgd-ce`, `apgd-dlr`, `apgd-t`, `apgd-ce-l2-50-r5-eot20`, `square`, `square-1000`,
+//! `apgd-ce`, `apgd-dlr`, `apgd-t`, `apgd-ce-l2-50-r5-eot20`, `fab-t`, `square`, `square-1000`,
 //! `autoattack`, `autoattack-plus`, `autoattack-rand`; and budgets such as `8/255`.
 
 use crate::autoattack::{AutoAttack, AutoAttackVersion};
 use crate::error::param;
-use crate::{ApgdParams, Attack, CwParams, FgsmParams, LossKind, Norm, PgdParams, Result, SquareParams};
+use crate::{ApgdParams, Attack, CwParams, FabParams, FgsmParams, LossKind, Norm, PgdParams, Result, SquareParams};
 
 /// Parses a number written as a decimal (`0.3`, `1e-2`) or a fraction (`8/255`).
 ///
@@ -75,6 +75,8 @@ pub enum AttackKind {
     Apgd,
     /// Auto-PGD on the targeted loss towards each of the 9 most likely other classes.
     ApgdT,
+    /// FAB-T: targeted minimum-norm attack, result checked against eps.
+    FabT,
     /// The Square attack (score-based, no gradients).
     Square,
     /// An AutoAttack ensemble.
@@ -139,8 +141,8 @@ impl AttackSpec {
     /// FGSM and PGD names may also carry the loss, `ce` or `cw` (the margin loss of Carlini
     /// and Wagner), e.g. `pgd-cw-20` or `fgsm-rs-cw`. APGD: `apgd-ce`, `apgd-dlr`, `apgd-t`,
     /// with optional norm, iterations (default 100), `rN` restarts and `eotN` gradient
-    /// passes, e.g. `apgd-dlr-l2-50-r5-eot20`. `square`, `square-N` (N queries, default
-    /// 5000). `autoattack`, `autoattack-standard`, `autoattack-plus`, `autoattack-rand`.
+    /// passes, e.g. `apgd-dlr-l2-50-r5-eot20`. `fab-t`, `fab-t-N` (N iterations per target,
+    /// default 100). `square`, `square-N` (N queries, default 5000). `autoattack`, `autoattack-standard`, `autoattack-plus`, `autoattack-rand`.
     pub fn parse(s: &str) -> Result<Self> {
         let t = s.trim().to_ascii_lowercase();
         let bad = || {
@@ -148,7 +150,7 @@ impl AttackSpec {
                 "attack",
                 format!(
                     "'{s}' is not one of fgsm[-rs][-ce|-cw], pgd[-l2|-linf][-ce|-cw][-STEPS], cw[-STEPS], \
-                     apgd-ce|apgd-dlr|apgd-t[-l2][-STEPS][-rN][-eotN], square[-QUERIES], \
+                     apgd-ce|apgd-dlr|apgd-t[-l2][-STEPS][-rN][-eotN], fab-t[-STEPS], square[-QUERIES], \
                      autoattack[-standard|-plus|-rand]"
                 ),
             )
@@ -185,10 +187,14 @@ impl AttackSpec {
                     text: s.trim().to_string(),
                 });
             }
+            Some("fab") if parts.get(1) == Some(&"t") => {
+                parts.remove(1);
+                AttackKind::FabT
+            }
             Some("fab") => {
                 return Err(param(
                     "attack",
-                    format!("'{s}': FAB and FAB-T are not implemented in Temper yet; apgd-t is the targeted attack"),
+                    format!("'{s}': untargeted FAB is not implemented in Temper; fab-t is"),
                 ))
             }
             _ => return Err(bad()),
@@ -198,8 +204,11 @@ impl AttackSpec {
         let mut loss = None;
         let mut restarts = None;
         let mut eot = None;
-        let with_loss = !matches!(kind, AttackKind::Cw | AttackKind::Square);
-        let with_norm = matches!(kind, AttackKind::Pgd | AttackKind::Apgd | AttackKind::ApgdT | AttackKind::Square);
+        let with_loss = !matches!(kind, AttackKind::Cw | AttackKind::Square | AttackKind::FabT);
+        let with_norm = matches!(
+            kind,
+            AttackKind::Pgd | AttackKind::Apgd | AttackKind::ApgdT | AttackKind::Square | AttackKind::FabT
+        );
         let with_steps = !matches!(kind, AttackKind::Fgsm | AttackKind::FgsmRs);
         let apgd = matches!(kind, AttackKind::Apgd | AttackKind::ApgdT);
         let count = |v: &str, name: &'static str| -> Result<usize> {
@@ -319,6 +328,15 @@ impl AttackSpec {
                     .check()?,
                 )
             }
+            AttackKind::FabT => Box::new(
+                FabParams {
+                    norm: self.norm.unwrap_or(settings.norm),
+                    eps,
+                    steps: self.steps.unwrap_or(100),
+                    ..FabParams::default()
+                }
+                .check()?,
+            ),
             AttackKind::Square => Box::new(
                 SquareParams {
                     norm: self.norm.unwrap_or(settings.norm),
@@ -380,14 +398,15 @@ mod tests {
             AttackSpec::parse("autoattack-rand")?.kind,
             AttackKind::AutoAttack(AutoAttackVersion::Rand)
         );
-        for bad in ["apgd-t-eot0", "apgd-ce-r0", "square-dlr", "autoattack-fast", "autoattack-20", "fab-t"] {
+        assert_eq!(AttackSpec::parse("fab-t-50")?.kind, AttackKind::FabT);
+        for bad in ["apgd-t-eot0", "apgd-ce-r0", "square-dlr", "autoattack-fast", "autoattack-20", "fab", "fab-t-ce"] {
             assert!(AttackSpec::parse(bad).is_err(), "{bad}");
         }
         let names: Vec<String> = AttackSpec::parse_list("pgd-20,autoattack")?
             .into_iter()
             .map(|s| s.text)
             .collect();
-        assert_eq!(names, ["pgd-20", "apgd-ce", "apgd-t", "square"]);
+        assert_eq!(names, ["pgd-20", "apgd-ce", "apgd-t", "fab-t", "square"]);
         let s = AttackSettings {
             eps: 0.3,
             ..AttackSettings::default()

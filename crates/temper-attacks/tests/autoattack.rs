@@ -114,7 +114,7 @@ fn few_classes_never_fail() -> Result<()> {
         let n = 6;
         let x = Tensor::rand(0f32, 1f32, (n, 1, 12, 12), &Device::Cpu)?;
         let y = Tensor::from_vec((0..n as u32).map(|i| i % classes as u32).collect::<Vec<_>>(), n, &Device::Cpu)?;
-        for spec in ["apgd-ce-5", "apgd-dlr-5", "apgd-t-5", "square-20"] {
+        for spec in ["apgd-ce-5", "apgd-dlr-5", "apgd-t-5", "fab-t-5", "square-20"] {
             let a = build_spec(spec, 0.1)?;
             let out = a.perturb(&m, &x, &y, Goal::Untargeted, &mut temper_core::seed::rng("few"))?;
             assert_eq!(out.success.len(), n);
@@ -138,7 +138,7 @@ fn autoattack_is_the_worst_case_and_resumes() -> Result<()> {
     let model = mnist_model()?;
     let (x, y) = digits(8)?;
     let eps = 0.08;
-    let parts: Vec<(String, Box<dyn Attack>)> = ["apgd-ce-20", "apgd-t-10", "square-100"]
+    let parts: Vec<(String, Box<dyn Attack>)> = ["apgd-ce-20", "apgd-t-10", "fab-t-10", "square-100"]
         .iter()
         .map(|s| Ok((s.to_string(), build_spec(s, eps)?)))
         .collect::<Result<_>>()?;

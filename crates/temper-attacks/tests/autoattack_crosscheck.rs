@@ -137,3 +137,54 @@ fn apgd_t_linf_equals_the_reference() -> Result<()> {
 fn apgd_ce_l2_equals_the_reference() -> Result<()> {
     check("apgd_ce_l2")
 }
+
+/// Standard AutoAttack at full strength (APGD-CE 100 iterations, APGD-T and FAB-T over 9
+/// targets, Square with 5000 queries) at eps 0.3 on a PGD-trained small-cnn, against the
+/// reference's standard version on the same 100 test digits: the per-point outcomes may
+/// differ on at most 1% of the points (the random starts and Square's draws differ between
+/// the two).
+#[test]
+fn standard_autoattack_agrees_with_the_reference_per_point() -> Result<()> {
+    let fx = candle_core::safetensors::load(dir().join("autoattack/autoattack_pgd.safetensors"), &Device::Cpu)?;
+    let want: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir().join("autoattack/autoattack_pgd.json"))?)?;
+    let cfg = ModelConfig::new(ModelKind::SmallCnn, 10).check()?;
+    let (model, _) = build_from_file(
+        &cfg,
+        dir().join("autoattack/small_cnn_pgd.safetensors"),
+        Strictness::Strict,
+        &Device::Cpu,
+    )?;
+    let (x, y) = (&fx["x"], fx["y"].to_dtype(DType::U32)?);
+    let n = x.dim(0)?;
+    let eps = want["eps"].as_f64().unwrap_or_default();
+    let aa = temper_attacks::AutoAttack::new(temper_attacks::AutoAttackVersion::Standard, Norm::Linf, eps)?;
+    let start = std::time::Instant::now();
+    let out = temper_attacks::Attack::perturb(&aa, &model, x, &y, Goal::Untargeted, &mut temper_core::seed::rng("aa-reference"))?;
+    let seconds = start.elapsed().as_secs_f64();
+    let flags = |v: &serde_json::Value| -> Vec<bool> {
+        v.as_array().map(|a| a.iter().map(|b| b.as_bool().unwrap_or(false)).collect()).unwrap_or_default()
+    };
+    let reference = flags(&want["standard"]["robust"]);
+    let reference_no_fab = flags(&want["custom"]["robust"]);
+    let clean = flags(&want["clean"]);
+    let temper: Vec<bool> = out.success.iter().map(|s| !s).collect();
+    assert_eq!(reference.len(), n);
+    let differ = (0..n).filter(|&i| temper[i] != reference[i]).count();
+    let count = |v: &[bool]| v.iter().filter(|b| **b).count();
+    println!(
+        "{n} points: clean {}, robust: Temper standard {}, reference standard {}, reference \
+         without FAB-T {}; outcomes differ on {differ}; Temper cost per image: \
+         {:.0} forward, {:.0} backward, {:.0} queries, {:.3} s",
+        count(&clean),
+        count(&temper),
+        count(&reference),
+        count(&reference_no_fab),
+        out.cost.forward as f64 / n as f64,
+        out.cost.backward as f64 / n as f64,
+        out.cost.queries as f64 / n as f64,
+        seconds / n as f64
+    );
+    assert!(out.linf.iter().all(|&d| f64::from(d) <= eps + 1e-6));
+    assert!(differ * 100 <= n, "per-point outcomes differ on {differ} of {n} points");
+    Ok(())
+}

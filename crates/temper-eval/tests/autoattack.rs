@@ -55,19 +55,20 @@ fn autoattack_reports_each_component_and_their_worst_case() -> Result<()> {
     let list = attacks("autoattack", 0.1)?;
     let e = evaluate(&model, &data, &list, &params(0.1, 24)?, &Device::Cpu)?;
     let names: Vec<&str> = e.attacks.iter().map(|a| a.name.as_str()).collect();
-    assert_eq!(names, ["apgd-ce", "apgd-t", "square"]);
+    assert_eq!(names, ["apgd-ce", "apgd-t", "fab-t", "square"]);
     let worst = e.worst_case.as_ref().map(|w| w.accuracy.correct).unwrap_or(usize::MAX);
     for a in &e.attacks {
         assert!(worst <= a.robust.correct, "{}", a.name);
         assert!(a.perturbation.linf_max <= 0.1 + 1e-5);
     }
-    let square = &e.attacks[2];
+    let square = &e.attacks[3];
     assert!(square.cost.queries > 0 && square.cost.backward == 0, "{:?}", square.cost);
     eprintln!(
-        "clean {} apgd-ce {} apgd-t {} square {} worst {worst}; flags {:?}",
+        "clean {} apgd-ce {} apgd-t {} fab-t {} square {} worst {worst}; flags {:?}",
         e.clean.accuracy.correct,
         e.attacks[0].robust.correct,
         e.attacks[1].robust.correct,
+        e.attacks[2].robust.correct,
         square.robust.correct,
         e.flags()
     );
