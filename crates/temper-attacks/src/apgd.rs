@@ -183,16 +183,21 @@ impl Apgd {
 
     /// One run of APGD on every row of `p` from `start`, ascending `loss`; records into
     /// `trace` when given.
-    fn run(&self, p: &mut Problem<'_>, start: Tensor, loss: LossKind, mut trace: Option<&mut ApgdTrace>) -> Result<Run> {
+    fn run(
+        &self,
+        p: &mut Problem<'_>,
+        start: Tensor,
+        loss: LossKind,
+        mut trace: Option<&mut ApgdTrace>,
+    ) -> Result<Run> {
         let c = &self.0;
         let n = p.n();
         let x = p.x.clone();
         let (lo, hi) = ((&x - c.eps)?, (&x + c.eps)?);
         let rank = x.rank();
         let device = x.device().clone();
-        let steps_t = |s: &[f32]| -> Result<Tensor> {
-            Ok(expand(&Tensor::from_vec(s.to_vec(), s.len(), &device)?, rank)?)
-        };
+        let steps_t =
+            |s: &[f32]| -> Result<Tensor> { expand(&Tensor::from_vec(s.to_vec(), s.len(), &device)?, rank) };
         let checks = checkpoints(c.steps);
         if let Some(t) = trace.as_deref_mut() {
             t.checkpoints = checks.clone();
@@ -309,10 +314,20 @@ impl Apgd {
     /// everything the step-size control did, and the highest-loss point per sample: for
     /// checking against the reference. `goal` targeted makes the objective targeted (APGD-T's
     /// targeted DLR with the loss `dlr`).
-    pub fn trace(&self, model: &dyn Classifier, x: &Tensor, start: &Tensor, y: &Tensor, goal: Goal<'_>) -> Result<(ApgdTrace, Tensor)> {
+    pub fn trace(
+        &self,
+        model: &dyn Classifier,
+        x: &Tensor,
+        start: &Tensor,
+        y: &Tensor,
+        goal: Goal<'_>,
+    ) -> Result<(ApgdTrace, Tensor)> {
         let _eval = ModeGuard::new(model, Mode::Eval);
         let mut p = Problem::new(model, x, y, goal)?;
-        let loss = self.0.loss.defined_variant(model.num_classes(), p.objective_target.is_some());
+        let loss = self
+            .0
+            .loss
+            .defined_variant(model.num_classes(), p.objective_target.is_some());
         let mut t = ApgdTrace::default();
         let run = self.run(&mut p, start.clone(), loss, Some(&mut t))?;
         Ok((t, run.best))
@@ -323,7 +338,10 @@ impl Apgd {
     fn targets_of(p: &mut Problem<'_>, rank: usize) -> Result<Tensor> {
         let logits = p.logits(&p.x.clone())?;
         let order = logits.arg_sort_last_dim(false)?;
-        Ok(order.narrow(D::Minus1, rank - 1, 1)?.squeeze(D::Minus1)?.contiguous()?)
+        Ok(order
+            .narrow(D::Minus1, rank - 1, 1)?
+            .squeeze(D::Minus1)?
+            .contiguous()?)
     }
 }
 
@@ -376,7 +394,11 @@ impl Assembly {
 
     /// The assembled batch.
     pub fn finish(&self) -> Result<Tensor> {
-        let idx: Vec<u32> = self.from.iter().map(|&(p, r)| (self.offsets[p] + r) as u32).collect();
+        let idx: Vec<u32> = self
+            .from
+            .iter()
+            .map(|&(p, r)| (self.offsets[p] + r) as u32)
+            .collect();
         let all = Tensor::cat(&self.parts, 0)?;
         let idx = Tensor::from_vec(idx, self.from.len(), all.device())?;
         Ok(all.index_select(&idx, 0)?)
@@ -390,7 +412,11 @@ impl Attack for Apgd {
             Some(k) => format!("apgd-t(targets={k}, "),
             None => format!("apgd-{}(", c.loss.name()),
         };
-        let eot = if c.eot > 1 { format!(", eot={}", c.eot) } else { String::new() };
+        let eot = if c.eot > 1 {
+            format!(", eot={}", c.eot)
+        } else {
+            String::new()
+        };
         format!(
             "{family}{}, eps={:.4}, steps={}, restarts={}, rho={}{eot})",
             c.norm.name(),

@@ -60,7 +60,11 @@ impl AutoAttackVersion {
 /// The component attacks of a version at this norm and budget, built from
 /// [`AutoAttackVersion::components`]: APGD with the reference's 100 iterations and random
 /// start, Square with 5000 queries.
-pub fn components(version: AutoAttackVersion, norm: Norm, eps: f64) -> Result<Vec<(String, Box<dyn Attack>)>> {
+pub fn components(
+    version: AutoAttackVersion,
+    norm: Norm,
+    eps: f64,
+) -> Result<Vec<(String, Box<dyn Attack>)>> {
     let settings = AttackSettings {
         eps,
         norm,
@@ -89,7 +93,10 @@ impl std::fmt::Debug for AutoAttack {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AutoAttack")
             .field("label", &self.label)
-            .field("attacks", &self.attacks.iter().map(|(n, _)| n).collect::<Vec<_>>())
+            .field(
+                "attacks",
+                &self.attacks.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
             .field("state", &self.state)
             .finish()
     }
@@ -119,8 +126,14 @@ impl AutoAttack {
         let Some(eps) = eps else {
             return Err(param("attacks", "AutoAttack needs attacks with a budget"));
         };
-        if attacks.iter().any(|(_, a)| a.norm() != norm || a.eps() != Some(eps)) {
-            return Err(param("attacks", "every attack of an AutoAttack must share the norm and eps"));
+        if attacks
+            .iter()
+            .any(|(_, a)| a.norm() != norm || a.eps() != Some(eps))
+        {
+            return Err(param(
+                "attacks",
+                "every attack of an AutoAttack must share the norm and eps",
+            ));
         }
         Ok(AutoAttack {
             norm,
@@ -278,7 +291,11 @@ impl Attack for AutoAttack {
             match goal {
                 Goal::Untargeted => Ok(None),
                 Goal::Targeted(t) => {
-                    let idx = Tensor::from_vec(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), rows.len(), x.device())?;
+                    let idx = Tensor::from_vec(
+                        rows.iter().map(|&r| r as u32).collect::<Vec<_>>(),
+                        rows.len(),
+                        x.device(),
+                    )?;
                     Ok(Some(t.index_select(&idx, 0)?))
                 }
             }

@@ -71,7 +71,10 @@ impl FabParams {
             return Err(param("targets", "must be at least 1"));
         }
         if !(0.0..=1.0).contains(&self.alpha_max) {
-            return Err(param("alpha_max", format!("{} must be in [0, 1]", self.alpha_max)));
+            return Err(param(
+                "alpha_max",
+                format!("{} must be in [0, 1]", self.alpha_max),
+            ));
         }
         if !(self.eta.is_finite() && self.eta >= 1.0) {
             return Err(param("eta", format!("{} must be finite and >= 1", self.eta)));
@@ -202,7 +205,8 @@ impl Fab {
                 let alpha = (a1 / (a1 + a2)).max(0.0).min(c.alpha_max as f32);
                 let eta = c.eta as f32;
                 next.extend((0..d1.len()).map(|i| {
-                    ((cur[s][i] + eta * d1[i]) * (1.0 - alpha) + (x0[s][i] + d2[i] * eta) * alpha).clamp(0.0, 1.0)
+                    ((cur[s][i] + eta * d1[i]) * (1.0 - alpha) + (x0[s][i] + d2[i] * eta) * alpha)
+                        .clamp(0.0, 1.0)
                 }));
             }
             x1 = Tensor::from_vec(next, dims.clone(), &dev)?;
@@ -283,7 +287,10 @@ impl Attack for Fab {
                 (Some(r), None) => {
                     let logits = sub.logits(&sub.x.clone())?;
                     let order = logits.arg_sort_last_dim(false)?;
-                    order.narrow(D::Minus1, r - 1, 1)?.squeeze(D::Minus1)?.contiguous()?
+                    order
+                        .narrow(D::Minus1, r - 1, 1)?
+                        .squeeze(D::Minus1)?
+                        .contiguous()?
                 }
                 (None, None) => break,
             };

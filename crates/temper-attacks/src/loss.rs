@@ -28,7 +28,10 @@ impl LossKind {
             "ce" | "cross-entropy" => Ok(LossKind::CrossEntropy),
             "cw" | "margin" | "cw-margin" => Ok(LossKind::CwMargin),
             "dlr" => Ok(LossKind::Dlr),
-            _ => Err(crate::error::param("loss", format!("'{s}' is not one of ce, cw, dlr"))),
+            _ => Err(crate::error::param(
+                "loss",
+                format!("'{s}' is not one of ce, cw, dlr"),
+            )),
         }
     }
 
@@ -74,7 +77,11 @@ pub(crate) use temper_core::loss::{cross_entropy, margin};
 /// The logits sorted in decreasing order, first `k` columns, `(N, k)`; differentiable with
 /// respect to the logits (the order is taken from a detached copy and the values gathered).
 fn top_logits(logits: &Tensor, k: usize) -> Result<Tensor> {
-    let order = logits.detach().arg_sort_last_dim(false)?.narrow(1, 0, k)?.contiguous()?;
+    let order = logits
+        .detach()
+        .arg_sort_last_dim(false)?
+        .narrow(1, 0, k)?
+        .contiguous()?;
     Ok(logits.gather(&order, 1)?)
 }
 
@@ -94,14 +101,21 @@ pub fn dlr_targeted(logits: &Tensor, y: &Tensor, t: &Tensor) -> Result<Tensor> {
         .squeeze(1)?
         + 1e-12)?;
     let pick = |l: &Tensor| -> Result<Tensor> {
-        Ok(logits.gather(&l.to_dtype(DType::U32)?.unsqueeze(1)?, 1)?.squeeze(1)?)
+        Ok(logits
+            .gather(&l.to_dtype(DType::U32)?.unsqueeze(1)?, 1)?
+            .squeeze(1)?)
     };
     Ok((pick(t)? - pick(y)?)?.div(&den)?)
 }
 
 /// The per-sample objective to maximise, `(N,)`: about the true labels `y` (untargeted) or
 /// about the targets `t` (targeted).
-pub(crate) fn objective(kind: LossKind, logits: &Tensor, y: &Tensor, target: Option<&Tensor>) -> Result<Tensor> {
+pub(crate) fn objective(
+    kind: LossKind,
+    logits: &Tensor,
+    y: &Tensor,
+    target: Option<&Tensor>,
+) -> Result<Tensor> {
     match (kind, target) {
         (LossKind::CrossEntropy, None) => Ok(cross_entropy(logits, y)?),
         (LossKind::CrossEntropy, Some(t)) => Ok(cross_entropy(logits, t)?.neg()?),
@@ -128,7 +142,10 @@ mod tests {
         assert!((d[0] + 0.5).abs() < 1e-6 && (d[1] - 1.0).abs() < 1e-6, "{d:?}");
         let dt = dlr_targeted(&z, &y, &t)?.to_vec1::<f32>()?;
         // Sample 0: (1 - 5) / (5 - (1 + 0) / 2); sample 1: (4 - 2) / (4 - (2 + 1) / 2).
-        assert!((dt[0] + 4.0 / 4.5).abs() < 1e-6 && (dt[1] - 2.0 / 2.5).abs() < 1e-6, "{dt:?}");
+        assert!(
+            (dt[0] + 4.0 / 4.5).abs() < 1e-6 && (dt[1] - 2.0 / 2.5).abs() < 1e-6,
+            "{dt:?}"
+        );
         let big = dlr(&(&z * 1e4)?, &y)?.to_vec1::<f32>()?;
         assert!((big[0] - d[0]).abs() < 1e-5 && (big[1] - d[1]).abs() < 1e-5);
         Ok(())
@@ -139,6 +156,9 @@ mod tests {
         assert_eq!(LossKind::Dlr.defined_variant(3, false), LossKind::Dlr);
         assert_eq!(LossKind::Dlr.defined_variant(2, false), LossKind::CwMargin);
         assert_eq!(LossKind::Dlr.defined_variant(3, true), LossKind::CrossEntropy);
-        assert_eq!(LossKind::CrossEntropy.defined_variant(2, true), LossKind::CrossEntropy);
+        assert_eq!(
+            LossKind::CrossEntropy.defined_variant(2, true),
+            LossKind::CrossEntropy
+        );
     }
 }

@@ -139,7 +139,12 @@ impl<'a> Problem<'a> {
     /// Expectation over transformation: the input gradient averaged over `passes` forward
     /// and backward passes, for models that randomize (Athalye et al. 2018). The objective
     /// and logits are those of the last pass, as in the AutoAttack reference.
-    pub fn grad_eot(&mut self, x: &Tensor, loss: LossKind, passes: usize) -> Result<(Tensor, Tensor, Tensor)> {
+    pub fn grad_eot(
+        &mut self,
+        x: &Tensor,
+        loss: LossKind,
+        passes: usize,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         let n = x.dim(0)? as u64;
         let passes = passes.max(1);
         let v = Var::from_tensor(&x.detach())?;

@@ -5,7 +5,9 @@
 
 use crate::autoattack::{AutoAttack, AutoAttackVersion};
 use crate::error::param;
-use crate::{ApgdParams, Attack, CwParams, FabParams, FgsmParams, LossKind, Norm, PgdParams, Result, SquareParams};
+use crate::{
+    ApgdParams, Attack, CwParams, FabParams, FgsmParams, LossKind, Norm, PgdParams, Result, SquareParams,
+};
 
 /// Parses a number written as a decimal (`0.3`, `1e-2`) or a fraction (`8/255`).
 ///
@@ -319,7 +321,9 @@ impl AttackSpec {
                         // checkpoints are fractions of the run, and 10 steps leave too few.
                         steps: self.steps.unwrap_or(100),
                         restarts: self.restarts.unwrap_or(settings.restarts),
-                        loss: self.loss.unwrap_or(if targeted { LossKind::Dlr } else { settings.loss }),
+                        loss: self
+                            .loss
+                            .unwrap_or(if targeted { LossKind::Dlr } else { settings.loss }),
                         targets: targeted.then_some(9),
                         eot: self.eot.unwrap_or(1),
                         random_start: settings.random_start,
@@ -390,7 +394,14 @@ mod tests {
         let p = AttackSpec::parse("apgd-dlr-l2-50-r5-eot20")?;
         assert_eq!(
             (p.kind, p.loss, p.norm, p.steps, p.restarts, p.eot),
-            (AttackKind::Apgd, Some(LossKind::Dlr), Some(Norm::L2), Some(50), Some(5), Some(20))
+            (
+                AttackKind::Apgd,
+                Some(LossKind::Dlr),
+                Some(Norm::L2),
+                Some(50),
+                Some(5),
+                Some(20)
+            )
         );
         assert_eq!(AttackSpec::parse("apgd-t")?.kind, AttackKind::ApgdT);
         assert_eq!(AttackSpec::parse("square-1000")?.steps, Some(1000));
@@ -399,7 +410,15 @@ mod tests {
             AttackKind::AutoAttack(AutoAttackVersion::Rand)
         );
         assert_eq!(AttackSpec::parse("fab-t-50")?.kind, AttackKind::FabT);
-        for bad in ["apgd-t-eot0", "apgd-ce-r0", "square-dlr", "autoattack-fast", "autoattack-20", "fab", "fab-t-ce"] {
+        for bad in [
+            "apgd-t-eot0",
+            "apgd-ce-r0",
+            "square-dlr",
+            "autoattack-fast",
+            "autoattack-20",
+            "fab",
+            "fab-t-ce",
+        ] {
             assert!(AttackSpec::parse(bad).is_err(), "{bad}");
         }
         let names: Vec<String> = AttackSpec::parse_list("pgd-20,autoattack")?
@@ -412,12 +431,19 @@ mod tests {
             ..AttackSettings::default()
         };
         let a = AttackSpec::parse("apgd-ce")?.build(&s)?;
-        assert!(a.name().contains("steps=100"), "the reference's 100 iterations: {}", a.name());
+        assert!(
+            a.name().contains("steps=100"),
+            "the reference's 100 iterations: {}",
+            a.name()
+        );
         let t = AttackSpec::parse("apgd-t")?.build(&s)?;
         assert!(t.name().starts_with("apgd-t(targets=9"), "{}", t.name());
         let q = AttackSpec::parse("square")?.build(&s)?;
         assert!(q.name().contains("queries=5000"), "{}", q.name());
-        assert!(AttackSpec::parse("autoattack")?.build(&s)?.name().contains("apgd-t"));
+        assert!(AttackSpec::parse("autoattack")?
+            .build(&s)?
+            .name()
+            .contains("apgd-t"));
         Ok(())
     }
 

@@ -102,7 +102,9 @@ impl Square {
         let n = x.dim(0)? as u64;
         p.cost.queries += n;
         let logits = p.logits(x)?;
-        Ok(p.objective(&logits, LossKind::CwMargin)?.neg()?.to_vec1::<f32>()?)
+        Ok(p.objective(&logits, LossKind::CwMargin)?
+            .neg()?
+            .to_vec1::<f32>()?)
     }
 
     /// One run on the rows `rows` of `p`; hands each row to `asm` when it breaks or at the
@@ -130,7 +132,8 @@ impl Square {
             if !broken.is_empty() {
                 let keep: Vec<usize> = (0..act.len()).filter(|&j| margin[j] > 0.0).collect();
                 let pick = |t: &Tensor, r: &[usize]| -> Result<Tensor> {
-                    let idx = Tensor::from_vec(r.iter().map(|&v| v as u32).collect::<Vec<_>>(), r.len(), &dev)?;
+                    let idx =
+                        Tensor::from_vec(r.iter().map(|&v| v as u32).collect::<Vec<_>>(), r.len(), &dev)?;
                     Ok(t.index_select(&idx, 0)?)
                 };
                 let gone: Vec<usize> = broken.iter().map(|&j| act[j]).collect();
@@ -155,7 +158,11 @@ impl Square {
             let vw = (rng.random::<f64>() * (w - s) as f64) as usize;
             let mut window = vec![0f32; features];
             for k in 0..ch {
-                let v = if rng.random_bool(0.5) { 2.0 * eps } else { -2.0 * eps };
+                let v = if rng.random_bool(0.5) {
+                    2.0 * eps
+                } else {
+                    -2.0 * eps
+                };
                 for r in vh..vh + s {
                     for q in vw..vw + s {
                         window[(k * h + r) * w + q] = v;
@@ -163,7 +170,11 @@ impl Square {
                 }
             }
             let window = Tensor::from_vec(window, (1, ch, h, w), &dev)?;
-            let cand = best.broadcast_add(&window)?.maximum(&lo)?.minimum(&hi)?.clamp(0f32, 1f32)?;
+            let cand = best
+                .broadcast_add(&window)?
+                .maximum(&lo)?
+                .minimum(&hi)?
+                .clamp(0f32, 1f32)?;
             let m_new = Self::margins(&mut sub, &cand)?;
             let take: Vec<bool> = m_new
                 .iter()

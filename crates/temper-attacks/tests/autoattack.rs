@@ -28,7 +28,10 @@ fn mnist_model() -> Result<temper_core::Network> {
 
 fn digits(n: usize) -> Result<(Tensor, Tensor)> {
     let fx = candle_core::safetensors::load(dir().join("autoattack/autoattack.safetensors"), &Device::Cpu)?;
-    Ok((fx["x"].narrow(0, 0, n)?, fx["y"].narrow(0, 0, n)?.to_dtype(DType::U32)?))
+    Ok((
+        fx["x"].narrow(0, 0, n)?,
+        fx["y"].narrow(0, 0, n)?.to_dtype(DType::U32)?,
+    ))
 }
 
 /// A model whose logits are multiplied by a constant: the same classifier, with a softmax
@@ -89,13 +92,25 @@ fn scaled_logits_change_ce_pgd_but_not_dlr_or_square() -> Result<()> {
     }
     .check()?;
     let pgd = build_spec("pgd-ce-30", eps)?;
-    let (d0, d1) = (robust(dlr.as_ref(), &model, &x, &y)?, robust(dlr.as_ref(), &scaled, &x, &y)?);
-    let (s0, s1) = (robust(&square, &model, &x, &y)?, robust(&square, &scaled, &x, &y)?);
-    let (p0, p1) = (robust(pgd.as_ref(), &model, &x, &y)?, robust(pgd.as_ref(), &scaled, &x, &y)?);
+    let (d0, d1) = (
+        robust(dlr.as_ref(), &model, &x, &y)?,
+        robust(dlr.as_ref(), &scaled, &x, &y)?,
+    );
+    let (s0, s1) = (
+        robust(&square, &model, &x, &y)?,
+        robust(&square, &scaled, &x, &y)?,
+    );
+    let (p0, p1) = (
+        robust(pgd.as_ref(), &model, &x, &y)?,
+        robust(pgd.as_ref(), &scaled, &x, &y)?,
+    );
     println!("robust of 16: apgd-dlr {d0} -> {d1}, square {s0} -> {s1}, pgd-ce {p0} -> {p1}");
     assert_eq!(d0, d1, "APGD-DLR must not care about the logits' scale");
     assert_eq!(s0, s1, "Square must not care about the logits' scale");
-    assert!(p1 > p0, "cross-entropy PGD should be masked by saturated logits ({p0} -> {p1})");
+    assert!(
+        p1 > p0,
+        "cross-entropy PGD should be masked by saturated logits ({p0} -> {p1})"
+    );
     Ok(())
 }
 
@@ -113,12 +128,17 @@ fn few_classes_never_fail() -> Result<()> {
         let m = small_model(classes)?;
         let n = 6;
         let x = Tensor::rand(0f32, 1f32, (n, 1, 12, 12), &Device::Cpu)?;
-        let y = Tensor::from_vec((0..n as u32).map(|i| i % classes as u32).collect::<Vec<_>>(), n, &Device::Cpu)?;
+        let y = Tensor::from_vec(
+            (0..n as u32).map(|i| i % classes as u32).collect::<Vec<_>>(),
+            n,
+            &Device::Cpu,
+        )?;
         for spec in ["apgd-ce-5", "apgd-dlr-5", "apgd-t-5", "fab-t-5", "square-20"] {
             let a = build_spec(spec, 0.1)?;
             let out = a.perturb(&m, &x, &y, Goal::Untargeted, &mut temper_core::seed::rng("few"))?;
             assert_eq!(out.success.len(), n);
-            let dlr_undefined = (spec.contains("dlr") && classes < 3) || (spec.starts_with("apgd-t") && classes < 4);
+            let dlr_undefined =
+                (spec.contains("dlr") && classes < 3) || (spec.starts_with("apgd-t") && classes < 4);
             assert_eq!(
                 !out.notes.is_empty(),
                 dlr_undefined,
@@ -145,32 +165,59 @@ fn autoattack_is_the_worst_case_and_resumes() -> Result<()> {
     let each: Vec<Vec<bool>> = parts
         .iter()
         .map(|(_, a)| {
-            Ok(a.perturb(&model, &x, &y, Goal::Untargeted, &mut temper_core::seed::rng("aa"))?
-                .success)
+            Ok(a.perturb(
+                &model,
+                &x,
+                &y,
+                Goal::Untargeted,
+                &mut temper_core::seed::rng("aa"),
+            )?
+            .success)
         })
         .collect::<Result<_>>()?;
     let tmp = std::env::temp_dir().join(format!("temper-aa-state-{}.json", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
     let aa = AutoAttack::custom(parts)?.with_state(&tmp);
-    let first = aa.perturb(&model, &x, &y, Goal::Untargeted, &mut temper_core::seed::rng("aa"))?;
+    let first = aa.perturb(
+        &model,
+        &x,
+        &y,
+        Goal::Untargeted,
+        &mut temper_core::seed::rng("aa"),
+    )?;
     // The first component sees every point with the same random stream, so whatever it
     // breaks the ensemble breaks too.
-    for i in 0..8 {
-        assert!(!each[0][i] || first.success[i], "sample {i}");
+    for (i, &alone) in each[0].iter().enumerate() {
+        assert!(!alone || first.success[i], "sample {i}");
         assert!(f64::from(first.linf[i]) <= eps + 1e-6);
     }
     println!(
         "autoattack broke {:?} (alone: {:?}), cost {:?}",
         first.success, each, first.cost
     );
-    let second = aa.perturb(&model, &x, &y, Goal::Untargeted, &mut temper_core::seed::rng("other"))?;
-    assert_eq!(second.success, first.success, "a resumed run returns the recorded result");
+    let second = aa.perturb(
+        &model,
+        &x,
+        &y,
+        Goal::Untargeted,
+        &mut temper_core::seed::rng("other"),
+    )?;
+    assert_eq!(
+        second.success, first.success,
+        "a resumed run returns the recorded result"
+    );
     // The broken points come back with their recorded adversarial pixels.
     for i in (0..8).filter(|&i| first.success[i]) {
-        let d = (second.adv.get(i)? - first.adv.get(i)?)?.abs()?.sum_all()?.to_scalar::<f32>()?;
+        let d = (second.adv.get(i)? - first.adv.get(i)?)?
+            .abs()?
+            .sum_all()?
+            .to_scalar::<f32>()?;
         assert_eq!(d, 0.0, "sample {i}");
     }
-    assert_eq!(second.cost.backward, first.cost.backward, "a resumed run attacks nothing again");
+    assert_eq!(
+        second.cost.backward, first.cost.backward,
+        "a resumed run attacks nothing again"
+    );
     let _ = std::fs::remove_file(&tmp);
     Ok(())
 }

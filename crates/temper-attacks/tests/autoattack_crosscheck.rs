@@ -28,7 +28,9 @@ fn model() -> Result<temper_core::Network> {
 
 fn fixture() -> Result<(HashMap<String, Tensor>, serde_json::Value)> {
     let t = candle_core::safetensors::load(dir().join("autoattack/autoattack.safetensors"), &Device::Cpu)?;
-    let s = serde_json::from_str(&std::fs::read_to_string(dir().join("autoattack/autoattack.json"))?)?;
+    let s = serde_json::from_str(&std::fs::read_to_string(
+        dir().join("autoattack/autoattack.json"),
+    )?)?;
     Ok((t, s))
 }
 
@@ -57,7 +59,10 @@ fn check(name: &str) -> Result<()> {
     }
     .check()?;
     let (x, y) = (&fx["x"], fx["y"].to_dtype(DType::U32)?);
-    let target = fx.get(&format!("{name}.target")).map(|t| t.to_dtype(DType::U32)).transpose()?;
+    let target = fx
+        .get(&format!("{name}.target"))
+        .map(|t| t.to_dtype(DType::U32))
+        .transpose()?;
     let goal = target.as_ref().map_or(Goal::Untargeted, Goal::Targeted);
     let model = model()?;
     let (trace, best) = apgd.trace(&model, x, &fx[&format!("{name}.start")], &y, goal)?;
@@ -88,10 +93,9 @@ fn check(name: &str) -> Result<()> {
         .count();
     // The loss trace: per sample, the largest relative difference.
     let mut worst = 0f32;
-    for s in 0..n {
-        for i in 0..horizon[s] {
-            let (a, b) = (trace.loss[i][s], want_loss[i][s]);
-            worst = worst.max((a - b).abs() / (1e-3 + b.abs()));
+    for (s, &h) in horizon.iter().enumerate() {
+        for (got, want) in trace.loss.iter().zip(&want_loss).take(h) {
+            worst = worst.max((got[s] - want[s]).abs() / (1e-3 + want[s].abs()));
         }
     }
     let best_final = (0..n)
@@ -114,7 +118,10 @@ fn check(name: &str) -> Result<()> {
     assert_eq!(same_schedule, n, "{name}: step-size schedules differ");
     assert!(worst <= 1e-3, "{name}: loss traces differ by {worst:e}");
     assert!(best_far <= 1e-2, "{name}: x_best differs at {best_far} of pixels");
-    assert!(best_final <= 1e-2, "{name}: final best loss differs by {best_final}");
+    assert!(
+        best_final <= 1e-2,
+        "{name}: final best loss differs by {best_final}"
+    );
     Ok(())
 }
 
@@ -145,8 +152,11 @@ fn apgd_ce_l2_equals_the_reference() -> Result<()> {
 /// the two).
 #[test]
 fn standard_autoattack_agrees_with_the_reference_per_point() -> Result<()> {
-    let fx = candle_core::safetensors::load(dir().join("autoattack/autoattack_pgd.safetensors"), &Device::Cpu)?;
-    let want: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir().join("autoattack/autoattack_pgd.json"))?)?;
+    let fx =
+        candle_core::safetensors::load(dir().join("autoattack/autoattack_pgd.safetensors"), &Device::Cpu)?;
+    let want: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        dir().join("autoattack/autoattack_pgd.json"),
+    )?)?;
     let cfg = ModelConfig::new(ModelKind::SmallCnn, 10).check()?;
     let (model, _) = build_from_file(
         &cfg,
@@ -159,10 +169,19 @@ fn standard_autoattack_agrees_with_the_reference_per_point() -> Result<()> {
     let eps = want["eps"].as_f64().unwrap_or_default();
     let aa = temper_attacks::AutoAttack::new(temper_attacks::AutoAttackVersion::Standard, Norm::Linf, eps)?;
     let start = std::time::Instant::now();
-    let out = temper_attacks::Attack::perturb(&aa, &model, x, &y, Goal::Untargeted, &mut temper_core::seed::rng("aa-reference"))?;
+    let out = temper_attacks::Attack::perturb(
+        &aa,
+        &model,
+        x,
+        &y,
+        Goal::Untargeted,
+        &mut temper_core::seed::rng("aa-reference"),
+    )?;
     let seconds = start.elapsed().as_secs_f64();
     let flags = |v: &serde_json::Value| -> Vec<bool> {
-        v.as_array().map(|a| a.iter().map(|b| b.as_bool().unwrap_or(false)).collect()).unwrap_or_default()
+        v.as_array()
+            .map(|a| a.iter().map(|b| b.as_bool().unwrap_or(false)).collect())
+            .unwrap_or_default()
     };
     let reference = flags(&want["standard"]["robust"]);
     let reference_no_fab = flags(&want["custom"]["robust"]);
@@ -185,6 +204,9 @@ fn standard_autoattack_agrees_with_the_reference_per_point() -> Result<()> {
         seconds / n as f64
     );
     assert!(out.linf.iter().all(|&d| f64::from(d) <= eps + 1e-6));
-    assert!(differ * 100 <= n, "per-point outcomes differ on {differ} of {n} points");
+    assert!(
+        differ * 100 <= n,
+        "per-point outcomes differ on {differ} of {n} points"
+    );
     Ok(())
 }

@@ -2,7 +2,9 @@
 
 use candle_core::{Device, Tensor};
 use proptest::prelude::*;
-use temper_attacks::{ApgdParams, Attack, CwParams, FgsmParams, Goal, LossKind, Norm, PgdParams, SquareParams};
+use temper_attacks::{
+    ApgdParams, Attack, CwParams, FgsmParams, Goal, LossKind, Norm, PgdParams, SquareParams,
+};
 use temper_core::{Classifier, Mode};
 use temper_models::{build, ModelConfig, ModelKind};
 

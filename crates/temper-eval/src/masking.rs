@@ -564,9 +564,9 @@ fn check_outputs(model: &dyn Classifier, x: &candle_core::Tensor, cost: &mut Cos
         .count();
     let rows = a.to_vec2::<f32>()?;
     let probabilities = !rows.is_empty()
-        && rows.iter().all(|r| {
-            r.iter().all(|v| (0.0..=1.0).contains(v)) && (r.iter().sum::<f32>() - 1.0).abs() < 1e-4
-        });
+        && rows
+            .iter()
+            .all(|r| r.iter().all(|v| (0.0..=1.0).contains(v)) && (r.iter().sum::<f32>() - 1.0).abs() < 1e-4);
     Ok(OutputCheck {
         samples: n,
         randomized: differ,

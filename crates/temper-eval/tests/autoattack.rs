@@ -56,13 +56,21 @@ fn autoattack_reports_each_component_and_their_worst_case() -> Result<()> {
     let e = evaluate(&model, &data, &list, &params(0.1, 24)?, &Device::Cpu)?;
     let names: Vec<&str> = e.attacks.iter().map(|a| a.name.as_str()).collect();
     assert_eq!(names, ["apgd-ce", "apgd-t", "fab-t", "square"]);
-    let worst = e.worst_case.as_ref().map(|w| w.accuracy.correct).unwrap_or(usize::MAX);
+    let worst = e
+        .worst_case
+        .as_ref()
+        .map(|w| w.accuracy.correct)
+        .unwrap_or(usize::MAX);
     for a in &e.attacks {
         assert!(worst <= a.robust.correct, "{}", a.name);
         assert!(a.perturbation.linf_max <= 0.1 + 1e-5);
     }
     let square = &e.attacks[3];
-    assert!(square.cost.queries > 0 && square.cost.backward == 0, "{:?}", square.cost);
+    assert!(
+        square.cost.queries > 0 && square.cost.backward == 0,
+        "{:?}",
+        square.cost
+    );
     eprintln!(
         "clean {} apgd-ce {} apgd-t {} fab-t {} square {} worst {worst}; flags {:?}",
         e.clean.accuracy.correct,
@@ -73,9 +81,10 @@ fn autoattack_reports_each_component_and_their_worst_case() -> Result<()> {
         e.flags()
     );
     assert!(
-        !e.flags()
-            .iter()
-            .any(|f| matches!(f, MaskingFlag::SquareBeatsWhiteBox { .. } | MaskingFlag::SoftmaxOutputs)),
+        !e.flags().iter().any(|f| matches!(
+            f,
+            MaskingFlag::SquareBeatsWhiteBox { .. } | MaskingFlag::SoftmaxOutputs
+        )),
         "{:?}",
         e.flags()
     );
@@ -86,16 +95,26 @@ fn autoattack_reports_each_component_and_their_worst_case() -> Result<()> {
 fn softmax_and_randomized_models_are_flagged() -> Result<()> {
     let data = mnist_test(20)?;
     let list = attacks("fgsm", 0.1)?;
-    let soft = Mapped(trained_mnist()?, |z: Tensor| Ok(temper_core::loss::log_softmax(&z)?.exp()?));
+    let soft = Mapped(trained_mnist()?, |z: Tensor| {
+        Ok(temper_core::loss::log_softmax(&z)?.exp()?)
+    });
     let e = evaluate(&soft, &data, &list, &params(0.1, 20)?, &Device::Cpu)?;
-    assert!(e.flags().contains(&MaskingFlag::SoftmaxOutputs), "{:?}", e.flags());
+    assert!(
+        e.flags().contains(&MaskingFlag::SoftmaxOutputs),
+        "{:?}",
+        e.flags()
+    );
     // Noise on the logits from candle's own generator: every pass differs.
     let noisy = Mapped(trained_mnist()?, |z: Tensor| Ok((&z + z.randn_like(0.0, 1.0)?)?));
     let e = evaluate(&noisy, &data, &list, &params(0.1, 20)?, &Device::Cpu)?;
     assert!(
-        e.flags()
-            .iter()
-            .any(|f| matches!(f, MaskingFlag::RandomizedModel { count: 20, samples: 20 })),
+        e.flags().iter().any(|f| matches!(
+            f,
+            MaskingFlag::RandomizedModel {
+                count: 20,
+                samples: 20
+            }
+        )),
         "{:?}",
         e.flags()
     );
@@ -119,9 +138,15 @@ fn saturated_logits_mask_ce_pgd_but_are_flagged() -> Result<()> {
         e.flags()
     );
     assert!(r(&e, 0) > r(&plain, 0), "scaling must mask cross-entropy PGD");
-    assert!(r(&e, 1).abs_diff(r(&plain, 1)) <= 1, "APGD-DLR is scale-invariant");
+    assert!(
+        r(&e, 1).abs_diff(r(&plain, 1)) <= 1,
+        "APGD-DLR is scale-invariant"
+    );
     assert!(plain.flags().is_empty(), "{:?}", plain.flags());
-    assert!(!e.flags().is_empty(), "the masked CE evaluation must raise a flag");
+    assert!(
+        !e.flags().is_empty(),
+        "the masked CE evaluation must raise a flag"
+    );
     Ok(())
 }
 
