@@ -242,3 +242,23 @@ impl Attack for Square {
         p.finish(adv, LossKind::CwMargin)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn p_schedule_halves_at_the_reference_queries() {
+        let p = |it| square_p(it, 5000, 0.8, false);
+        assert_eq!(p(0), 0.8);
+        assert_eq!(p(10), 0.8);
+        assert_eq!(p(11), 0.4);
+        assert_eq!(p(50), 0.4);
+        assert_eq!(p(51), 0.2);
+        assert_eq!(p(4001), 0.8 / 128.0);
+        assert_eq!(p(8001), 0.8 / 512.0);
+        // Rescaled to 1000 queries, query 100 is the reference's query 1000.
+        assert_eq!(square_p(100, 1000, 0.8, true), 0.8 / 16.0);
+        assert_eq!(square_p(101, 1000, 0.8, true), 0.8 / 32.0);
+    }
+}
