@@ -3,7 +3,9 @@
 //! Adversarial attacks for any [`temper_core::Classifier`], written once for every device:
 //! [`Fgsm`] (optionally with the uniform random start of Fast-AT), [`Pgd`] (L-inf and L2,
 //! random start, restarts keeping the per-sample worst case, targeted or untargeted,
-//! cross-entropy or CW-margin loss, per-sample early stop) and [`CarliniWagner`] L2.
+//! cross-entropy, CW-margin or DLR loss, per-sample early stop), [`CarliniWagner`] L2, and
+//! AutoAttack: [`Apgd`] (APGD-CE, APGD-DLR, APGD-T, with EOT), [`Fab`] (FAB-T), [`Square`]
+//! and the [`AutoAttack`] ensemble.
 //!
 //! Conventions, shared with torchattacks: inputs are pixels in `[0, 1]`, eps is in pixel
 //! units (`8/255`), the model is put in eval mode for the attack and restored afterwards,
@@ -29,21 +31,29 @@
 //! # Ok(()) }
 //! ```
 
+mod apgd;
+mod autoattack;
 mod cw;
 mod error;
+mod fab;
 mod fgsm;
 mod loss;
 mod norm;
 mod pgd;
 mod problem;
 pub mod spec;
+mod square;
 
+pub use apgd::{checkpoints, Apgd, ApgdParams, ApgdTrace};
+pub use autoattack::{components as autoattack_components, AutoAttack, AutoAttackVersion};
 pub use cw::{CarliniWagner, CwParams};
 pub use error::{Error, Result};
+pub use fab::{projection_linf, Fab, FabParams};
 pub use fgsm::{Fgsm, FgsmParams};
-pub use loss::LossKind;
+pub use loss::{dlr, dlr_targeted, LossKind};
 pub use norm::{per_sample_l2, per_sample_linf, Norm};
 pub use pgd::{Pgd, PgdParams};
+pub use square::{square_p, Square, SquareParams};
 
 use candle_core::Tensor;
 use temper_core::seed::Rng;
@@ -65,12 +75,17 @@ pub struct Cost {
     pub forward: u64,
     /// Images passed backward through the model.
     pub backward: u64,
+    /// Of the forward passes, the score queries of black-box attacks (Square): the number
+    /// the black-box literature reports.
+    #[serde(default)]
+    pub queries: u64,
 }
 
 impl std::ops::AddAssign for Cost {
     fn add_assign(&mut self, o: Cost) {
         self.forward += o.forward;
         self.backward += o.backward;
+        self.queries += o.queries;
     }
 }
 
@@ -91,6 +106,9 @@ pub struct AttackOutput {
     pub pred: Vec<u32>,
     /// Work done.
     pub cost: Cost,
+    /// What the attack changed on its own and the user should know, e.g. a loss that is
+    /// undefined for this model (DLR with fewer than 3 classes) replaced by a defined one.
+    pub notes: Vec<String>,
 }
 
 /// An adversarial attack.

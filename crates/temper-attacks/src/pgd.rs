@@ -52,11 +52,13 @@ impl PgdParams {
         if !(self.eps.is_finite() && self.eps >= 0.0) {
             return Err(param("eps", format!("{} must be finite and >= 0", self.eps)));
         }
-        if !(self.alpha.is_finite() && self.alpha > 0.0) {
-            return Err(param("alpha", format!("{} must be finite and > 0", self.alpha)));
-        }
+        // Steps first: a step size derived from the step count (2.5 eps / steps) is infinite
+        // for zero steps, and the error must name the cause.
         if self.steps == 0 {
             return Err(param("steps", "must be at least 1"));
+        }
+        if !(self.alpha.is_finite() && self.alpha > 0.0) {
+            return Err(param("alpha", format!("{} must be finite and > 0", self.alpha)));
         }
         if self.restarts == 0 {
             return Err(param("restarts", "must be at least 1"));
@@ -86,7 +88,7 @@ impl Pgd {
         observe: &mut dyn FnMut(usize, &Tensor),
     ) -> Result<Best> {
         let c = &self.0;
-        let x = p.x;
+        let x = &p.x.clone();
         let mut adv = (x + c.norm.project(&(start - x)?, c.eps)?)?.clamp(0f32, 1f32)?;
         let mut frozen = vec![false; p.n()];
         let mut best: Option<Best> = None;

@@ -7,14 +7,23 @@ use crate::{AttackOutput, Cost, Error, Goal, Result};
 use candle_core::{DType, Tensor, Var, D};
 use temper_core::{Classifier, ForwardOpts, Mode};
 
-/// One attack run: the model, the clean batch and whose label the objective uses.
+/// One attack run: the model, the clean batch, its true labels and the targets, if any.
 pub(crate) struct Problem<'a> {
     pub model: &'a dyn Classifier,
-    pub x: &'a Tensor,
-    /// The labels the objective is about: `y` (untargeted) or the targets.
+    pub x: Tensor,
+    /// The true labels.
+    pub y: Tensor,
+    /// The labels success is about: `y` (untargeted) or the targets.
     pub labels: Tensor,
+    /// Success means reaching `labels` (targeted) rather than leaving `y`.
     pub targeted: bool,
+    /// The target the objective is about, when it differs from success: APGD-T ascends a
+    /// targeted loss but succeeds on any wrong class, as the reference does.
+    pub objective_target: Option<Tensor>,
     pub cost: Cost,
+    /// What the attack had to change and the user should know (a loss undefined for this
+    /// model replaced by a defined one, ...), passed on in the output.
+    pub notes: Vec<String>,
 }
 
 const EVAL: ForwardOpts = ForwardOpts {
@@ -71,11 +80,45 @@ impl<'a> Problem<'a> {
         };
         Ok(Problem {
             model,
-            x,
+            x: x.clone(),
+            y,
+            objective_target: targeted.then(|| labels.clone()),
             labels,
             targeted,
             cost: Cost::default(),
+            notes: Vec::new(),
         })
+    }
+
+    /// The same problem on rows `rows` only, with its own cost (add it back with
+    /// [`Problem::absorb`]).
+    pub fn subset(&self, rows: &[usize]) -> Result<Problem<'a>> {
+        let idx = Tensor::from_vec(
+            rows.iter().map(|&r| r as u32).collect::<Vec<_>>(),
+            rows.len(),
+            self.x.device(),
+        )?;
+        let pick = |t: &Tensor| -> Result<Tensor> { Ok(t.index_select(&idx, 0)?) };
+        Ok(Problem {
+            model: self.model,
+            x: pick(&self.x)?,
+            y: pick(&self.y)?,
+            labels: pick(&self.labels)?,
+            targeted: self.targeted,
+            objective_target: self.objective_target.as_ref().map(pick).transpose()?,
+            cost: Cost::default(),
+            notes: Vec::new(),
+        })
+    }
+
+    /// Adds the work of a sub-problem to this one.
+    pub fn absorb(&mut self, sub: &Problem<'_>) {
+        self.cost += sub.cost;
+        for n in &sub.notes {
+            if !self.notes.contains(n) {
+                self.notes.push(n.clone());
+            }
+        }
     }
 
     pub fn n(&self) -> usize {
@@ -90,24 +133,55 @@ impl<'a> Problem<'a> {
 
     /// Per-sample objective, its input gradient, and the logits, at `x`.
     pub fn grad(&mut self, x: &Tensor, loss: LossKind) -> Result<(Tensor, Tensor, Tensor)> {
+        self.grad_eot(x, loss, 1)
+    }
+
+    /// Expectation over transformation: the input gradient averaged over `passes` forward
+    /// and backward passes, for models that randomize (Athalye et al. 2018). The objective
+    /// and logits are those of the last pass, as in the AutoAttack reference.
+    pub fn grad_eot(
+        &mut self,
+        x: &Tensor,
+        loss: LossKind,
+        passes: usize,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         let n = x.dim(0)? as u64;
-        self.cost.forward += n;
-        self.cost.backward += n;
+        let passes = passes.max(1);
         let v = Var::from_tensor(&x.detach())?;
-        let logits = self.model.forward_opts(v.as_tensor(), EVAL)?;
-        let obj = objective(loss, &logits, &self.labels, self.targeted)?;
-        // Summed, not averaged: each sample's gradient is then independent of batch size.
-        let grads = obj.sum_all()?.backward()?;
-        let g = grads
-            .get(v.as_tensor())
-            .cloned()
-            .map_or_else(|| x.zeros_like(), Ok)?;
-        Ok((obj.detach(), g, logits.detach()))
+        let mut sum: Option<Tensor> = None;
+        let mut last = None;
+        for _ in 0..passes {
+            self.cost.forward += n;
+            self.cost.backward += n;
+            let logits = self.model.forward_opts(v.as_tensor(), EVAL)?;
+            let obj = objective(loss, &logits, &self.y, self.objective_target.as_ref())?;
+            // Summed, not averaged: each sample's gradient is then independent of batch size.
+            let grads = obj.sum_all()?.backward()?;
+            let g = grads
+                .get(v.as_tensor())
+                .cloned()
+                .map_or_else(|| x.zeros_like(), Ok)?;
+            sum = Some(match sum {
+                None => g,
+                Some(s) => (s + g)?,
+            });
+            last = Some((obj.detach(), logits.detach()));
+        }
+        let (Some(g), Some((obj, logits))) = (sum, last) else {
+            return Err(Error::BadInput("no gradient pass ran".into()));
+        };
+        let g = if passes > 1 { (g / passes as f64)? } else { g };
+        Ok((obj, g, logits))
     }
 
     /// Per sample: has the attack reached its goal, given these logits?
     pub fn success(&self, logits: &Tensor) -> Result<Vec<bool>> {
         let pred = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+        self.success_of(&pred)
+    }
+
+    /// Per sample: has the attack reached its goal, given these predictions?
+    pub fn success_of(&self, pred: &[u32]) -> Result<Vec<bool>> {
         let lab = self.labels.to_vec1::<u32>()?;
         Ok(pred
             .iter()
@@ -117,7 +191,7 @@ impl<'a> Problem<'a> {
     }
 
     pub fn objective(&self, logits: &Tensor, loss: LossKind) -> Result<Tensor> {
-        objective(loss, logits, &self.labels, self.targeted)
+        objective(loss, logits, &self.y, self.objective_target.as_ref())
     }
 
     /// The output for adversarial points `adv`, evaluated once more.
@@ -126,7 +200,7 @@ impl<'a> Problem<'a> {
         let obj = self.objective(&logits, loss)?.to_vec1::<f32>()?;
         let success = self.success(&logits)?;
         let pred = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
-        let delta = (&adv - self.x)?;
+        let delta = (&adv - &self.x)?;
         Ok(AttackOutput {
             success,
             loss: obj,
@@ -135,6 +209,7 @@ impl<'a> Problem<'a> {
             pred,
             adv,
             cost: self.cost,
+            notes: self.notes,
         })
     }
 }

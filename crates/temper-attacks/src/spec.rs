@@ -1,9 +1,13 @@
 //! Attacks described by short strings, as users type them: `fgsm`, `fgsm-rs`, `pgd`,
-//! `pgd-20`, `pgd-l2-50`, `pgd-cw-20` (PGD on the CW margin loss), `cw`, `cw-200`; and
-//! budgets such as `8/255`.
+//! `pgd-20`, `pgd-l2-50`, `pgd-cw-20` (PGD on the CW margin loss), `cw`, `cw-200`,
+//! `apgd-ce`, `apgd-dlr`, `apgd-t`, `apgd-ce-l2-50-r5-eot20`, `fab-t`, `square`, `square-1000`,
+//! `autoattack`, `autoattack-plus`, `autoattack-rand`; and budgets such as `8/255`.
 
+use crate::autoattack::{AutoAttack, AutoAttackVersion};
 use crate::error::param;
-use crate::{Attack, CwParams, FgsmParams, LossKind, Norm, PgdParams, Result};
+use crate::{
+    ApgdParams, Attack, CwParams, FabParams, FgsmParams, LossKind, Norm, PgdParams, Result, SquareParams,
+};
 
 /// Parses a number written as a decimal (`0.3`, `1e-2`) or a fraction (`8/255`).
 ///
@@ -69,6 +73,16 @@ pub enum AttackKind {
     Pgd,
     /// Carlini-Wagner L2.
     Cw,
+    /// Auto-PGD, untargeted (Croce and Hein 2020).
+    Apgd,
+    /// Auto-PGD on the targeted loss towards each of the 9 most likely other classes.
+    ApgdT,
+    /// FAB-T: targeted minimum-norm attack, result checked against eps.
+    FabT,
+    /// The Square attack (score-based, no gradients).
+    Square,
+    /// An AutoAttack ensemble.
+    AutoAttack(AutoAttackVersion),
 }
 
 /// A parsed attack name: family, optional norm and optional step count.
@@ -80,8 +94,12 @@ pub struct AttackSpec {
     pub norm: Option<Norm>,
     /// `pgd-20`, `cw-200`: the number of steps.
     pub steps: Option<usize>,
-    /// `pgd-cw-20`, `fgsm-ce`: the objective, overriding the caller's (FGSM and PGD only).
+    /// `pgd-cw-20`, `fgsm-ce`, `apgd-dlr`: the objective, overriding the caller's.
     pub loss: Option<LossKind>,
+    /// `apgd-ce-r5`: restarts, overriding the caller's.
+    pub restarts: Option<usize>,
+    /// `apgd-ce-eot20`: gradient passes averaged per step (expectation over transformation).
+    pub eot: Option<usize>,
     /// The text it was parsed from.
     pub text: String,
 }
@@ -123,14 +141,19 @@ impl Default for AttackSettings {
 impl AttackSpec {
     /// Parses `fgsm`, `fgsm-rs`, `pgd`, `pgd-N`, `pgd-linf-N`, `pgd-l2-N`, `cw`, `cw-N`;
     /// FGSM and PGD names may also carry the loss, `ce` or `cw` (the margin loss of Carlini
-    /// and Wagner), e.g. `pgd-cw-20` or `fgsm-rs-cw`.
+    /// and Wagner), e.g. `pgd-cw-20` or `fgsm-rs-cw`. APGD: `apgd-ce`, `apgd-dlr`, `apgd-t`,
+    /// with optional norm, iterations (default 100), `rN` restarts and `eotN` gradient
+    /// passes, e.g. `apgd-dlr-l2-50-r5-eot20`. `fab-t`, `fab-t-N` (N iterations per target,
+    /// default 100). `square`, `square-N` (N queries, default 5000). `autoattack`, `autoattack-standard`, `autoattack-plus`, `autoattack-rand`.
     pub fn parse(s: &str) -> Result<Self> {
         let t = s.trim().to_ascii_lowercase();
         let bad = || {
             param(
                 "attack",
                 format!(
-                    "'{s}' is not one of fgsm[-rs][-ce|-cw], pgd[-l2|-linf][-ce|-cw][-STEPS], cw[-STEPS]"
+                    "'{s}' is not one of fgsm[-rs][-ce|-cw], pgd[-l2|-linf][-ce|-cw][-STEPS], cw[-STEPS], \
+                     apgd-ce|apgd-dlr|apgd-t[-l2][-STEPS][-rN][-eotN], fab-t[-STEPS], square[-QUERIES], \
+                     autoattack[-standard|-plus|-rand]"
                 ),
             )
         };
@@ -143,25 +166,70 @@ impl AttackSpec {
             Some("fgsm") => AttackKind::Fgsm,
             Some("pgd") => AttackKind::Pgd,
             Some("cw") => AttackKind::Cw,
+            Some("apgd") if parts.get(1) == Some(&"t") => {
+                parts.remove(1);
+                AttackKind::ApgdT
+            }
+            Some("apgd") => AttackKind::Apgd,
+            Some("square") => AttackKind::Square,
+            Some("autoattack") | Some("aa") => {
+                let version = match parts.get(1..).unwrap_or_default() {
+                    [] | ["standard"] => AutoAttackVersion::Standard,
+                    ["plus"] => AutoAttackVersion::Plus,
+                    ["rand"] => AutoAttackVersion::Rand,
+                    _ => return Err(bad()),
+                };
+                return Ok(AttackSpec {
+                    kind: AttackKind::AutoAttack(version),
+                    norm: None,
+                    steps: None,
+                    loss: None,
+                    restarts: None,
+                    eot: None,
+                    text: s.trim().to_string(),
+                });
+            }
+            Some("fab") if parts.get(1) == Some(&"t") => {
+                parts.remove(1);
+                AttackKind::FabT
+            }
+            Some("fab") => {
+                return Err(param(
+                    "attack",
+                    format!("'{s}': untargeted FAB is not implemented in Temper; fab-t is"),
+                ))
+            }
             _ => return Err(bad()),
         };
         let mut norm = None;
         let mut steps = None;
         let mut loss = None;
-        let gradient_attack = kind != AttackKind::Cw;
+        let mut restarts = None;
+        let mut eot = None;
+        let with_loss = !matches!(kind, AttackKind::Cw | AttackKind::Square | AttackKind::FabT);
+        let with_norm = matches!(
+            kind,
+            AttackKind::Pgd | AttackKind::Apgd | AttackKind::ApgdT | AttackKind::Square | AttackKind::FabT
+        );
+        let with_steps = !matches!(kind, AttackKind::Fgsm | AttackKind::FgsmRs);
+        let apgd = matches!(kind, AttackKind::Apgd | AttackKind::ApgdT);
+        let count = |v: &str, name: &'static str| -> Result<usize> {
+            let v: usize = v.parse().map_err(|_| bad())?;
+            if v == 0 {
+                return Err(param(name, format!("'{s}' asks for zero {name}")));
+            }
+            Ok(v)
+        };
         for p in &parts[1..] {
             match *p {
-                "ce" if gradient_attack && loss.is_none() => loss = Some(LossKind::CrossEntropy),
-                "cw" | "margin" if gradient_attack && loss.is_none() => loss = Some(LossKind::CwMargin),
-                "l2" if kind == AttackKind::Pgd => norm = Some(Norm::L2),
-                "linf" | "inf" if kind == AttackKind::Pgd => norm = Some(Norm::Linf),
-                n if matches!(kind, AttackKind::Pgd | AttackKind::Cw) => {
-                    let v: usize = n.parse().map_err(|_| bad())?;
-                    if v == 0 {
-                        return Err(param("steps", format!("'{s}' asks for zero steps")));
-                    }
-                    steps = Some(v);
-                }
+                "ce" if with_loss && loss.is_none() => loss = Some(LossKind::CrossEntropy),
+                "cw" | "margin" if with_loss && loss.is_none() => loss = Some(LossKind::CwMargin),
+                "dlr" if with_loss && loss.is_none() => loss = Some(LossKind::Dlr),
+                "l2" if with_norm => norm = Some(Norm::L2),
+                "linf" | "inf" if with_norm => norm = Some(Norm::Linf),
+                r if apgd && r.starts_with("eot") => eot = Some(count(&r[3..], "eot")?),
+                r if apgd && r.starts_with('r') => restarts = Some(count(&r[1..], "restarts")?),
+                n if with_steps => steps = Some(count(n, "steps")?),
                 _ => return Err(bad()),
             }
         }
@@ -170,16 +238,30 @@ impl AttackSpec {
             norm,
             steps,
             loss,
+            restarts,
+            eot,
             text: s.trim().to_string(),
         })
     }
 
-    /// Parses a comma-separated list such as `fgsm,pgd-20,cw`.
+    /// The specs this one stands for in a list: an AutoAttack ensemble becomes its component
+    /// attacks, so an evaluation reports each and runs each on the points the ones before
+    /// it left (the evaluator's cascade); any other spec is itself.
+    pub fn expand(&self) -> Result<Vec<Self>> {
+        match self.kind {
+            AttackKind::AutoAttack(v) => v.components().iter().map(|c| Self::parse(c)).collect(),
+            _ => Ok(vec![self.clone()]),
+        }
+    }
+
+    /// Parses a comma-separated list such as `fgsm,pgd-20,cw`; an AutoAttack name stands
+    /// for its component attacks (see [`AttackSpec::expand`]).
     pub fn parse_list(s: &str) -> Result<Vec<Self>> {
-        s.split(',')
-            .filter(|p| !p.trim().is_empty())
-            .map(Self::parse)
-            .collect()
+        let mut out = Vec::new();
+        for p in s.split(',').filter(|p| !p.trim().is_empty()) {
+            out.extend(Self::parse(p)?.expand()?);
+        }
+        Ok(out)
     }
 
     /// The attack, completed and validated with `settings`.
@@ -205,13 +287,16 @@ impl AttackSpec {
             ),
             AttackKind::Pgd => {
                 let steps = self.steps.unwrap_or(settings.steps);
+                if steps == 0 {
+                    return Err(param("steps", "must be at least 1"));
+                }
                 Box::new(
                     PgdParams {
                         norm: self.norm.unwrap_or(settings.norm),
                         eps,
                         alpha: settings.alpha.unwrap_or((2.5 * eps / steps as f64).max(1e-12)),
                         steps,
-                        restarts: settings.restarts,
+                        restarts: self.restarts.unwrap_or(settings.restarts),
                         random_start: settings.random_start,
                         loss,
                         early_stop: false,
@@ -226,6 +311,46 @@ impl AttackSpec {
                 }
                 Box::new(p.check()?)
             }
+            AttackKind::Apgd | AttackKind::ApgdT => {
+                let targeted = self.kind == AttackKind::ApgdT;
+                Box::new(
+                    ApgdParams {
+                        norm: self.norm.unwrap_or(settings.norm),
+                        eps,
+                        // The reference's 100 iterations, not the PGD default: APGD's
+                        // checkpoints are fractions of the run, and 10 steps leave too few.
+                        steps: self.steps.unwrap_or(100),
+                        restarts: self.restarts.unwrap_or(settings.restarts),
+                        loss: self
+                            .loss
+                            .unwrap_or(if targeted { LossKind::Dlr } else { settings.loss }),
+                        targets: targeted.then_some(9),
+                        eot: self.eot.unwrap_or(1),
+                        random_start: settings.random_start,
+                        ..ApgdParams::default()
+                    }
+                    .check()?,
+                )
+            }
+            AttackKind::FabT => Box::new(
+                FabParams {
+                    norm: self.norm.unwrap_or(settings.norm),
+                    eps,
+                    steps: self.steps.unwrap_or(100),
+                    ..FabParams::default()
+                }
+                .check()?,
+            ),
+            AttackKind::Square => Box::new(
+                SquareParams {
+                    norm: self.norm.unwrap_or(settings.norm),
+                    eps,
+                    queries: self.steps.unwrap_or(5000),
+                    ..SquareParams::default()
+                }
+                .check()?,
+            ),
+            AttackKind::AutoAttack(v) => Box::new(AutoAttack::new(v, settings.norm, eps)?),
         })
     }
 }
@@ -262,6 +387,88 @@ mod tests {
         let b = AttackSpec::parse("pgd-20")?.build(&s)?;
         assert_ne!(a.name(), b.name(), "the loss must reach the attack");
         Ok(())
+    }
+
+    #[test]
+    fn autoattack_names_parse() -> Result<()> {
+        let p = AttackSpec::parse("apgd-dlr-l2-50-r5-eot20")?;
+        assert_eq!(
+            (p.kind, p.loss, p.norm, p.steps, p.restarts, p.eot),
+            (
+                AttackKind::Apgd,
+                Some(LossKind::Dlr),
+                Some(Norm::L2),
+                Some(50),
+                Some(5),
+                Some(20)
+            )
+        );
+        assert_eq!(AttackSpec::parse("apgd-t")?.kind, AttackKind::ApgdT);
+        assert_eq!(AttackSpec::parse("square-1000")?.steps, Some(1000));
+        assert_eq!(
+            AttackSpec::parse("autoattack-rand")?.kind,
+            AttackKind::AutoAttack(AutoAttackVersion::Rand)
+        );
+        assert_eq!(AttackSpec::parse("fab-t-50")?.kind, AttackKind::FabT);
+        for bad in [
+            "apgd-t-eot0",
+            "apgd-ce-r0",
+            "square-dlr",
+            "autoattack-fast",
+            "autoattack-20",
+            "fab",
+            "fab-t-ce",
+        ] {
+            assert!(AttackSpec::parse(bad).is_err(), "{bad}");
+        }
+        let names: Vec<String> = AttackSpec::parse_list("pgd-20,autoattack")?
+            .into_iter()
+            .map(|s| s.text)
+            .collect();
+        assert_eq!(names, ["pgd-20", "apgd-ce", "apgd-t", "fab-t", "square"]);
+        let s = AttackSettings {
+            eps: 0.3,
+            ..AttackSettings::default()
+        };
+        let a = AttackSpec::parse("apgd-ce")?.build(&s)?;
+        assert!(
+            a.name().contains("steps=100"),
+            "the reference's 100 iterations: {}",
+            a.name()
+        );
+        let t = AttackSpec::parse("apgd-t")?.build(&s)?;
+        assert!(t.name().starts_with("apgd-t(targets=9"), "{}", t.name());
+        let q = AttackSpec::parse("square")?.build(&s)?;
+        assert!(q.name().contains("queries=5000"), "{}", q.name());
+        assert!(AttackSpec::parse("autoattack")?
+            .build(&s)?
+            .name()
+            .contains("apgd-t"));
+        Ok(())
+    }
+
+    #[test]
+    fn zero_steps_is_a_steps_error() {
+        let s = AttackSettings {
+            steps: 0,
+            ..AttackSettings::default()
+        };
+        let e = AttackSpec::parse("pgd").and_then(|p| p.build(&s)).err();
+        assert!(
+            matches!(e, Some(crate::Error::InvalidParam { name: "steps", .. })),
+            "{e:?}"
+        );
+        let e = PgdParams {
+            steps: 0,
+            alpha: f64::INFINITY,
+            ..PgdParams::default()
+        }
+        .check()
+        .err();
+        assert!(
+            matches!(e, Some(crate::Error::InvalidParam { name: "steps", .. })),
+            "{e:?}"
+        );
     }
 
     #[test]

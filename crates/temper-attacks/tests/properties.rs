@@ -2,7 +2,9 @@
 
 use candle_core::{Device, Tensor};
 use proptest::prelude::*;
-use temper_attacks::{Attack, CwParams, FgsmParams, Goal, LossKind, Norm, PgdParams};
+use temper_attacks::{
+    ApgdParams, Attack, CwParams, FgsmParams, Goal, LossKind, Norm, PgdParams, SquareParams,
+};
 use temper_core::{Classifier, Mode};
 use temper_models::{build, ModelConfig, ModelKind};
 
@@ -69,6 +71,28 @@ proptest! {
             let f = FgsmParams { eps: eps.min(0.4), random_start: rs, loss }.check().unwrap_or_else(|e| panic!("{e}"));
             check_valid(&x, &f.perturb(&m, &x, &y, Goal::Untargeted, &mut rng).unwrap_or_else(|e| panic!("{e}")), Norm::Linf, eps.min(0.4));
         }
+    }
+
+    #[test]
+    fn apgd_and_square_stay_in_the_box_and_the_ball(
+        seed in 0u64..1000, n in 1usize..4, eps in 0.0f64..0.4, steps in 1usize..6,
+        l2 in any::<bool>(), dlr in any::<bool>(), targets in 0usize..3, eot in 1usize..3,
+    ) {
+        let m = model(seed);
+        let (x, y) = batch(n, seed);
+        let norm = if l2 { Norm::L2 } else { Norm::Linf };
+        let eps_n = if l2 { eps * 5.0 } else { eps };
+        let loss = if dlr { LossKind::Dlr } else { LossKind::CrossEntropy };
+        let apgd = ApgdParams { norm, eps: eps_n, steps, loss, targets: (targets > 0).then_some(targets), eot, ..ApgdParams::default() }.check().unwrap_or_else(|e| panic!("{e}"));
+        let mut rng = temper_core::seed::rng_with(seed, "a");
+        let out = apgd.perturb(&m, &x, &y, Goal::Untargeted, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        check_valid(&x, &out, norm, eps_n);
+        prop_assert_eq!(out.cost.queries, 0);
+        let sq = SquareParams { eps, queries: steps * 3, ..SquareParams::default() }.check().unwrap_or_else(|e| panic!("{e}"));
+        let out = sq.perturb(&m, &x, &y, Goal::Untargeted, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        check_valid(&x, &out, Norm::Linf, eps);
+        prop_assert_eq!(out.cost.backward, 0);
+        prop_assert!(out.cost.queries <= (n * (steps * 3 + 1)) as u64);
     }
 
     #[test]

@@ -130,6 +130,10 @@ pub struct AttackResult {
     pub cost: CostSummary,
     /// This attack's step of the worst-case cascade.
     pub cascade: CascadeStep,
+    /// What the attack changed on its own, e.g. a DLR loss undefined for this model
+    /// replaced by a defined one.
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 /// The per-sample worst case over the attack list.
@@ -191,6 +195,7 @@ struct AttackAcc {
     norms: NormAcc,
     norms_adv: NormAcc,
     cascade: CascadeStep,
+    notes: Vec<String>,
 }
 
 /// One attack's adversarial examples on one batch, as [`evaluate_with`] counts them.
@@ -243,6 +248,11 @@ fn run_on(
         .map_err(Error::attack(name))?;
     acc.seconds += start.elapsed().as_secs_f64();
     acc.cost += out.cost;
+    for note in &out.notes {
+        if !acc.notes.contains(note) {
+            acc.notes.push(note.clone());
+        }
+    }
     let outcomes = (0..rows.len())
         .map(|i| {
             let inside = threat.contains(out.linf[i], out.l2[i]);
@@ -463,6 +473,7 @@ fn evaluate_inner(
                 perturbation_adversarial: acc.norms_adv.stats(),
                 cost: CostSummary::new(acc.cost, acc.attacked, acc.seconds),
                 cascade: acc.cascade,
+                notes: acc.notes.clone(),
             }
         })
         .collect();

@@ -8,7 +8,18 @@
 //! - robust accuracy that rises when the attack gets more steps, or a larger eps;
 //! - uniform noise in the eps ball doing better than the white-box attack;
 //! - an attack with an eps large enough to reach any image (1 in L-inf) failing to break the
-//!   model, or reporting no success at all although the model misclassifies clean points.
+//!   model, or reporting no success at all although the model misclassifies clean points;
+//!
+//! and AutoAttack's own checks (`checks.py` of the reference):
+//!
+//! - a randomized model: two clean passes over the same inputs give different outputs, so
+//!   its gradient attacks need expectation over transformation (`autoattack-rand`);
+//! - outputs that are probabilities (rows in `[0, 1]` summing to 1) rather than logits, which
+//!   saturate cross-entropy;
+//! - the score-based Square attack beating the white-box attacks, which a model only allows
+//!   when its gradients mislead;
+//! - fewer than 4 classes, for which DLR (3rd and 4th largest logits) is undefined and the
+//!   DLR-based attacks run with the defined variants.
 //!
 //! Each symptom found is a [`MaskingFlag`] with a message for people.
 
@@ -183,6 +194,19 @@ pub struct LargeEpsCheck {
     pub successes: Accuracy,
 }
 
+/// AutoAttack's checks of the model's outputs, on the first batch of the checks' samples.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct OutputCheck {
+    /// Samples checked.
+    pub samples: usize,
+    /// Samples whose outputs differ between two clean passes in eval mode.
+    pub randomized: usize,
+    /// Whether every output row lies in `[0, 1]` and sums to 1 (probabilities, not logits).
+    pub probabilities: bool,
+    /// The model's number of classes.
+    pub classes: usize,
+}
+
 /// What the masking checks measured; [`MaskingChecks::flags`] turns it into flags.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MaskingChecks {
@@ -200,6 +224,9 @@ pub struct MaskingChecks {
     pub noise: NoiseCheck,
     /// Large eps.
     pub large_eps: LargeEpsCheck,
+    /// Randomness, probabilities and classes of the model's outputs.
+    #[serde(default)]
+    pub outputs: OutputCheck,
     /// Work and time the checks took.
     pub cost: CostSummary,
 }
@@ -274,6 +301,31 @@ pub enum MaskingFlag {
         /// Clean accuracy (below 1).
         clean_accuracy: f64,
     },
+    /// Two clean passes over the same inputs disagree.
+    RandomizedModel {
+        /// Samples whose outputs differed.
+        count: usize,
+        /// Samples checked.
+        samples: usize,
+    },
+    /// The model outputs probabilities, not logits.
+    SoftmaxOutputs,
+    /// The score-based Square attack leaves fewer samples robust than a white-box attack.
+    SquareBeatsWhiteBox {
+        /// The Square attack's name.
+        square: String,
+        /// Its robust accuracy.
+        accuracy_square: f64,
+        /// The strongest white-box attack.
+        attack: String,
+        /// Its robust accuracy (higher).
+        accuracy_attack: f64,
+    },
+    /// Fewer than 4 classes: DLR is undefined.
+    FewClasses {
+        /// The model's classes.
+        classes: usize,
+    },
 }
 
 fn pct(x: f64) -> String {
@@ -291,6 +343,10 @@ impl MaskingFlag {
             MaskingFlag::NoiseBeatsAttack { .. } => "noise_beats_attack",
             MaskingFlag::UnboundedAttackFails { .. } => "unbounded_attack_fails",
             MaskingFlag::NoSuccessDespiteErrors { .. } => "no_success_despite_errors",
+            MaskingFlag::RandomizedModel { .. } => "randomized_model",
+            MaskingFlag::SoftmaxOutputs => "softmax_outputs",
+            MaskingFlag::SquareBeatsWhiteBox { .. } => "square_beats_white_box",
+            MaskingFlag::FewClasses { .. } => "few_classes",
         }
     }
 
@@ -366,6 +422,31 @@ impl MaskingFlag {
                 fmt_eps(*eps),
                 pct(*clean_accuracy)
             ),
+            MaskingFlag::RandomizedModel { count, samples } => format!(
+                "{count} of {samples} samples get different outputs from two clean passes: the \
+                 model is randomized, so gradient attacks need expectation over transformation \
+                 (use autoattack-rand)"
+            ),
+            MaskingFlag::SoftmaxOutputs => "the model's outputs are probabilities (rows in [0, 1] \
+                 summing to 1), not logits: cross-entropy attacks on them saturate; the DLR \
+                 and margin losses of AutoAttack are the ones to trust"
+                .to_string(),
+            MaskingFlag::SquareBeatsWhiteBox {
+                square,
+                accuracy_square,
+                attack,
+                accuracy_attack,
+            } => format!(
+                "the black-box {square} leaves {} robust accuracy but the white-box {attack} \
+                 leaves {}: gradients that mislead the attacks are a sign of masking",
+                pct(*accuracy_square),
+                pct(*accuracy_attack)
+            ),
+            MaskingFlag::FewClasses { classes } => format!(
+                "the model has {classes} classes: the DLR loss needs 3 (untargeted) or 4 \
+                 (targeted), so the DLR-based attacks (apgd-dlr, apgd-t) ran with the \
+                 margin or targeted cross-entropy loss instead"
+            ),
         }
     }
 }
@@ -427,8 +508,71 @@ impl MaskingChecks {
                 clean_accuracy: l.clean.accuracy,
             });
         }
+        let o = &self.outputs;
+        if o.randomized > 0 {
+            flags.push(MaskingFlag::RandomizedModel {
+                count: o.randomized,
+                samples: o.samples,
+            });
+        }
+        if o.probabilities {
+            flags.push(MaskingFlag::SoftmaxOutputs);
+        }
+        if o.classes > 0 && o.classes < 4 {
+            flags.push(MaskingFlag::FewClasses { classes: o.classes });
+        }
+        // Square against the strongest white-box attack, on the same samples.
+        let (square, white): (Vec<&SubsetAccuracy>, Vec<&SubsetAccuracy>) =
+            self.noise.attacks.iter().partition(|a| is_score_based(&a.attack));
+        if let Some(wb) = white
+            .iter()
+            .min_by(|a, b| a.robust.accuracy.total_cmp(&b.robust.accuracy))
+        {
+            for sq in square {
+                if sq.robust.accuracy < wb.robust.accuracy - tol {
+                    flags.push(MaskingFlag::SquareBeatsWhiteBox {
+                        square: sq.attack.clone(),
+                        accuracy_square: sq.robust.accuracy,
+                        attack: wb.attack.clone(),
+                        accuracy_attack: wb.robust.accuracy,
+                    });
+                }
+            }
+        }
         flags
     }
+}
+
+/// Whether an attack, named as in the attack list, is score-based (needs no gradient).
+fn is_score_based(name: &str) -> bool {
+    name.trim().to_ascii_lowercase().starts_with("square")
+}
+
+/// AutoAttack's output checks on one batch: two clean passes (randomness), the range and row
+/// sums of the outputs (probabilities), and the number of classes.
+fn check_outputs(model: &dyn Classifier, x: &candle_core::Tensor, cost: &mut Cost) -> Result<OutputCheck> {
+    let n = x.dim(0)?;
+    let a = model.forward_opts(&x.detach(), crate::model_ops::EVAL)?;
+    let b = model.forward_opts(&x.detach(), crate::model_ops::EVAL)?;
+    cost.forward += 2 * n as u64;
+    let differ = (&a - &b)?
+        .abs()?
+        .max(candle_core::D::Minus1)?
+        .to_vec1::<f32>()?
+        .iter()
+        .filter(|d| **d > 1e-6)
+        .count();
+    let rows = a.to_vec2::<f32>()?;
+    let probabilities = !rows.is_empty()
+        && rows
+            .iter()
+            .all(|r| r.iter().all(|v| (0.0..=1.0).contains(v)) && (r.iter().sum::<f32>() - 1.0).abs() < 1e-4);
+    Ok(OutputCheck {
+        samples: n,
+        randomized: differ,
+        probabilities,
+        classes: model.num_classes(),
+    })
 }
 
 /// Flags every point of an eps sweep whose robust accuracy exceeds, by more than `tolerance`,
@@ -505,12 +649,16 @@ pub(crate) fn run_checks(
         nonfinite: 0,
     };
     let (mut clean, mut few, mut many, mut noise, mut large, mut large_succ) = (0, 0, 0, 0, 0, 0);
+    let mut outputs = OutputCheck::default();
 
     let indices: Vec<usize> = (0..m).collect();
     for item in data.eval_batches(&indices, batch_size, device) {
         let (chunk, batch) = item?;
         let (x, y) = (&batch.images, batch.labels.to_dtype(DType::U32)?);
         let labels = y.to_vec1::<u32>()?;
+        if outputs.samples == 0 {
+            outputs = check_outputs(model, x, &mut cost)?;
+        }
         let pred = predict(model, x, &mut cost)?;
         let ok: Vec<usize> = (0..chunk.len()).filter(|&i| pred[i] == labels[i]).collect();
         clean += ok.len();
@@ -589,6 +737,7 @@ pub(crate) fn run_checks(
             robust: sub(large),
             successes: sub(large_succ),
         },
+        outputs,
         cost: CostSummary::new(cost, m, start.elapsed().as_secs_f64()),
     })
 }

@@ -140,6 +140,9 @@ pub struct CostSummary {
     pub forward: u64,
     /// Images passed backward through the model (input gradients).
     pub backward: u64,
+    /// Of the forward passes, score queries of black-box attacks (Square).
+    #[serde(default)]
+    pub queries: u64,
     /// Wall-clock seconds.
     pub seconds: f64,
     /// Images processed (evaluated or attacked).
@@ -154,6 +157,7 @@ impl CostSummary {
         CostSummary {
             forward: cost.forward,
             backward: cost.backward,
+            queries: cost.queries,
             seconds,
             images,
             images_per_second: if seconds > 0.0 {
@@ -169,6 +173,7 @@ impl CostSummary {
         temper_attacks::Cost {
             forward: self.forward,
             backward: self.backward,
+            queries: self.queries,
         }
     }
 }

@@ -566,6 +566,19 @@ impl Report {
                 l.successes.total,
                 l.clean.percent()
             );
+            let o = &m.outputs;
+            let _ = writeln!(
+                s,
+                "- Outputs ({} samples, {} classes): {} differ between two clean passes (a randomized model needs EOT); {} (AutoAttack's checks).",
+                o.samples,
+                o.classes,
+                o.randomized,
+                if o.probabilities {
+                    "probabilities, not logits"
+                } else {
+                    "logits"
+                }
+            );
             let _ = writeln!(s, "- Cost of the checks: {}.", cost_line(&m.cost));
             let _ = writeln!(
                 s,
@@ -584,8 +597,13 @@ impl Report {
 }
 
 fn cost_line(c: &CostSummary) -> String {
+    let queries = if c.queries > 0 {
+        format!(" (of which {} black-box queries)", c.queries)
+    } else {
+        String::new()
+    };
     format!(
-        "{} forward + {} backward image passes, {:.1} s, {:.0} images/s",
+        "{} forward{queries} + {} backward image passes, {:.1} s, {:.0} images/s",
         c.forward, c.backward, c.seconds, c.images_per_second
     )
 }

@@ -62,6 +62,18 @@ fn every_flag() -> Vec<MaskingFlag> {
             eps: 1.0,
             clean_accuracy: 0.9,
         },
+        MaskingFlag::RandomizedModel {
+            count: 20,
+            samples: 20,
+        },
+        MaskingFlag::SoftmaxOutputs,
+        MaskingFlag::SquareBeatsWhiteBox {
+            square: "square".into(),
+            accuracy_square: 0.2,
+            attack: "apgd-ce".into(),
+            accuracy_attack: 0.4,
+        },
+        MaskingFlag::FewClasses { classes: 3 },
     ]
 }
 
