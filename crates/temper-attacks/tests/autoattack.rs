@@ -241,3 +241,83 @@ fn autoattack_is_the_worst_case_and_resumes() -> Result<()> {
     let _ = std::fs::remove_file(&tmp);
     Ok(())
 }
+
+/// A model that is robust only because it randomizes its gradients: its logits are those of
+/// `inner`, plus a term whose value is exactly zero but whose input gradient is fresh Gaussian
+/// noise on every forward pass (`scale * R (x - stop_grad(x))`, `R` redrawn each call). One
+/// gradient sample points almost anywhere; the expectation over many is the true gradient,
+/// which is what EOT estimates.
+struct NoisyGradients<'a> {
+    inner: &'a dyn Classifier,
+    scale: f64,
+    rng: std::sync::Mutex<temper_core::seed::Rng>,
+}
+
+impl Classifier for NoisyGradients<'_> {
+    fn info(&self) -> &ModelInfo {
+        self.inner.info()
+    }
+    fn forward_opts(&self, x: &Tensor, opts: ForwardOpts) -> temper_core::Result<Tensor> {
+        use rand_distr::{Distribution, StandardNormal};
+        let logits = self.inner.forward_opts(x, opts)?;
+        let (n, k) = logits.dims2()?;
+        let d = x.elem_count() / n.max(1);
+        let r: Vec<f32> = {
+            let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+            (0..d * k).map(|_| StandardNormal.sample(&mut *rng)).collect()
+        };
+        let r = Tensor::from_vec(r, (d, k), x.device())?;
+        let zero = (x - x.detach())?.reshape((n, d))?;
+        Ok((logits + (zero.matmul(&r)? * self.scale)?)?)
+    }
+    fn mode(&self) -> Mode {
+        self.inner.mode()
+    }
+    fn set_mode(&self, mode: Mode) {
+        self.inner.set_mode(mode)
+    }
+    fn params(&self) -> &ParamStore {
+        self.inner.params()
+    }
+    fn device(&self) -> &Device {
+        self.inner.device()
+    }
+}
+
+#[test]
+fn the_rand_version_breaks_a_model_robust_only_by_randomness() -> Result<()> {
+    let model = mnist_model()?;
+    let (x, y) = digits(16)?;
+    let eps = 0.15;
+    // At scale 1 one gradient sample is mostly noise, twenty averaged mostly signal (measured:
+    // deterministic 1 robust of 16, single-sample APGD-CE 7, autoattack-rand 2; at scale 2-3
+    // EOT-20 no longer recovers every point).
+    let scale = 1.0;
+    let noisy = NoisyGradients {
+        inner: &model,
+        scale,
+        rng: std::sync::Mutex::new(temper_core::seed::rng_with(3, "noisy-gradients")),
+    };
+    // The noise term is exactly zero: predictions are the deterministic model's.
+    let clean = model.forward(&x)?.argmax(1)?.to_vec1::<u32>()?;
+    let noisy_clean = noisy.forward(&x)?.argmax(1)?.to_vec1::<u32>()?;
+    assert_eq!(clean, noisy_clean);
+    let ce = build_spec("apgd-ce", eps)?;
+    let plain = robust(ce.as_ref(), &model, &x, &y)?;
+    let single = robust(ce.as_ref(), &noisy, &x, &y)?;
+    let rand = build_spec("autoattack-rand", eps)?;
+    let with_eot = robust(rand.as_ref(), &noisy, &x, &y)?;
+    println!(
+        "robust of 16 at eps {eps}: deterministic model {plain}; noisy gradients (scale {scale}): \
+         APGD-CE {single}, autoattack-rand {with_eot}"
+    );
+    assert!(
+        single >= plain + 4,
+        "the randomized gradients should hide the model from single-sample APGD ({plain} -> {single})"
+    );
+    assert!(
+        with_eot + 3 <= single && with_eot <= plain + 2,
+        "autoattack-rand (EOT 20) must break what single-sample APGD missed ({single} -> {with_eot}; deterministic {plain})"
+    );
+    Ok(())
+}
