@@ -88,13 +88,18 @@ fn resume_refuses_flags_it_would_ignore_and_keeps_a_finished_run() {
         e.contains("--epochs") && e.contains("--eps") && e.contains("ignored"),
         "{e}"
     );
-    let o = temper(&["train", "--resume", &dir_s], None);
+    let o = temper(&["train", "--resume", &dir_s, "--json"], None);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(
         std::fs::read(d.join("summary.json")).unwrap_or_default(),
         summary,
         "summary.json rewritten"
     );
+    // --json prints the summary itself on stdout, and nothing else.
+    let printed: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", String::from_utf8_lossy(&o.stdout)));
+    let saved: serde_json::Value = serde_json::from_slice(&summary).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(printed, saved);
 }
 
 #[test]

@@ -67,6 +67,10 @@ pub struct RunArgs {
     /// Metrics line every N iterations.
     #[arg(long)]
     log_every: Option<u64>,
+    /// Print the run's summary (as in summary.json) on stdout as JSON; progress stays on
+    /// stderr.
+    #[arg(long)]
+    json: bool,
     /// Run directory to create (config.toml, metrics.jsonl, checkpoints, weights, summary).
     #[arg(long, short = 'o')]
     out: Option<PathBuf>,
@@ -211,14 +215,14 @@ fn go(cfg: Option<TrainConfig>, r: &RunArgs, extra: &[(&'static str, bool)]) -> 
                 );
             }
             let opts = RunOptions::new(temper_train::render::default_renderer(0, 0, log_every));
-            println!("resuming {}", dir.display());
+            eprintln!("resuming {}", dir.display());
             temper_train::resume(dir, &device, opts)?
         }
         (None, Some(cfg)) => {
             let out = r.out.clone().context("--out RUN_DIR is required")?;
             let valid = cfg.check()?;
             let c = valid.get();
-            println!(
+            eprintln!(
                 "{} {} on {} for {} epochs: lr {}, eps {:.4}, out {}",
                 c.method.name(),
                 c.model.kind,
@@ -233,7 +237,11 @@ fn go(cfg: Option<TrainConfig>, r: &RunArgs, extra: &[(&'static str, bool)]) -> 
         }
         (None, None) => anyhow::bail!("nothing to run"),
     };
-    print_report(&report);
+    if r.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
     Ok(())
 }
 
