@@ -57,7 +57,7 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     // Before any tensor operation: candle reads this once, when its CPU pool starts.
-    temper_core::device::prefer_sleeping_cpu_workers();
+    temper_core::device::tune_cpu_runtime();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TEMPER_LOG")

@@ -99,17 +99,20 @@ pub fn name(device: &Device) -> String {
 /// sets how long an idle worker spins before it sleeps.
 pub const SPIN_LIMIT_VAR: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
 
-/// Makes idle workers of candle's element-wise CPU pool sleep at once instead of spinning
-/// (unless the user has set [`SPIN_LIMIT_VAR`] already). Call it first thing in `main`,
-/// before any tensor operation: candle reads the variable once, when the pool starts.
+/// Sets up the process for fast CPU tensor work; call it first thing in `main`, before any
+/// tensor operation. Two things, both measured on the 2-core development machine
+/// (docs/performance.md):
 ///
-/// Why: candle 0.11 runs element-wise operations on a pool of its own whose idle workers
-/// spin 25,000 times before sleeping, while the convolutions' matrix products run on rayon's
-/// pool. On a machine with few cores the spinning workers take the cores the matrix products
-/// need: on the 2-core development machine a small-cnn PGD step ran 3-4 times faster with the
-/// limit at 0 (`cargo xtask bench steps`, docs/performance.md).
-pub fn prefer_sleeping_cpu_workers() {
+/// - Idle workers of candle's element-wise CPU pool sleep at once instead of spinning (unless
+///   the user has set [`SPIN_LIMIT_VAR`]; candle reads it once, when the pool starts).
+///   candle 0.11 runs element-wise operations on a pool of its own whose idle workers spin
+///   25,000 times before sleeping, while the convolutions' matrix products run on rayon's
+///   pool; on few cores the spinning takes the cores the products need (a small-cnn PGD step
+///   ran 3-4 times faster under load with the limit at 0).
+/// - Large freed buffers are kept for reuse ([`crate::kernels::alloc::keep_freed_memory`]).
+pub fn tune_cpu_runtime() {
     if std::env::var_os(SPIN_LIMIT_VAR).is_none() {
         std::env::set_var(SPIN_LIMIT_VAR, "0");
     }
+    crate::kernels::alloc::keep_freed_memory();
 }

@@ -15,6 +15,7 @@
 //! `TEMPER_KERNELS` overrides the choice for debugging: `candle` forces the reference,
 //! `fast-cpu` the fast kernels (which still fall back to the reference off the CPU).
 
+pub mod alloc;
 mod fast_act;
 mod fast_bn;
 mod fast_cpu;

@@ -149,7 +149,7 @@ fn pytorch(model: &str, batch: usize, reps: usize) -> Result<Option<[f64; 4]>> {
 
 fn main() -> Result<()> {
     // As the `temper` binary does, so the benchmark measures what users run.
-    temper_core::device::prefer_sleeping_cpu_workers();
+    temper_core::device::tune_cpu_runtime();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let value = |flag: &str| {
         args.iter()

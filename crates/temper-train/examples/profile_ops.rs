@@ -105,7 +105,7 @@ impl Kernels for Timed {
 }
 
 fn main() -> Result<()> {
-    temper_core::device::prefer_sleeping_cpu_workers();
+    temper_core::device::tune_cpu_runtime();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let name = args.first().map_or("preact-resnet18", String::as_str);
     let batch: usize = args.get(1).map_or(Ok(32), |s| s.parse())?;
