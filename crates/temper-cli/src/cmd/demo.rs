@@ -36,6 +36,9 @@ pub struct DemoArgs {
     /// Test images for the eps-sweep charts (the headline numbers use all 2,000).
     #[arg(long, default_value_t = 300)]
     sweep_images: usize,
+    /// Print the before/after numbers on stdout as JSON; progress goes to stderr.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -69,6 +72,7 @@ fn prepare(out: &Path) -> Result<()> {
 /// where a saturated softmax starves PGD on cross-entropy of gradient.
 const ATTACKS: [&str; 3] = ["fgsm", "pgd-20", "pgd-cw-20"];
 
+#[derive(serde::Serialize)]
 struct Stage {
     clean: f64,
     fgsm: f64,
@@ -151,6 +155,17 @@ fn train(cfg: TrainConfig, dir: &Path, device: &candle_core::Device) -> Result<T
     Ok(temper_train::train(cfg.check()?, dir, device, opts)?)
 }
 
+/// `println!` for the human-readable output, or `eprintln!` when stdout is kept for `--json`.
+macro_rules! say {
+    ($json:expr, $($arg:tt)*) => {
+        if $json {
+            eprintln!($($arg)*)
+        } else {
+            println!($($arg)*)
+        }
+    };
+}
+
 pub fn run(a: DemoArgs) -> Result<()> {
     let total = Instant::now();
     let device = a.device.init()?;
@@ -161,8 +176,12 @@ pub fn run(a: DemoArgs) -> Result<()> {
     if !(eps.is_finite() && eps > 0.0) {
         anyhow::bail!("--eps must be positive, not {eps}");
     }
-    println!("Temper demo: small-cnn on the bundled mnist10k (8,000 train / 2,000 test digits)");
-    println!(
+    say!(
+        a.json,
+        "Temper demo: small-cnn on the bundled mnist10k (8,000 train / 2,000 test digits)"
+    );
+    say!(
+        a.json,
         "Plan: {} natural epochs, PGD evaluation, {} epochs of adversarial fine-tuning (PGD-10, eps {}) with a \
          slow-start-fast-decay schedule, evaluation again. Epochs are chosen so the whole demo stays well \
          under 5 minutes on 2 CPU cores (about 70 s measured).",
@@ -171,7 +190,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let model_cfg = ModelConfig::new(ModelKind::SmallCnn, 10);
 
     // 1. Natural training.
-    println!("\n[1/4] natural training");
+    say!(a.json, "\n[1/4] natural training");
     // A common natural recipe: AdamW without weight decay at a constant 2e-3, batch 256.
     let mut nat = TrainConfig::new(Method::Natural, model_cfg.clone(), "mnist10k");
     nat.epochs = a.natural_epochs;
@@ -187,7 +206,8 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let nat_w = nat_dir.join(temper_train::files::LAST);
 
     // 2. Evaluate it.
-    println!(
+    say!(
+        a.json,
         "[2/4] evaluating the natural model under FGSM, PGD-20 and PGD-20 on the CW loss (eps {})",
         eps
     );
@@ -205,14 +225,18 @@ pub fn run(a: DemoArgs) -> Result<()> {
         &device,
         a.device.seed,
     )?;
-    println!(
+    say!(
+        a.json,
         "      clean {:.2}%  worst case over the attacks {:.2}%",
         100.0 * before.clean,
         100.0 * before.worst
     );
 
     // 3. Adversarial fine-tuning with SSFD.
-    println!("[3/4] adversarial fine-tuning (PGD-10, slow-start-fast-decay)");
+    say!(
+        a.json,
+        "[3/4] adversarial fine-tuning (PGD-10, slow-start-fast-decay)"
+    );
     let mut ft = TrainConfig::new(Method::Finetune, model_cfg.clone(), "mnist10k");
     ft.weights = Some(nat_w.clone());
     ft.epochs = a.finetune_epochs;
@@ -228,7 +252,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let ft_w = ft_dir.join(temper_train::files::LAST);
 
     // 4. Evaluate again.
-    println!("[4/4] evaluating the fine-tuned model");
+    say!(a.json, "[4/4] evaluating the fine-tuned model");
     let tuned =
         temper_models::build_from_file(&cfg, &ft_w, temper_core::weights::Strictness::Strict, &device)?.0;
     let (after, sw_after) = evaluate(
@@ -298,11 +322,16 @@ pub fn run(a: DemoArgs) -> Result<()> {
         temper_core::device::name(&device)
     );
     temper_core::fsutil::write_atomic(&a.out.join("README.md"), md.as_bytes())?;
-    println!(
+    say!(
+        a.json,
         "\nsmall-cnn, mnist10k test (2,000 digits), L-inf eps {}; robust = the digit survives the attack\n\n{table}",
         eps
     );
-    println!("total time {secs:.0} s; report folder: {}", a.out.display());
+    say!(
+        a.json,
+        "total time {secs:.0} s; report folder: {}",
+        a.out.display()
+    );
     for name in [
         "README.md",
         "robust_vs_eps.png",
@@ -310,7 +339,20 @@ pub fn run(a: DemoArgs) -> Result<()> {
         "natural/curves.png",
         "finetune/curves.png",
     ] {
-        println!("  {}", a.out.join(name).display());
+        say!(a.json, "  {}", a.out.join(name).display());
+    }
+    if a.json {
+        let v = serde_json::json!({
+            "model": "small-cnn",
+            "dataset": "mnist10k",
+            "eps": eps,
+            "attacks": ATTACKS,
+            "natural": {"epochs": a.natural_epochs, "eval": before, "training": nat_run.cost},
+            "finetuned": {"epochs": a.finetune_epochs, "eval": after, "training": ft_run.cost},
+            "total_seconds": secs,
+            "out": a.out,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
     }
     Ok(())
 }
