@@ -2,6 +2,18 @@
 //!
 //! Each subcommand lives in its own module under `cmd/`.
 
+/// Human-readable output: `println!`, or `eprintln!` when `--json` (the first argument) keeps
+/// stdout for the JSON alone. Defined before the modules so every command can use it.
+macro_rules! say {
+    ($json:expr, $($arg:tt)*) => {
+        if $json {
+            eprintln!($($arg)*)
+        } else {
+            println!($($arg)*)
+        }
+    };
+}
+
 mod args;
 mod cmd;
 mod fmt;

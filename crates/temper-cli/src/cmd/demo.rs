@@ -155,17 +155,6 @@ fn train(cfg: TrainConfig, dir: &Path, device: &candle_core::Device) -> Result<T
     Ok(temper_train::train(cfg.check()?, dir, device, opts)?)
 }
 
-/// `println!` for the human-readable output, or `eprintln!` when stdout is kept for `--json`.
-macro_rules! say {
-    ($json:expr, $($arg:tt)*) => {
-        if $json {
-            eprintln!($($arg)*)
-        } else {
-            println!($($arg)*)
-        }
-    };
-}
-
 pub fn run(a: DemoArgs) -> Result<()> {
     let total = Instant::now();
     let device = a.device.init()?;

@@ -92,20 +92,15 @@ pub fn run(a: EvalArgs) -> Result<()> {
         None => None,
     };
 
-    // Progress goes to stderr under --json, so stdout is the JSON alone.
-    let say = |line: String| {
-        if a.json {
-            eprintln!("{line}");
-        } else {
-            println!("{line}");
-        }
-    };
+    // Progress goes to stderr under --json (`say!`), so stdout is the JSON alone.
     if let Some(q) = loaded.quantization() {
-        say(format!(
+        say!(
+            a.json,
             "quantized: {q}; attacks go through the quantizer (straight-through gradients)"
-        ));
+        );
     }
-    say(format!(
+    say!(
+        a.json,
         "evaluating {} on {} ({} images) under {} at {} eps {} ...",
         model.info().name,
         data.name(),
@@ -113,16 +108,17 @@ pub fn run(a: EvalArgs) -> Result<()> {
         a.attacks,
         norm.name(),
         temper_eval::fmt_eps(settings.eps)
-    ));
+    );
     let evaluation = evaluate(model, &data, &attacks, &params, &device)?;
     let mut sweeps = Vec::new();
     if let Some((sp, which)) = &sweep_plan {
         for spec in which {
-            say(format!(
+            say!(
+                a.json,
                 "sweeping {} over {} eps values ...",
                 spec.text,
                 sp.eps().len()
-            ));
+            );
             sweeps.push(sweep(model, &data, spec, &settings, sp, &device)?);
         }
     }
@@ -145,11 +141,11 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let files = report
         .write(&a.out)
         .with_context(|| format!("cannot write the report into '{}'", a.out.display()))?;
-    say(String::new());
-    say(format!("report written to {}", files.json.display()));
-    say(format!("summary written to {}", files.markdown.display()));
+    say!(a.json, "");
+    say!(a.json, "report written to {}", files.json.display());
+    say!(a.json, "summary written to {}", files.markdown.display());
     if let Some(c) = &files.chart {
-        say(format!("chart written to {}", c.display()));
+        say!(a.json, "chart written to {}", c.display());
     }
     Ok(())
 }

@@ -103,33 +103,24 @@ fn run_sweep(a: SweepArgs) -> Result<()> {
     let calib_set = a.quant.calibration(&a.data)?;
     let calib = calibration_tensor(calib_set.as_ref(), &model)?;
     let n_calib = calib_set.as_ref().map_or(0, |s| s.len());
-    // Progress goes to stderr under --json, so stdout is the JSON alone.
+    // Progress goes to stderr under --json (`say!`), so stdout is the JSON alone.
     let json = a.json;
-    let say = |line: String| {
-        if json {
-            eprintln!("{line}");
-        } else {
-            println!("{line}");
-        }
-    };
-    say(format!(
-        "model:   {} from {}",
-        model.info().name,
-        weights.display()
-    ));
-    say(format!(
+    say!(json, "model:   {} from {}", model.info().name, weights.display());
+    say!(
+        json,
         "data:    {} ({} images); calibration: {n_calib} images of the train split",
         data.name(),
         data.len()
-    ));
+    );
     for (n, at) in &attacks {
-        say(format!("attack:  {n} = {}", at.name()));
+        say!(json, "attack:  {n} = {}", at.name());
     }
-    say(format!(
+    say!(
+        json,
         "threat:  {} eps {}",
         settings.norm.name(),
         temper_eval::fmt_eps(settings.eps)
-    ));
+    );
     let names: Vec<String> = attacks.iter().map(|(n, _)| n.clone()).collect();
     let start = std::time::Instant::now();
     let mut print_row = |r: &SweepRow| {
@@ -144,7 +135,8 @@ fn run_sweep(a: SweepArgs) -> Result<()> {
                 format!("{n} through {}  transfer {t}", pct(r.robust[n]))
             })
             .collect();
-        say(format!(
+        say!(
+            json,
             "{:>10}  clean {}  {}  file {:>9.1} KiB ({:5.2}x)  [{:.0} s]",
             r.label,
             pct(r.clean),
@@ -152,7 +144,7 @@ fn run_sweep(a: SweepArgs) -> Result<()> {
             r.file_bytes as f64 / 1024.0,
             r.ratio,
             start.elapsed().as_secs_f64()
-        ));
+        );
     };
     let report = sweep(&model, &cfg, &calib, &data, &attacks, &params, &mut print_row)?;
     let files = report
@@ -164,9 +156,9 @@ fn run_sweep(a: SweepArgs) -> Result<()> {
         println!();
         print!("{}", report.to_markdown());
     }
-    say(String::new());
+    say!(json, "");
     for f in files {
-        say(format!("wrote {}", f.display()));
+        say!(json, "wrote {}", f.display());
     }
     Ok(())
 }

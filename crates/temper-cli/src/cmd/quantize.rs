@@ -195,31 +195,26 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     if a.batch_size == 0 {
         anyhow::bail!("--batch-size must be at least 1");
     }
-    // Text goes to stderr under --json, so stdout is the JSON alone.
+    // Progress goes to stderr under --json (`say!`), so stdout is the JSON alone.
     let json = a.json;
-    let say = |line: String| {
-        if json {
-            eprintln!("{line}");
-        } else {
-            println!("{line}");
-        }
-    };
     let scheme = WeightScheme::parse(&a.bits, !a.quant.asymmetric)?;
     let mut params = a.quant.params(scheme, a.batch_size)?;
     let calib_set = a.quant.calibration(&a.data)?;
     let calib = calibration_tensor(calib_set.as_ref(), &model)?;
     let n_calib = calib_set.as_ref().map_or(0, |s| s.len());
-    say(format!(
+    say!(
+        json,
         "model:    {} ({} parameters) from {}",
         model.info().name,
         model.params().num_trainable(),
         weights.display()
-    ));
-    say(format!(
+    );
+    say!(
+        json,
         "data:     {} ({} images); calibration: {n_calib} images of the train split",
         data.name(),
         data.len()
-    ));
+    );
 
     if let Some(budget) = &a.size_budget {
         let budget = SizeBudget::parse(budget)?;
@@ -230,14 +225,17 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
             );
         };
         let sens = sensitivity(&model, &cfg, &calib, &calib, held.labels(), &candidates, &params)?;
-        say("sensitivity (accuracy points lost with only that layer quantized, calibration images):".into());
+        say!(
+            json,
+            "sensitivity (accuracy points lost with only that layer quantized, calibration images):"
+        );
         for l in &sens.layers {
             let cells: Vec<String> = l
                 .trials
                 .iter()
                 .map(|t| format!("{} {:5.2}", t.scheme, 100.0 * t.drop))
                 .collect();
-            say(format!("  {:<28} {}", l.layer, cells.join("  ")));
+            say!(json, "  {:<28} {}", l.layer, cells.join("  "));
         }
         let mut pinned = std::collections::BTreeMap::new();
         if let Some(b) = params.first_last_bits {
@@ -254,10 +252,12 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
             }
         }
         let alloc = allocate(&sens, budget, &pinned)?;
-        say(format!(
+        say!(
+            json,
             "mixed precision: {} of {} budget bytes",
-            alloc.bytes, alloc.budget
-        ));
+            alloc.bytes,
+            alloc.budget
+        );
         params.layers = alloc.precisions();
     }
 
@@ -267,13 +267,14 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     let secs = start.elapsed().as_secs_f64();
     let info = q.quant_info();
     let fold = &info.fold;
-    say(format!(
+    say!(
+        json,
         "quantize: {}; BatchNorm folded {} (kept in float {}); {secs:.1} s",
         info.describe(),
         fold.folded.len(),
         fold.kept.len(),
-    ));
-    say(layers_text(&q));
+    );
+    say!(json, "{}", layers_text(&q));
 
     let before = eval::accuracy(&model, &data, a.batch_size)?;
     let after = eval::accuracy(&q, &data, a.batch_size)?;
