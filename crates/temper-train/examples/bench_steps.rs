@@ -164,10 +164,7 @@ fn main() -> Result<()> {
     let threads = candle_core::utils::get_num_threads();
     let mut rows = Vec::new();
     for name in models.split(',') {
-        let kind = ModelKind::ALL
-            .into_iter()
-            .find(|k| k.name() == name)
-            .with_context(|| format!("--models: '{name}' is not a zoo model"))?;
+        let kind = ModelKind::parse(name).context("--models")?;
         eprintln!("{name}: Temper ...");
         let temper = bench_model(kind, batch, reps)?;
         eprintln!("{name}: PyTorch ...");

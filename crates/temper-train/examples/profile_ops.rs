@@ -110,10 +110,7 @@ fn main() -> Result<()> {
     let name = args.first().map_or("preact-resnet18", String::as_str);
     let batch: usize = args.get(1).map_or(Ok(32), |s| s.parse())?;
     let reps: usize = args.get(2).map_or(Ok(3), |s| s.parse())?;
-    let kind = ModelKind::ALL
-        .into_iter()
-        .find(|k| k.name() == name)
-        .ok_or_else(|| anyhow::anyhow!("'{name}' is not a zoo model"))?;
+    let kind = ModelKind::parse(name)?;
     let dev = Device::Cpu;
     let mut cfg = ModelConfig::new(kind, 10);
     if kind == ModelKind::MobileNetV2 {

@@ -10,7 +10,8 @@
 //! the heap, where the next operation of the same size finds them, which is what PyTorch's
 //! caching CPU allocator achieves. The cost is that the process keeps its peak memory.
 
-/// Raises glibc's `M_MMAP_THRESHOLD` (to 1 GiB) and `M_TRIM_THRESHOLD` (to 4 GiB) so large
+/// Raises glibc's `M_MMAP_THRESHOLD` (to 1 GiB) and `M_TRIM_THRESHOLD` (to `i32::MAX`, about
+/// 2 GiB, the largest value `mallopt` takes) so large
 /// freed buffers are reused rather than unmapped. A no-op on other C libraries. Call it once,
 /// early, from a binary.
 pub fn keep_freed_memory() {

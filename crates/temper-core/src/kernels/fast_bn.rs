@@ -82,15 +82,16 @@ pub(super) fn batch_norm_train(
     let x = x.contiguous()?;
     let (n, c, h, w) = x.dims4()?;
     let (mean, var) = with_data(&x.detach(), |d| Ok(moments(d, n, c, h * w)))?;
+    let mean32: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
     let op = BatchNormOp {
-        mean: mean.iter().map(|&m| m as f32).collect(),
+        mean: mean32.clone(),
         invstd: var.iter().map(|&v| (1.0 / (v + eps).sqrt()) as f32).collect(),
         train: true,
     };
     let y = x.apply_op3(gamma, beta, op)?;
     let dev = Device::Cpu;
     let stats = BatchStats {
-        mean: Tensor::from_vec(mean.iter().map(|&m| m as f32).collect::<Vec<_>>(), c, &dev)?,
+        mean: Tensor::from_vec(mean32, c, &dev)?,
         var: Tensor::from_vec(var.iter().map(|&v| v as f32).collect::<Vec<_>>(), c, &dev)?,
     };
     Ok((y, stats))
