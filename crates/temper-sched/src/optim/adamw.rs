@@ -1,8 +1,8 @@
 //! AdamW (Loshchilov & Hutter 2019), as `torch.optim.AdamW`.
 
 use super::{
-    check_range, check_step_lr, check_unique, count_tensor, read_count, state_tensor, trainable_entry,
-    Active, DecayScope, Optimizer, OptimizerConfig, ParamGroups,
+    check_range, check_unique, count_tensor, read_count, state_tensor, trainable_entry, updates, Active,
+    DecayScope, Optimizer, OptimizerConfig, ParamGroups,
 };
 use crate::spec::{Params, SpecWriter};
 use crate::{Error, Result};
@@ -131,24 +131,11 @@ impl Optimizer for AdamW {
         groups: &ParamGroups,
         active: Active<'_>,
     ) -> Result<()> {
-        check_step_lr(base_lr)?;
-        groups.check_active(active)?;
         let c = &self.config;
-        for entry in store.trainable() {
-            let Some(lr) = groups.lr_for(&entry.name, base_lr, active) else {
-                continue;
-            };
-            let Some(g) = grads.get(entry.var.as_tensor()) else {
-                continue;
-            };
-            if g.elem_count() == 0 {
-                // Nothing to update, and candle's arithmetic hands an empty operand back
-                // unchanged, which `Var::set` would refuse as derived from the variable.
-                continue;
-            }
-            // Detached, so that the moments record no backprop graph linking the steps.
+        for (entry, lr, g) in updates(store, grads, base_lr, groups, active)? {
+            // Detached, as `g` is, so that the moments record no backprop graph linking the
+            // steps.
             let p = entry.var.as_tensor().detach();
-            let g = g.detach();
             let (m, v, t) = match self.moments.get(&entry.name) {
                 Some(s) => (s.exp_avg.clone(), s.exp_avg_sq.clone(), s.step + 1),
                 None => (p.zeros_like()?, p.zeros_like()?, 1),

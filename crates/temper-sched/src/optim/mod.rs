@@ -185,6 +185,37 @@ impl<'de> serde::Deserialize<'de> for OptimizerConfig {
     }
 }
 
+/// What one optimizer step updates: every trainable entry of `store` whose group is active
+/// and that has a non-empty gradient, with its learning rate and its gradient, in store
+/// order. Checks `base_lr` and `active` first. The gradient is detached, so nothing an
+/// optimizer computes from it records a backprop graph that would chain its steps together.
+fn updates<'s>(
+    store: &'s ParamStore,
+    grads: &GradStore,
+    base_lr: f64,
+    groups: &ParamGroups,
+    active: Active<'_>,
+) -> Result<Vec<(&'s Entry, f64, Tensor)>> {
+    check_step_lr(base_lr)?;
+    groups.check_active(active)?;
+    let mut out = Vec::new();
+    for entry in store.trainable() {
+        let Some(lr) = groups.lr_for(&entry.name, base_lr, active) else {
+            continue;
+        };
+        let Some(g) = grads.get(entry.var.as_tensor()) else {
+            continue;
+        };
+        if g.elem_count() == 0 {
+            // Nothing to update, and candle's arithmetic hands an empty operand back
+            // unchanged, which `Var::set` would refuse as derived from the variable.
+            continue;
+        }
+        out.push((entry, lr, g.detach()));
+    }
+    Ok(out)
+}
+
 /// Rejects a learning rate that would corrupt the weights.
 fn check_step_lr(lr: f64) -> Result<()> {
     if lr.is_finite() && lr >= 0.0 {

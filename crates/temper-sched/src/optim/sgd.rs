@@ -1,8 +1,8 @@
 //! SGD with momentum, dampening, Nesterov momentum and weight decay, as `torch.optim.SGD`.
 
 use super::{
-    check_range, check_step_lr, check_unique, count_tensor, read_count, state_tensor, trainable_entry,
-    Active, DecayScope, Optimizer, OptimizerConfig, ParamGroups,
+    check_range, check_unique, count_tensor, read_count, state_tensor, trainable_entry, updates, Active,
+    DecayScope, Optimizer, OptimizerConfig, ParamGroups,
 };
 use crate::spec::{Params, SpecWriter};
 use crate::{Error, Result};
@@ -127,25 +127,12 @@ impl Optimizer for Sgd {
         groups: &ParamGroups,
         active: Active<'_>,
     ) -> Result<()> {
-        check_step_lr(base_lr)?;
-        groups.check_active(active)?;
         let c = &self.config;
-        for entry in store.trainable() {
-            let Some(lr) = groups.lr_for(&entry.name, base_lr, active) else {
-                continue;
-            };
-            let Some(g) = grads.get(entry.var.as_tensor()) else {
-                continue;
-            };
-            if g.elem_count() == 0 {
-                // Nothing to update, and candle's arithmetic hands an empty operand back
-                // unchanged, which `Var::set` would refuse as derived from the variable.
-                continue;
-            }
-            // Detached, so that no result below records a backprop graph: a momentum buffer
-            // built from tracked tensors would chain every past step together in memory.
+        for (entry, lr, g) in updates(store, grads, base_lr, groups, active)? {
+            // Detached, as `g` is, so that no result below records a backprop graph: a
+            // momentum buffer built from tracked tensors would chain every past step together
+            // in memory.
             let p = entry.var.as_tensor().detach();
-            let g = g.detach();
             let mut d_p = if c.weight_decay != 0.0 && c.decay_scope.decays(entry.role) {
                 (&g + (&p * c.weight_decay)?)?
             } else {
