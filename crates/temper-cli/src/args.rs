@@ -300,6 +300,23 @@ pub struct DeviceArgs {
     pub seed: u64,
 }
 
+/// The arithmetic of convolutions and linear layers.
+#[derive(Args, Debug, Clone)]
+pub struct PrecisionArgs {
+    /// Arithmetic of convolutions and linear layers: f32, tf32 (TF32 tensor cores where the
+    /// device has them; f32 on CPUs) or bf16 (bf16 operands, f32 accumulation; BatchNorm,
+    /// losses and weights stay f32).
+    #[arg(long, default_value = "f32")]
+    pub precision: String,
+}
+
+impl PrecisionArgs {
+    /// The parsed setting.
+    pub fn get(&self) -> Result<temper_core::kernels::Precision> {
+        Ok(temper_core::kernels::Precision::parse(&self.precision)?)
+    }
+}
+
 impl DeviceArgs {
     /// Opens the device and sets the global seed.
     pub fn init(&self) -> Result<candle_core::Device> {
@@ -353,6 +370,14 @@ impl LoadedModel {
         match self {
             LoadedModel::Float(n) => n.as_ref(),
             LoadedModel::Quantized(q) => q.as_ref(),
+        }
+    }
+
+    /// Sets the arithmetic of the model's convolutions and linear layers.
+    pub fn set_precision(&self, precision: temper_core::kernels::Precision) {
+        match self {
+            LoadedModel::Float(n) => n.set_precision(precision),
+            LoadedModel::Quantized(q) => q.network().set_precision(precision),
         }
     }
 

@@ -6,7 +6,7 @@
 
 use candle_core::{Device, Tensor, Var};
 use std::time::Instant;
-use temper_core::kernels::{CandleKernels, ConvCfg, FastCpuKernels, Kernels};
+use temper_core::kernels::{CandleKernels, ConvCfg, FastCpuKernels, Kernels, Precision};
 
 /// The fastest of `reps` runs, in milliseconds: the minimum is the estimate least disturbed
 /// by other work on the machine.
@@ -32,17 +32,17 @@ fn measure(
     let xv = Var::from_tensor(x)?;
     let wv = Var::from_tensor(w)?;
     let fwd = time(reps, || {
-        k.conv2d(x, w, None, cfg)?;
+        k.conv2d(x, w, None, cfg, Precision::F32)?;
         Ok(())
     })?;
     let input_grad = time(reps, || {
-        k.conv2d(xv.as_tensor(), &w.detach(), None, cfg)?
+        k.conv2d(xv.as_tensor(), &w.detach(), None, cfg, Precision::F32)?
             .sum_all()?
             .backward()?;
         Ok(())
     })?;
     let both = time(reps, || {
-        k.conv2d(xv.as_tensor(), wv.as_tensor(), None, cfg)?
+        k.conv2d(xv.as_tensor(), wv.as_tensor(), None, cfg, Precision::F32)?
             .sum_all()?
             .backward()?;
         Ok(())

@@ -111,32 +111,109 @@ pub struct BatchStats {
     pub var: Tensor,
 }
 
-/// The compute primitives every Temper layer is built from.
+/// The arithmetic of the products (convolutions and linear layers) in a forward pass, as
+/// PyTorch's TF32 switch and bf16 autocast: inputs rounded to the format, products
+/// accumulated in f32, outputs, BatchNorm statistics, losses and master weights in f32.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// Full f32 products.
+    #[default]
+    F32,
+    /// TF32 tensor-core products (10-bit mantissa inputs) where the device has them, as
+    /// PyTorch does by default for cuDNN convolutions. CPUs have no TF32: there it is f32.
+    Tf32,
+    /// bf16 operands (8-bit mantissa, rounded to nearest even), f32 accumulation.
+    Bf16,
+}
+
+impl Precision {
+    /// Every precision, in the order the CLI lists them.
+    pub const ALL: [Precision; 3] = [Precision::F32, Precision::Tf32, Precision::Bf16];
+
+    /// The name used by `--precision`: `f32`, `tf32` or `bf16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Tf32 => "tf32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    /// Parses a `--precision` value.
+    pub fn parse(s: &str) -> Result<Self> {
+        Precision::ALL
+            .into_iter()
+            .find(|p| p.name() == s.trim().to_ascii_lowercase())
+            .ok_or_else(|| {
+                crate::Error::param(
+                    "precision",
+                    format!("unknown precision '{s}': expected f32, tf32 or bf16"),
+                )
+            })
+    }
+
+    /// A product operand as this precision's multiplier sees it, still stored as f32.
+    ///
+    /// For bf16 the value is rounded to bf16 (nearest even). A bf16 x bf16 product is exact in
+    /// f32 (8 + 8 significant bits), so an f32 product of rounded operands, accumulated in
+    /// f32, is exactly what a bf16 unit with f32 accumulation computes: any f32 kernel gives
+    /// bf16 arithmetic this way. The rounding passes gradients straight through, as
+    /// autocast's casts do. F32 and TF32 (on devices without TF32) return the operand.
+    pub fn operand(self, t: &Tensor) -> Result<Tensor> {
+        match self {
+            Precision::F32 | Precision::Tf32 => Ok(t.clone()),
+            Precision::Bf16 => Ok(t.to_dtype(DType::BF16)?.to_dtype(DType::F32)?),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The compute primitives every Temper layer is built from: the compute backend, and only
+/// that.
 ///
 /// All tensors are NCHW f32. Implementations must be differentiable with respect to `x` (and
 /// to weights, when the caller passes weights that track gradients).
 ///
-/// Every operation has a default that forwards to [`Kernels::fallback`] ([`CandleKernels`]
-/// unless overridden), so an implementation writes only the operations it changes, and a
-/// wrapper around other kernels overrides `fallback` to return the kernels it wraps.
-/// [`CandleKernels`] implements every operation itself.
+/// Every operation has a default that runs the reference, [`CandleKernels`], so a backend
+/// writes only the operations it makes faster. Observing or changing what a layer computes
+/// (recording activations, quantizing a layer's input) is not a backend's job: that is a
+/// [`LayerHook`](crate::hooks::LayerHook), installed beside the kernels, which sees every
+/// layer by its parameter name. So no wrapper around kernels is needed and none can drop the
+/// kernels it wraps.
+///
+/// Products (convolution, linear) take the [`Precision`] of the forward pass; every other
+/// operation runs in f32.
 pub trait Kernels: Send + Sync + std::fmt::Debug {
     /// A short name for logs and `temper info`.
     fn name(&self) -> &str;
 
-    /// The kernels that run every operation this implementation does not override.
-    fn fallback(&self) -> &dyn Kernels {
-        &CandleKernels
-    }
-
     /// 2-D convolution, `weight` of shape `(out, in / groups, kh, kw)`.
-    fn conv2d(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, cfg: ConvCfg) -> Result<Tensor> {
-        self.fallback().conv2d(x, weight, bias, cfg)
+    fn conv2d(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        cfg: ConvCfg,
+        precision: Precision,
+    ) -> Result<Tensor> {
+        CandleKernels.conv2d(x, weight, bias, cfg, precision)
     }
 
     /// Fully connected layer: `x @ weight.T + bias`, `weight` of shape `(out, in)`.
-    fn linear(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-        self.fallback().linear(x, weight, bias)
+    fn linear(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        precision: Precision,
+    ) -> Result<Tensor> {
+        CandleKernels.linear(x, weight, bias, precision)
     }
 
     /// BatchNorm in training mode: normalises with the batch's own statistics and returns
@@ -148,7 +225,7 @@ pub trait Kernels: Send + Sync + std::fmt::Debug {
         beta: &Tensor,
         eps: f64,
     ) -> Result<(Tensor, BatchStats)> {
-        self.fallback().batch_norm_train(x, gamma, beta, eps)
+        CandleKernels.batch_norm_train(x, gamma, beta, eps)
     }
 
     /// BatchNorm in evaluation mode, with the running statistics.
@@ -161,33 +238,33 @@ pub trait Kernels: Send + Sync + std::fmt::Debug {
         beta: &Tensor,
         eps: f64,
     ) -> Result<Tensor> {
-        self.fallback().batch_norm_eval(x, mean, var, gamma, beta, eps)
+        CandleKernels.batch_norm_eval(x, mean, var, gamma, beta, eps)
     }
 
     /// Max pooling. Gradients go to the first maximal element of each window (PyTorch's
     /// rule), for any kernel, stride, padding and input size.
     fn max_pool2d(&self, x: &Tensor, cfg: PoolCfg) -> Result<Tensor> {
-        self.fallback().max_pool2d(x, cfg)
+        CandleKernels.max_pool2d(x, cfg)
     }
 
     /// `max(x, 0)`, element-wise, any shape.
     fn relu(&self, x: &Tensor) -> Result<Tensor> {
-        self.fallback().relu(x)
+        CandleKernels.relu(x)
     }
 
     /// `min(max(x, 0), 6)`, element-wise, any shape.
     fn relu6(&self, x: &Tensor) -> Result<Tensor> {
-        self.fallback().relu6(x)
+        CandleKernels.relu6(x)
     }
 
     /// Average pooling (padding counted, as PyTorch's default).
     fn avg_pool2d(&self, x: &Tensor, cfg: PoolCfg) -> Result<Tensor> {
-        self.fallback().avg_pool2d(x, cfg)
+        CandleKernels.avg_pool2d(x, cfg)
     }
 
     /// Adaptive average pooling to `(oh, ow)`, with PyTorch's bin boundaries.
     fn adaptive_avg_pool2d(&self, x: &Tensor, oh: usize, ow: usize) -> Result<Tensor> {
-        self.fallback().adaptive_avg_pool2d(x, oh, ow)
+        CandleKernels.adaptive_avg_pool2d(x, oh, ow)
     }
 }
 
@@ -290,15 +367,30 @@ impl Kernels for CandleKernels {
         self.name_static()
     }
 
-    fn conv2d(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, cfg: ConvCfg) -> Result<Tensor> {
-        let y = x.conv2d(weight, cfg.padding, cfg.stride, cfg.dilation, cfg.groups)?;
+    fn conv2d(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        cfg: ConvCfg,
+        precision: Precision,
+    ) -> Result<Tensor> {
+        let (x, weight) = (precision.operand(x)?, precision.operand(weight)?);
+        let y = x.conv2d(&weight, cfg.padding, cfg.stride, cfg.dilation, cfg.groups)?;
         match bias {
             Some(b) => Ok(y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?)?),
             None => Ok(y),
         }
     }
 
-    fn linear(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    fn linear(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        precision: Precision,
+    ) -> Result<Tensor> {
+        let (x, weight) = (precision.operand(x)?, precision.operand(weight)?);
         let y = x.matmul(&weight.t()?)?;
         match bias {
             Some(b) => Ok(y.broadcast_add(b)?),

@@ -1,6 +1,7 @@
 //! The one model abstraction: [`Classifier`], and [`Network`], the standard implementation.
 
-use crate::kernels::Kernels;
+use crate::hooks::{Hooks, LayerHook};
+use crate::kernels::{Kernels, Precision};
 use crate::seed::Rng;
 use crate::store::ParamStore;
 use crate::{Error, Result};
@@ -37,6 +38,11 @@ pub struct Ctx<'a> {
     pub param_grads: bool,
     /// The compute under every layer.
     pub kernels: &'a dyn Kernels,
+    /// The arithmetic of convolutions and linear layers.
+    pub precision: Precision,
+    /// Observers and input transforms, called by every convolution, linear and BatchNorm
+    /// layer with its name.
+    pub hooks: &'a Hooks,
     /// Generator for dropout masks.
     pub rng: &'a Mutex<Rng>,
 }
@@ -239,6 +245,8 @@ pub struct Network {
     norm_tensors: Option<(Tensor, Tensor)>,
     train: AtomicBool,
     kernels: RwLock<Arc<dyn Kernels>>,
+    hooks: RwLock<Arc<[Arc<dyn LayerHook>]>>,
+    precision: RwLock<Precision>,
     rng: Mutex<Rng>,
     device: Device,
 }
@@ -282,12 +290,15 @@ impl Network {
             norm_tensors,
             train: AtomicBool::new(false),
             kernels: RwLock::new(kernels),
+            hooks: RwLock::new(Arc::from(Vec::new())),
+            precision: RwLock::new(Precision::F32),
             rng: Mutex::new(crate::seed::rng("dropout")),
             device: device.clone(),
         })
     }
 
-    /// Replaces the kernels under every layer (e.g. with a faster implementation).
+    /// Replaces the kernels under every layer (e.g. with a faster implementation). Hooks and
+    /// precision are kept.
     pub fn set_kernels(&self, kernels: Arc<dyn Kernels>) {
         *self.kernels.write().unwrap_or_else(|e| e.into_inner()) = kernels;
     }
@@ -295,6 +306,40 @@ impl Network {
     /// The kernels in use.
     pub fn kernels(&self) -> Arc<dyn Kernels> {
         self.kernels.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Adds a hook after the ones already installed; it sees every later forward pass until
+    /// [`Network::remove_hook`].
+    pub fn add_hook(&self, hook: Arc<dyn LayerHook>) {
+        let mut hooks = self.hooks.write().unwrap_or_else(|e| e.into_inner());
+        let mut list = hooks.to_vec();
+        list.push(hook);
+        *hooks = Arc::from(list);
+    }
+
+    /// Removes `hook` (compared by pointer); returns whether it was installed.
+    pub fn remove_hook(&self, hook: &Arc<dyn LayerHook>) -> bool {
+        let mut hooks = self.hooks.write().unwrap_or_else(|e| e.into_inner());
+        let before = hooks.len();
+        let list: Vec<_> = hooks.iter().filter(|h| !Arc::ptr_eq(h, hook)).cloned().collect();
+        let removed = list.len() != before;
+        *hooks = Arc::from(list);
+        removed
+    }
+
+    /// The installed hooks, in call order.
+    pub fn hooks(&self) -> Arc<[Arc<dyn LayerHook>]> {
+        self.hooks.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Sets the arithmetic of convolutions and linear layers for later forward passes.
+    pub fn set_precision(&self, precision: Precision) {
+        *self.precision.write().unwrap_or_else(|e| e.into_inner()) = precision;
+    }
+
+    /// The arithmetic of convolutions and linear layers.
+    pub fn precision(&self) -> Precision {
+        *self.precision.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The input normalisation.
@@ -346,10 +391,13 @@ impl Classifier for Network {
             None => x.clone(),
         };
         let kernels = self.kernels();
+        let hooks = self.hooks();
         let ctx = Ctx {
             mode: opts.mode,
             param_grads: opts.param_grads,
             kernels: kernels.as_ref(),
+            precision: self.precision(),
+            hooks: &hooks,
             rng: &self.rng,
         };
         self.backbone.forward(&x, &ctx)

@@ -5,6 +5,7 @@
 //! compute. Layers own nothing but their [`Var`]s (shared with the model's
 //! [`ParamStore`](crate::ParamStore)) and their geometry.
 
+use crate::hooks::{self, LayerCall, LayerKind};
 use crate::kernels::{ConvCfg, PoolCfg};
 use crate::store::{Builder, Init, Role};
 use crate::summary::{self, LayerRecord};
@@ -89,7 +90,17 @@ impl Conv2d {
     pub fn forward(&self, x: &Tensor, ctx: &Ctx<'_>) -> Result<Tensor> {
         let w = param(&self.weight, ctx);
         let b = self.bias.as_ref().map(|b| param(b, ctx));
-        let y = ctx.kernels.conv2d(x, &w, b.as_ref(), self.cfg)?;
+        let call = LayerCall {
+            name: &self.name,
+            kind: LayerKind::Conv(self.cfg),
+            weight_shape: self.weight.dims(),
+            has_bias: b.is_some(),
+        };
+        let xin = hooks::apply_input(ctx.hooks, &call, x)?;
+        let y = ctx
+            .kernels
+            .conv2d(&xin, &w, b.as_ref(), self.cfg, ctx.precision)?;
+        hooks::apply_output(ctx.hooks, &call, x, &y)?;
         if summary::is_tracing() {
             let (out_ch, in_per_group, _, _) = self.weight.dims4()?;
             let (_, _, oh, ow) = y.dims4()?;
@@ -146,7 +157,15 @@ impl Linear {
     pub fn forward(&self, x: &Tensor, ctx: &Ctx<'_>) -> Result<Tensor> {
         let w = param(&self.weight, ctx);
         let b = self.bias.as_ref().map(|b| param(b, ctx));
-        let y = ctx.kernels.linear(x, &w, b.as_ref())?;
+        let call = LayerCall {
+            name: &self.name,
+            kind: LayerKind::Linear,
+            weight_shape: self.weight.dims(),
+            has_bias: b.is_some(),
+        };
+        let xin = hooks::apply_input(ctx.hooks, &call, x)?;
+        let y = ctx.kernels.linear(&xin, &w, b.as_ref(), ctx.precision)?;
+        hooks::apply_output(ctx.hooks, &call, x, &y)?;
         if summary::is_tracing() {
             let (o, i) = self.weight.dims2()?;
             summary::record(LayerRecord {
@@ -203,6 +222,15 @@ impl BatchNorm2d {
     pub fn forward(&self, x: &Tensor, ctx: &Ctx<'_>) -> Result<Tensor> {
         let gamma = param(&self.weight, ctx);
         let beta = param(&self.bias, ctx);
+        let call = LayerCall {
+            name: &self.name,
+            kind: LayerKind::BatchNorm,
+            weight_shape: self.weight.dims(),
+            has_bias: true,
+        };
+        let x_arrived = x;
+        let xin = hooks::apply_input(ctx.hooks, &call, x)?;
+        let x = xin.as_ref();
         let y = match ctx.mode {
             Mode::Train => {
                 let (y, stats) = ctx.kernels.batch_norm_train(x, &gamma, &beta, self.eps)?;
@@ -235,6 +263,7 @@ impl BatchNorm2d {
                 self.eps,
             )?,
         };
+        hooks::apply_output(ctx.hooks, &call, x_arrived, &y)?;
         if summary::is_tracing() {
             summary::record(LayerRecord {
                 name: self.name.clone(),

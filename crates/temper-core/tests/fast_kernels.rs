@@ -4,7 +4,7 @@
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use proptest::prelude::*;
-use temper_core::kernels::{select_kernels, CandleKernels, ConvCfg, FastCpuKernels, Kernels};
+use temper_core::kernels::{select_kernels, CandleKernels, ConvCfg, FastCpuKernels, Kernels, Precision};
 
 /// Largest absolute difference, relative to the reference's largest magnitude (at least 1).
 fn rel_err(got: &Tensor, want: &Tensor) -> Result<f32> {
@@ -101,7 +101,7 @@ fn run(
     } else {
         wv.as_tensor().detach()
     };
-    let y = kernels.conv2d(&x, &w, case.bias.then_some(&b), case.cfg)?;
+    let y = kernels.conv2d(&x, &w, case.bias.then_some(&b), case.cfg, Precision::F32)?;
     let r = Tensor::from_vec(values(y.elem_count(), 4), y.dims(), &dev)?;
     if !track_x && !track_w {
         return Ok((y, None, None));
@@ -258,10 +258,10 @@ fn candle_reference_backward_fails_on_uneven_remainders() -> Result<()> {
     assert!(!candle_backward_works(&case));
     let x = Var::from_tensor(&Tensor::zeros((1, 3, 11, 10), DType::F32, &Device::Cpu)?)?;
     let w = Tensor::zeros((5, 3, 3, 3), DType::F32, &Device::Cpu)?;
-    let y = CandleKernels.conv2d(x.as_tensor(), &w, None, case.cfg)?;
+    let y = CandleKernels.conv2d(x.as_tensor(), &w, None, case.cfg, Precision::F32)?;
     assert!(y.sum_all()?.backward().is_err());
     // The fast kernels handle it.
-    let y = FastCpuKernels.conv2d(x.as_tensor(), &w, None, case.cfg)?;
+    let y = FastCpuKernels.conv2d(x.as_tensor(), &w, None, case.cfg, Precision::F32)?;
     let grads = y.sum_all()?.backward()?;
     assert_eq!(grads.get(x.as_tensor()).context("no dx")?.dims(), &[1, 3, 11, 10]);
     Ok(())
@@ -460,7 +460,9 @@ fn kernel_larger_than_input_is_an_error() -> Result<()> {
     let dev = Device::Cpu;
     let x = Tensor::zeros((1, 1, 3, 3), DType::F32, &dev)?;
     let w = Tensor::zeros((1, 1, 5, 5), DType::F32, &dev)?;
-    assert!(FastCpuKernels.conv2d(&x, &w, None, ConvCfg::default()).is_err());
+    assert!(FastCpuKernels
+        .conv2d(&x, &w, None, ConvCfg::default(), Precision::F32)
+        .is_err());
     Ok(())
 }
 
@@ -476,12 +478,12 @@ fn unsupported_cases_fall_back_to_reference() -> Result<()> {
         dilation: 1,
         groups: 2,
     };
-    let a = FastCpuKernels.conv2d(&x, &w, None, cfg)?;
-    let b = CandleKernels.conv2d(&x, &w, None, cfg)?;
+    let a = FastCpuKernels.conv2d(&x, &w, None, cfg, Precision::F32)?;
+    let b = CandleKernels.conv2d(&x, &w, None, cfg, Precision::F32)?;
     assert_eq!(rel_err(&a, &b)?, 0.0);
     // f64.
     let (x, w) = (x.to_dtype(DType::F64)?, w.to_dtype(DType::F64)?);
-    let a = FastCpuKernels.conv2d(&x, &w, None, cfg)?;
+    let a = FastCpuKernels.conv2d(&x, &w, None, cfg, Precision::F32)?;
     assert_eq!(a.dtype(), DType::F64);
     Ok(())
 }
@@ -746,7 +748,7 @@ fn depthwise_matches_the_reference() -> Result<()> {
                                 } else {
                                     w0.detach()
                                 };
-                                let y = kern.conv2d(xv.as_tensor(), &wt, Some(&b0), cfg)?;
+                                let y = kern.conv2d(xv.as_tensor(), &wt, Some(&b0), cfg, Precision::F32)?;
                                 let r = Tensor::from_vec(values(y.elem_count(), seed + 3), y.dims(), &dev)?;
                                 let g = (&y * &r)?.sum_all()?.backward()?;
                                 out.push((y, g.get(xv.as_tensor()).cloned(), g.get(wv.as_tensor()).cloned()));

@@ -1,17 +1,15 @@
 //! Activation quantization: the input of every quantized layer is rounded onto a per-tensor
 //! uniform grid, with a straight-through gradient.
 //!
-//! [`ActKernels`] wraps the model's kernels and quantizes the input of each convolution and
-//! linear layer it knows, recognising the layer by the storage of its weight tensor. The
-//! grids come from calibration ([`crate::calib`]).
+//! [`ActHook`] is a layer hook that quantizes the input of each convolution and linear layer
+//! it knows, by the layer's name; it stays in place whatever kernels run under the layers.
+//! The grids come from calibration ([`crate::calib`]).
 
-use crate::record::storage_key;
 use crate::uniform::asymmetric_grid;
 use crate::Result;
 use candle_core::Tensor;
 use std::collections::HashMap;
-use std::sync::Arc;
-use temper_core::kernels::{ConvCfg, Kernels};
+use temper_core::hooks::{LayerCall, LayerHook, LayerKind};
 
 /// A per-tensor asymmetric uniform grid for activations: codes `0..2^bits - 1`, value
 /// `(code - zero_point) * scale`.
@@ -74,70 +72,39 @@ impl ActQuant {
     }
 }
 
-/// Kernels that quantize the inputs of known convolution and linear layers, then delegate.
-pub struct ActKernels {
-    inner: Arc<dyn Kernels>,
-    by_weight: HashMap<usize, ActQuant>,
+/// Quantizes the input of each named convolution or linear layer onto its grid, with a
+/// straight-through gradient.
+#[derive(Debug, Clone, Default)]
+pub struct ActHook {
+    by_layer: HashMap<String, ActQuant>,
 }
 
-impl std::fmt::Debug for ActKernels {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ActKernels")
-            .field("inner", &self.inner.name())
-            .field("layers", &self.by_weight.len())
-            .finish()
-    }
-}
-
-impl ActKernels {
-    /// Wraps `inner`; `layers` pairs each layer's weight tensor (a clone of the model's
-    /// parameter) with its input grid.
-    pub fn new(inner: Arc<dyn Kernels>, layers: &[(Tensor, ActQuant)]) -> Self {
-        ActKernels {
-            inner,
-            by_weight: layers.iter().map(|(w, q)| (storage_key(w), *q)).collect(),
+impl ActHook {
+    /// A hook for `layers`: (layer name, grid) pairs.
+    pub fn new(layers: &[(String, ActQuant)]) -> Self {
+        ActHook {
+            by_layer: layers.iter().cloned().collect(),
         }
     }
 
-    /// The same grids over other kernels.
-    pub fn rewrap(&self, inner: Arc<dyn Kernels>) -> Self {
-        ActKernels {
-            inner,
-            by_weight: self.by_weight.clone(),
-        }
+    /// Whether no layer is quantized.
+    pub fn is_empty(&self) -> bool {
+        self.by_layer.is_empty()
     }
+}
 
-    fn input(&self, x: &Tensor, weight: &Tensor) -> temper_core::Result<Tensor> {
-        match self.by_weight.get(&storage_key(weight)) {
+impl LayerHook for ActHook {
+    fn input(&self, call: &LayerCall<'_>, x: &Tensor) -> temper_core::Result<Option<Tensor>> {
+        if matches!(call.kind, LayerKind::BatchNorm) {
+            return Ok(None);
+        }
+        match self.by_layer.get(call.name) {
             Some(q) => q
                 .apply(x)
+                .map(Some)
                 .map_err(|e| temper_core::Error::param("activation quantization", e.to_string())),
-            None => Ok(x.clone()),
+            None => Ok(None),
         }
-    }
-}
-
-impl Kernels for ActKernels {
-    fn name(&self) -> &str {
-        "temper-quant-activations"
-    }
-
-    fn fallback(&self) -> &dyn Kernels {
-        self.inner.as_ref()
-    }
-
-    fn conv2d(
-        &self,
-        x: &Tensor,
-        weight: &Tensor,
-        bias: Option<&Tensor>,
-        cfg: ConvCfg,
-    ) -> temper_core::Result<Tensor> {
-        self.inner.conv2d(&self.input(x, weight)?, weight, bias, cfg)
-    }
-
-    fn linear(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> temper_core::Result<Tensor> {
-        self.inner.linear(&self.input(x, weight)?, weight, bias)
     }
 }
 

@@ -36,9 +36,9 @@ fn means(
     for b in batches(calib, batch)? {
         let (_, calls) = record(net, &b, Capture::Nothing, Capture::Only(points.clone()))?;
         for c in calls {
-            if let (Some(name), Some(y)) = (c.layer, c.y) {
+            if let Some(y) = c.y {
                 let (s, n) = channel_sums(&y)?;
-                let e = acc.entry(name).or_insert_with(|| (vec![0.0; s.len()], 0));
+                let e = acc.entry(c.layer).or_insert_with(|| (vec![0.0; s.len()], 0));
                 for (a, v) in e.0.iter_mut().zip(&s) {
                     *a += v;
                 }

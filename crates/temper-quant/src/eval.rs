@@ -77,7 +77,7 @@ pub fn layer_output_errors(
     let names: Vec<String> = q.layers().iter().map(|l| l.name.clone()).collect();
     let want = || Capture::Only(names.iter().cloned().collect());
     let outputs = |calls: Vec<crate::record::Call>| -> HashMap<String, Tensor> {
-        calls.into_iter().filter_map(|c| Some((c.layer?, c.y?))).collect()
+        calls.into_iter().filter_map(|c| Some((c.layer, c.y?))).collect()
     };
     let mut sums: HashMap<String, (f64, f64)> = HashMap::new();
     for b in crate::quantize::batches(images, batch)? {

@@ -1,9 +1,8 @@
 //! The layer graph a quantizer needs: which convolutions and linear layers a model runs, in
 //! which order, with which geometry, and which BatchNorm directly consumes each one's output.
 //!
-//! It is read off one eval-mode forward pass of a probe batch by kernels that record every
-//! call (a layer is recognised by the storage of the parameter it passes down, shared with
-//! its entry in the parameter store); models need no annotation.
+//! It is read off one eval-mode forward pass of a probe batch by a layer hook that records
+//! every call with the layer's `state_dict` name; models need no annotation.
 
 use crate::record::{record, CallKind, Capture};
 use crate::{Error, Result};
@@ -92,9 +91,7 @@ impl LayerGraph {
                 CallKind::Conv(cfg) => LayerKind::Conv(cfg),
                 CallKind::Linear => LayerKind::Linear,
                 CallKind::BatchNorm => {
-                    let name = call.layer.ok_or_else(|| {
-                        unsupported("a BatchNorm's running statistics are not in the parameter store".into())
-                    })?;
+                    let name = call.layer;
                     if let Some(&i) = by_output.get(&call.input) {
                         if layers[i].bn.is_none() {
                             layers[i].bn = Some(name.clone());
@@ -104,12 +101,7 @@ impl LayerGraph {
                     continue;
                 }
             };
-            let name = call.layer.ok_or_else(|| {
-                unsupported(format!(
-                    "a layer with weight {:?} is not in the parameter store",
-                    call.weight_shape
-                ))
-            })?;
+            let name = call.layer;
             if layers.iter().any(|l| l.name == name) {
                 return Err(unsupported(format!(
                     "layer '{name}' runs twice in one forward pass; shared weights are not supported"

@@ -1,13 +1,12 @@
 //! [`QuantModel`]: a quantized classifier that every Temper tool takes as it is.
 
-use crate::act::{ActKernels, ActQuant};
+use crate::act::{ActHook, ActQuant};
 use crate::fold::FoldReport;
 use crate::graph::LayerGraph;
 use crate::params::{ActParams, Method};
 use crate::{Granularity, QTensor, Result, WeightScheme};
 use candle_core::{Device, Tensor};
 use std::sync::Arc;
-use temper_core::kernels::Kernels;
 use temper_core::{Classifier, ForwardOpts, Mode, ModelInfo, Network, ParamStore};
 use temper_models::ValidModelConfig;
 
@@ -73,7 +72,7 @@ impl QuantInfo {
 /// Forward: the network's parameters hold the dequantized weights (`code * scale`, exactly
 /// the values an integer kernel multiplies by, after BatchNorm folding), and, when
 /// activations are quantized, every quantized layer's input is rounded onto its calibrated
-/// grid by kernels wrapped around the model's own ([`ActKernels`]).
+/// grid by a layer hook ([`ActHook`]), whatever kernels run under the layers.
 ///
 /// Backward: activation rounding passes gradients straight through
 /// ([`crate::ste::straight_through`]), so white-box attacks see the gradient of the quantized
@@ -91,7 +90,6 @@ pub struct QuantModel {
     graph: LayerGraph,
     layers: Vec<QuantizedLayer>,
     info: QuantInfo,
-    act_layers: Vec<(Tensor, ActQuant)>,
 }
 
 impl std::fmt::Debug for QuantModel {
@@ -114,42 +112,24 @@ impl QuantModel {
         layers: Vec<QuantizedLayer>,
         info: QuantInfo,
     ) -> Result<Self> {
-        let mut act_layers = Vec::new();
-        for l in &layers {
-            if let Some(q) = l.input {
-                let key = format!("{}.weight", l.name);
-                let e = net
-                    .params()
-                    .get(&key)
-                    .ok_or_else(|| crate::error::param(&key, "is not a parameter of the model"))?;
-                act_layers.push((e.var.as_tensor().clone(), q));
-            }
+        let act: Vec<_> = layers
+            .iter()
+            .filter_map(|l| Some((l.name.clone(), l.input?)))
+            .collect();
+        if !act.is_empty() {
+            net.add_hook(Arc::new(ActHook::new(&act)));
         }
-        let m = QuantModel {
+        Ok(QuantModel {
             net,
             config,
             graph,
             layers,
             info,
-            act_layers,
-        };
-        m.set_kernels(m.net.kernels());
-        Ok(m)
+        })
     }
 
-    /// Replaces the compute under every layer; activation quantization, if any, stays on top.
-    pub fn set_kernels(&self, kernels: Arc<dyn Kernels>) {
-        if self.act_layers.is_empty() {
-            self.net.set_kernels(kernels);
-        } else {
-            self.net
-                .set_kernels(Arc::new(ActKernels::new(kernels, &self.act_layers)));
-        }
-    }
-
-    /// The underlying network, with dequantized weights and (if enabled) activation kernels.
-    /// Swap its kernels with [`QuantModel::set_kernels`]: `Network::set_kernels` on it would
-    /// drop the activation grids.
+    /// The underlying network, with dequantized weights and (if enabled) the activation
+    /// quantization hook. Its kernels can be swapped freely: the hook stays.
     pub fn network(&self) -> &Network {
         &self.net
     }

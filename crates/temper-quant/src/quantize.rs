@@ -1,7 +1,7 @@
 //! The post-training quantization pipeline: fold, quantize weights layer by layer (round to
 //! nearest or GPFQ), calibrate activation grids, correct biases.
 
-use crate::act::{ActKernels, ActQuant};
+use crate::act::{ActHook, ActQuant};
 use crate::calib::RangeStats;
 use crate::error::param;
 use crate::fold::{fold_batchnorm, FoldReport};
@@ -14,6 +14,7 @@ use crate::{bias, gpfq, rtn, tensors, Result};
 use candle_core::Tensor;
 use std::collections::HashMap;
 use std::sync::Arc;
+use temper_core::hooks::LayerHook;
 use temper_core::{Classifier, Network};
 use temper_models::ValidModelConfig;
 
@@ -113,8 +114,8 @@ fn calibrate(
     for b in batches(calib, params.get().batch_size)? {
         let (_, calls) = record(qnet, &b, Capture::Only(names.clone()), Capture::Nothing)?;
         for c in calls {
-            if let (Some(layer), Some(x)) = (c.layer, c.x) {
-                stats.entry(layer).or_default().observe(&x)?;
+            if let Some(x) = c.x {
+                stats.entry(c.layer).or_default().observe(&x)?;
             }
         }
     }
@@ -199,25 +200,22 @@ pub fn quantize(
         });
     }
 
-    let base = qnet.kernels();
     let grids = calibrate(&qnet, &graph, params, &layers, calib)?;
     for l in &mut layers {
         l.input = grids.get(&l.name).copied();
     }
     if p.bias_correction {
         // Correct with the activation grids in place, so the shift covers their error too.
-        let act: Vec<(Tensor, ActQuant)> = layers
+        let act: Vec<(String, ActQuant)> = layers
             .iter()
-            .filter_map(|l| {
-                let q = l.input?;
-                let e = qnet.params().get(&format!("{}.weight", l.name))?;
-                Some((e.var.as_tensor().clone(), q))
-            })
+            .filter_map(|l| Some((l.name.clone(), l.input?)))
             .collect();
-        qnet.set_kernels(Arc::new(ActKernels::new(base.clone(), &act)));
+        let hook: Arc<dyn LayerHook> = Arc::new(ActHook::new(&act));
+        qnet.add_hook(hook.clone());
         let names: Vec<&str> = layers.iter().map(|l| l.name.as_str()).collect();
-        bias::correct(&reference, &qnet, &graph, &fold, &names, calib, p.batch_size)?;
-        qnet.set_kernels(base);
+        let corrected = bias::correct(&reference, &qnet, &graph, &fold, &names, calib, p.batch_size);
+        qnet.remove_hook(&hook);
+        corrected?;
     }
     let info = QuantInfo {
         scheme: p.scheme,

@@ -1,42 +1,16 @@
-//! Watching a forward pass from below: kernels that record which layer ran, on which tensor,
-//! and optionally keep its input or output.
+//! Watching a forward pass: a [`LayerHook`] that records which layer ran, on which tensor,
+//! and optionally keeps its input or output.
 //!
-//! Temper's layers hand their work to [`Kernels`]; a layer is recognised by the storage of the
-//! parameter it passes down (its weight, or a BatchNorm's running mean), which it shares with
-//! its entry in the [`ParamStore`]. That gives every kernel call the layer's PyTorch name
-//! without touching the model definitions.
+//! Every convolution, linear and BatchNorm layer calls the network's hooks with its PyTorch
+//! name, so the recorder knows each call's layer without touching the model definitions or
+//! the kernels under them.
 
 use candle_core::{Tensor, TensorId};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use temper_core::kernels::{ConvCfg, Kernels};
-use temper_core::{Classifier, ForwardOpts, Mode, Network, ParamStore};
-
-/// A key that identifies a tensor's storage: equal for a [`candle_core::Var`], its clones and
-/// its detached copies, different for any other allocation.
-pub(crate) fn storage_key(t: &Tensor) -> usize {
-    let (storage, _) = t.storage_and_layout();
-    std::ptr::from_ref::<candle_core::Storage>(&*storage) as usize
-}
-
-/// Storage key of every layer's identifying parameter, mapped to the layer's name:
-/// `X.weight` of rank >= 2 (convolutions and linear layers) and `X.running_mean`
-/// (BatchNorm) both name layer `X`.
-pub(crate) fn layer_keys(store: &ParamStore) -> HashMap<usize, String> {
-    let mut keys = HashMap::new();
-    for e in store.entries() {
-        let layer = if e.var.rank() >= 2 {
-            e.name.strip_suffix("weight")
-        } else {
-            e.name.strip_suffix("running_mean")
-        };
-        if let Some(prefix) = layer {
-            let name = prefix.strip_suffix('.').unwrap_or(prefix).to_string();
-            keys.insert(storage_key(e.var.as_tensor()), name);
-        }
-    }
-    keys
-}
+use temper_core::hooks::{LayerCall, LayerHook, LayerKind};
+use temper_core::kernels::ConvCfg;
+use temper_core::{Classifier, ForwardOpts, Mode, Network};
 
 /// The kind of a recorded kernel call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,8 +24,8 @@ pub(crate) enum CallKind {
 #[derive(Debug, Clone)]
 pub(crate) struct Call {
     pub kind: CallKind,
-    /// The layer's name, when its parameter is in the store.
-    pub layer: Option<String>,
+    /// The layer's name.
+    pub layer: String,
     pub input: TensorId,
     pub output: TensorId,
     pub weight_shape: Vec<usize>,
@@ -75,123 +49,53 @@ impl Capture {
         Capture::Only(HashSet::from([name.to_string()]))
     }
 
-    fn wants(&self, layer: Option<&String>) -> bool {
-        match (self, layer) {
-            (Capture::Nothing, _) | (Capture::Only(_), None) => false,
-            (Capture::Only(s), Some(l)) => s.contains(l),
+    fn wants(&self, layer: &str) -> bool {
+        match self {
+            Capture::Nothing => false,
+            Capture::Only(s) => s.contains(layer),
         }
     }
 }
 
-/// Kernels that delegate to `inner` and record every convolution, linear and BatchNorm call.
+/// A hook that records every convolution, linear and BatchNorm call.
+#[derive(Debug)]
 pub(crate) struct Recorder {
-    inner: Arc<dyn Kernels>,
-    names: HashMap<usize, String>,
     inputs: Capture,
     outputs: Capture,
     calls: Mutex<Vec<Call>>,
 }
 
-impl std::fmt::Debug for Recorder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Recorder")
-            .field("inner", &self.inner.name())
-            .finish()
-    }
-}
-
-impl Recorder {
-    fn push(
-        &self,
-        kind: CallKind,
-        key: &Tensor,
-        x: &Tensor,
-        y: &Tensor,
-        weight_shape: Vec<usize>,
-        has_bias: bool,
-    ) {
-        let layer = self.names.get(&storage_key(key)).cloned();
-        let call = Call {
+impl LayerHook for Recorder {
+    fn output(&self, call: &LayerCall<'_>, x: &Tensor, y: &Tensor) -> temper_core::Result<()> {
+        let kind = match call.kind {
+            LayerKind::Conv(cfg) => CallKind::Conv(cfg),
+            LayerKind::Linear => CallKind::Linear,
+            LayerKind::BatchNorm => CallKind::BatchNorm,
+        };
+        let record = Call {
             kind,
-            x: self.inputs.wants(layer.as_ref()).then(|| x.detach()),
-            y: self.outputs.wants(layer.as_ref()).then(|| y.detach()),
-            layer,
+            x: self.inputs.wants(call.name).then(|| x.detach()),
+            y: self.outputs.wants(call.name).then(|| y.detach()),
+            layer: call.name.to_string(),
             input: x.id(),
             output: y.id(),
-            weight_shape,
-            has_bias,
+            weight_shape: call.weight_shape.to_vec(),
+            has_bias: call.has_bias,
         };
-        self.calls.lock().unwrap_or_else(|e| e.into_inner()).push(call);
+        self.calls.lock().unwrap_or_else(|e| e.into_inner()).push(record);
+        Ok(())
     }
 }
 
-impl Kernels for Recorder {
-    fn name(&self) -> &str {
-        "temper-quant-recorder"
-    }
-
-    // Quantization only ever runs models in eval mode: train-mode BatchNorm and pooling
-    // pass through unrecorded.
-    fn fallback(&self) -> &dyn Kernels {
-        self.inner.as_ref()
-    }
-
-    fn conv2d(
-        &self,
-        x: &Tensor,
-        weight: &Tensor,
-        bias: Option<&Tensor>,
-        cfg: ConvCfg,
-    ) -> temper_core::Result<Tensor> {
-        let y = self.inner.conv2d(x, weight, bias, cfg)?;
-        self.push(
-            CallKind::Conv(cfg),
-            weight,
-            x,
-            &y,
-            weight.dims().to_vec(),
-            bias.is_some(),
-        );
-        Ok(y)
-    }
-
-    fn linear(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> temper_core::Result<Tensor> {
-        let y = self.inner.linear(x, weight, bias)?;
-        self.push(
-            CallKind::Linear,
-            weight,
-            x,
-            &y,
-            weight.dims().to_vec(),
-            bias.is_some(),
-        );
-        Ok(y)
-    }
-
-    fn batch_norm_eval(
-        &self,
-        x: &Tensor,
-        mean: &Tensor,
-        var: &Tensor,
-        gamma: &Tensor,
-        beta: &Tensor,
-        eps: f64,
-    ) -> temper_core::Result<Tensor> {
-        let y = self.inner.batch_norm_eval(x, mean, var, gamma, beta, eps)?;
-        self.push(CallKind::BatchNorm, mean, x, &y, vec![], true);
-        Ok(y)
-    }
-}
-
-/// Puts the previous kernels back when dropped, even on an early return.
-struct Restore<'a> {
+/// Removes the recorder when dropped, even on an early return.
+struct Detach<'a> {
     net: &'a Network,
-    previous: Arc<dyn Kernels>,
+    hook: Arc<dyn LayerHook>,
 }
 
-impl Drop for Restore<'_> {
+impl Drop for Detach<'_> {
     fn drop(&mut self) {
-        self.net.set_kernels(self.previous.clone());
+        self.net.remove_hook(&self.hook);
     }
 }
 
@@ -201,8 +105,8 @@ pub(crate) const EVAL: ForwardOpts = ForwardOpts {
     param_grads: false,
 };
 
-/// Runs `x` through `net` in eval mode with a recorder over its current kernels, and returns
-/// the logits and the calls. The network's kernels are restored afterwards.
+/// Runs `x` through `net` in eval mode with a recorder after its current hooks, and returns
+/// the logits and the calls. The recorder is removed afterwards.
 ///
 /// Only networks this crate built itself are recorded, so no other thread is using them.
 pub(crate) fn record(
@@ -211,17 +115,15 @@ pub(crate) fn record(
     inputs: Capture,
     outputs: Capture,
 ) -> crate::Result<(Tensor, Vec<Call>)> {
-    let previous = net.kernels();
     let recorder = Arc::new(Recorder {
-        inner: previous.clone(),
-        names: layer_keys(net.params()),
         inputs,
         outputs,
         calls: Mutex::new(Vec::new()),
     });
     let logits = {
-        let _restore = Restore { net, previous };
-        net.set_kernels(recorder.clone());
+        let hook: Arc<dyn LayerHook> = recorder.clone();
+        net.add_hook(hook.clone());
+        let _detach = Detach { net, hook };
         net.forward_opts(x, EVAL)?
     };
     let calls = std::mem::take(&mut *recorder.calls.lock().unwrap_or_else(|e| e.into_inner()));

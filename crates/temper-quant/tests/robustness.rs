@@ -11,7 +11,7 @@ use common::{calib, mnist_cnn, test_set};
 use std::sync::Arc;
 use temper_attacks::spec::{AttackSettings, AttackSpec};
 use temper_attacks::Goal;
-use temper_core::kernels::{CandleKernels, ConvCfg, Kernels};
+use temper_core::hooks::{LayerCall, LayerHook, LayerKind};
 use temper_core::{Classifier, ForwardOpts, Mode};
 use temper_quant::sweep::{sweep, SweepParams};
 use temper_quant::{
@@ -56,21 +56,12 @@ impl NaiveRounding {
     }
 }
 
-impl Kernels for NaiveRounding {
-    fn name(&self) -> &str {
-        "naive-rounding"
-    }
-    fn conv2d(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        b: Option<&Tensor>,
-        cfg: ConvCfg,
-    ) -> temper_core::Result<Tensor> {
-        CandleKernels.conv2d(&self.q(x)?, w, b, cfg)
-    }
-    fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> temper_core::Result<Tensor> {
-        CandleKernels.linear(&self.q(x)?, w, b)
+impl LayerHook for NaiveRounding {
+    fn input(&self, call: &LayerCall<'_>, x: &Tensor) -> temper_core::Result<Option<Tensor>> {
+        match call.kind {
+            LayerKind::BatchNorm => Ok(None),
+            _ => Ok(Some(self.q(x)?)),
+        }
     }
 }
 
@@ -87,7 +78,7 @@ fn straight_through_gradients_reach_the_input() -> Result<()> {
 
     // Without the estimator the same rounding masks the gradient completely.
     let (float, _) = mnist_cnn()?;
-    float.set_kernels(Arc::new(NaiveRounding(ActQuant::from_range(0.0, 8.0, 4))));
+    float.add_hook(Arc::new(NaiveRounding(ActQuant::from_range(0.0, 8.0, 4))));
     let masked = input_gradient(&float, &b.images, &b.labels)?;
     let masked_norm = match masked {
         Some(m) => m.sqr()?.sum_all()?.to_scalar::<f32>()?,

@@ -11,7 +11,7 @@ use candle_core::{Device, Tensor};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use temper_core::kernels::{BatchStats, ConvCfg, Kernels, PoolCfg};
+use temper_core::kernels::{BatchStats, ConvCfg, Kernels, PoolCfg, Precision};
 use temper_core::{Classifier, ForwardOpts, Mode};
 use temper_models::{build, ModelConfig, ModelKind};
 
@@ -38,15 +38,13 @@ impl Kernels for Timed {
     fn name(&self) -> &str {
         "timed"
     }
-    fn fallback(&self) -> &dyn Kernels {
-        self.inner.as_ref()
-    }
     fn conv2d(
         &self,
         x: &Tensor,
         w: &Tensor,
         b: Option<&Tensor>,
         cfg: ConvCfg,
+        p: Precision,
     ) -> temper_core::Result<Tensor> {
         let key = format!(
             "conv {:?} w {:?} s{} g{}",
@@ -55,11 +53,17 @@ impl Kernels for Timed {
             cfg.stride,
             cfg.groups
         );
-        self.time(key, || self.inner.conv2d(x, w, b, cfg))
+        self.time(key, || self.inner.conv2d(x, w, b, cfg, p))
     }
-    fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> temper_core::Result<Tensor> {
+    fn linear(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        p: Precision,
+    ) -> temper_core::Result<Tensor> {
         self.time(format!("linear {:?} w {:?}", x.dims(), w.dims()), || {
-            self.inner.linear(x, w, b)
+            self.inner.linear(x, w, b, p)
         })
     }
     fn batch_norm_train(
@@ -95,6 +99,11 @@ impl Kernels for Timed {
     fn max_pool2d(&self, x: &Tensor, cfg: PoolCfg) -> temper_core::Result<Tensor> {
         self.time(format!("maxpool {:?}", x.dims()), || {
             self.inner.max_pool2d(x, cfg)
+        })
+    }
+    fn avg_pool2d(&self, x: &Tensor, cfg: PoolCfg) -> temper_core::Result<Tensor> {
+        self.time(format!("avgpool {:?}", x.dims()), || {
+            self.inner.avg_pool2d(x, cfg)
         })
     }
     fn adaptive_avg_pool2d(&self, x: &Tensor, oh: usize, ow: usize) -> temper_core::Result<Tensor> {

@@ -126,6 +126,10 @@ pub struct TrainConfig {
     /// the setting existed attacked in eval mode, and resume so.
     #[serde(default = "AttackBn::legacy")]
     pub attack_bn: AttackBn,
+    /// Arithmetic of convolutions and linear layers (`f32`, `tf32`, `bf16`); BatchNorm
+    /// statistics, losses, optimizer state and master weights stay f32.
+    #[serde(default)]
+    pub precision: temper_core::kernels::Precision,
     /// Optimizer parameter groups (learning-rate multipliers, frozen groups); empty for one
     /// group of every parameter.
     #[serde(default)]
@@ -176,6 +180,7 @@ impl TrainConfig {
             optimizer: "sgd:momentum=0.9,weight_decay=5e-4".to_string(),
             threat,
             attack_bn: AttackBn::reference(method),
+            precision: temper_core::kernels::Precision::F32,
             param_groups: Vec::new(),
             finetune_attack: "pgd".to_string(),
             trades_beta: 6.0,

@@ -112,6 +112,7 @@ fn prepare(v: &ValidTrainConfig, device: &Device) -> Result<Setup> {
         }
         None => temper_models::build(&v.model, device)?,
     };
+    model.set_precision(cfg.precision);
     let data = data::load(&cfg)?;
     v.groups.check_store(model.params())?;
     Ok(Setup {

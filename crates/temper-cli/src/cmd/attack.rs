@@ -2,7 +2,9 @@
 //! by `temper_eval::evaluate_with` (the evaluator every command shares), optionally with the
 //! adversarial images written out.
 
-use crate::args::{check_fit, load_any, AttackOpts, DataArgs, DeviceArgs, ModelArgs, WeightsArgs};
+use crate::args::{
+    check_fit, load_any, AttackOpts, DataArgs, DeviceArgs, ModelArgs, PrecisionArgs, WeightsArgs,
+};
 use anyhow::{Context, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -44,11 +46,14 @@ pub struct AttackArgs {
     json: bool,
     #[command(flatten)]
     device: DeviceArgs,
+    #[command(flatten)]
+    precision: PrecisionArgs,
 }
 
 pub fn run(a: AttackArgs) -> Result<()> {
     let device = a.device.init()?;
     let loaded = load_any(&a.model, &a.weights, &device)?;
+    loaded.set_precision(a.precision.get()?);
     let model = loaded.classifier();
     let data = a.data.load()?;
     check_fit(model, &data)?;

@@ -2,7 +2,8 @@
 //! gradient-masking checks, written as a report folder.
 
 use crate::args::{
-    check_fit, load_any, parse_attack_list, AttackOpts, DataArgs, DeviceArgs, ModelArgs, WeightsArgs,
+    check_fit, load_any, parse_attack_list, AttackOpts, DataArgs, DeviceArgs, ModelArgs, PrecisionArgs,
+    WeightsArgs,
 };
 use anyhow::{Context, Result};
 use clap::Args;
@@ -47,6 +48,8 @@ pub struct EvalArgs {
     batch_size: usize,
     #[command(flatten)]
     device: DeviceArgs,
+    #[command(flatten)]
+    precision: PrecisionArgs,
     /// Folder for report.json, report.md and robust_vs_eps.png (`--report` is the same flag).
     #[arg(long, short = 'o', visible_alias = "report", value_name = "OUT_DIR")]
     out: PathBuf,
@@ -58,6 +61,7 @@ pub struct EvalArgs {
 pub fn run(a: EvalArgs) -> Result<()> {
     let device = a.device.init()?;
     let loaded = load_any(&a.model, &a.weights, &device)?;
+    loaded.set_precision(a.precision.get()?);
     let model = loaded.classifier();
     let data = a.data.load()?;
     check_fit(model, &data)?;

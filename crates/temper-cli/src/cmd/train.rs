@@ -1,6 +1,6 @@
 //! `temper train` and `temper finetune`.
 
-use crate::args::{DeviceArgs, ModelArgs};
+use crate::args::{DeviceArgs, ModelArgs, PrecisionArgs};
 use anyhow::{Context, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -79,6 +79,8 @@ pub struct RunArgs {
     resume: Option<PathBuf>,
     #[command(flatten)]
     device: DeviceArgs,
+    #[command(flatten)]
+    precision: PrecisionArgs,
 }
 
 /// Arguments of `temper train`.
@@ -112,6 +114,7 @@ fn config(method: Method, weights: Option<PathBuf>, r: &RunArgs) -> Result<Train
     cfg.weights = weights;
     cfg.data_dir = r.data_dir.clone();
     cfg.seed = r.device.seed;
+    cfg.precision = r.precision.get()?;
     if let Some(v) = r.epochs {
         cfg.epochs = v;
     }
@@ -191,6 +194,7 @@ fn ignored_by_resume(r: &RunArgs, extra: &[(&'static str, bool)]) -> Vec<&'stati
         ("--checkpoint-every", r.checkpoint_every.is_some()),
         ("--log-every", r.log_every.is_some()),
         ("--seed", r.device.seed != 0),
+        ("--precision", r.precision.precision != "f32"),
     ];
     given
         .iter()

@@ -21,7 +21,7 @@
 //! The backward returns tensors that do not themselves track gradients, so gradients of
 //! gradients (double backward) are not supported through this op.
 
-use super::{fast_act, fast_bn, fast_depthwise, BatchStats, CandleKernels, ConvCfg, Kernels};
+use super::{fast_act, fast_bn, fast_depthwise, BatchStats, CandleKernels, ConvCfg, Kernels, Precision};
 use crate::Result;
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
@@ -78,13 +78,23 @@ impl Kernels for FastCpuKernels {
         self.name_static()
     }
 
-    fn conv2d(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, cfg: ConvCfg) -> Result<Tensor> {
+    fn conv2d(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        cfg: ConvCfg,
+        precision: Precision,
+    ) -> Result<Tensor> {
+        // bf16 runs as f32 products of bf16-rounded operands (see `Precision::operand`): the
+        // exact bf16 arithmetic, at f32 speed until a native bf16 gemm is wired in.
+        let (x, weight) = (&precision.operand(x)?, &precision.operand(weight)?);
         let y = if Self::covers(x, weight, cfg) {
             x.apply_op2(weight, Conv2dOp { cfg })?
         } else if fast_depthwise::covers(x, weight, cfg) {
             fast_depthwise::conv2d(x, weight, cfg)?
         } else {
-            return CandleKernels.conv2d(x, weight, bias, cfg);
+            return CandleKernels.conv2d(x, weight, bias, cfg, Precision::F32);
         };
         match bias {
             Some(b) => Ok(y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?)?),
