@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod evidence;
+mod reproduce;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -250,9 +251,10 @@ fn main() -> Result<()> {
         Some("cuda-build") => cuda_build(),
         Some("evidence") => evidence::evidence(&args[1..]),
         Some("ssfd-sweep") => evidence::ssfd_sweep(&args[1..]),
+        Some("reproduce") => reproduce::reproduce(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci|invariants|bench [data|attacks|steps ...]|fixtures|cuda-build [--cudnn]|evidence|ssfd-sweep>"
+                "usage: cargo xtask <ci|invariants|bench [data|attacks|steps ...]|fixtures|cuda-build [--cudnn]|evidence|ssfd-sweep|reproduce cifar10 [--scale smoke|cpu|gpu]>"
             );
             std::process::exit(2)
         }

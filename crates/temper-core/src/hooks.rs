@@ -52,6 +52,14 @@ pub trait LayerHook: Send + Sync + std::fmt::Debug {
         Ok(None)
     }
 
+    /// The weight a convolution or linear layer should compute with: `Ok(None)` keeps `w`.
+    /// Quantization-aware training returns the fake-quantized weight here (with a
+    /// straight-through gradient to the float weight). Not called for BatchNorm.
+    fn weight(&self, call: &LayerCall<'_>, w: &Tensor) -> Result<Option<Tensor>> {
+        let _ = (call, w);
+        Ok(None)
+    }
+
     /// Sees the layer's input as it arrived (before any hook replaced it, so that its id is
     /// the previous layer's output id) and the layer's output.
     fn output(&self, call: &LayerCall<'_>, x: &Tensor, y: &Tensor) -> Result<()> {
@@ -68,6 +76,21 @@ pub(crate) fn apply_input<'x>(hooks: &Hooks, call: &LayerCall<'_>, x: &'x Tensor
     let mut cur = Cow::Borrowed(x);
     for h in hooks {
         if let Some(next) = h.input(call, &cur)? {
+            cur = Cow::Owned(next);
+        }
+    }
+    Ok(cur)
+}
+
+/// The weight after every hook's [`LayerHook::weight`], borrowed when no hook changes it.
+pub(crate) fn apply_weight<'w>(
+    hooks: &Hooks,
+    call: &LayerCall<'_>,
+    w: &'w Tensor,
+) -> Result<Cow<'w, Tensor>> {
+    let mut cur = Cow::Borrowed(w);
+    for h in hooks {
+        if let Some(next) = h.weight(call, &cur)? {
             cur = Cow::Owned(next);
         }
     }

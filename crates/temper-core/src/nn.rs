@@ -97,6 +97,7 @@ impl Conv2d {
             has_bias: b.is_some(),
         };
         let xin = hooks::apply_input(ctx.hooks, &call, x)?;
+        let w = hooks::apply_weight(ctx.hooks, &call, &w)?;
         let y = ctx
             .kernels
             .conv2d(&xin, &w, b.as_ref(), self.cfg, ctx.precision)?;
@@ -164,6 +165,7 @@ impl Linear {
             has_bias: b.is_some(),
         };
         let xin = hooks::apply_input(ctx.hooks, &call, x)?;
+        let w = hooks::apply_weight(ctx.hooks, &call, &w)?;
         let y = ctx.kernels.linear(&xin, &w, b.as_ref(), ctx.precision)?;
         hooks::apply_output(ctx.hooks, &call, x, &y)?;
         if summary::is_tracing() {

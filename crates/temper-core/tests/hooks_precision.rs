@@ -116,6 +116,46 @@ fn hooks_see_every_layer_by_its_parameter_name_in_order() -> Result<()> {
     Ok(())
 }
 
+/// Scales one named layer's weight by a constant.
+#[derive(Debug)]
+struct ScaleWeight(&'static str, f64);
+
+impl LayerHook for ScaleWeight {
+    fn weight(&self, call: &LayerCall<'_>, w: &Tensor) -> temper_core::Result<Option<Tensor>> {
+        Ok((call.name == self.0).then(|| w.affine(self.1, 0.0)).transpose()?)
+    }
+}
+
+#[test]
+fn a_weight_hook_changes_the_weight_the_layer_computes_with_and_its_gradient() -> Result<()> {
+    let n = net()?;
+    let x = input(2)?;
+    let opts = ForwardOpts {
+        mode: Mode::Eval,
+        param_grads: true,
+    };
+    let base = n.forward_opts(&x, opts)?;
+    let w = n.params().get("head.weight").unwrap().var.as_tensor().clone();
+    let g0 = base.sum_all()?.backward()?.get(&w).unwrap().clone();
+    n.add_hook(Arc::new(ScaleWeight("head", 2.0)));
+    let scaled = n.forward_opts(&x, opts)?;
+    let bias = n
+        .params()
+        .get("head.bias")
+        .unwrap()
+        .var
+        .as_tensor()
+        .unsqueeze(0)?;
+    // (2W)x + b = 2(Wx + b) - b.
+    let want = ((base.clone() * 2.0)?.broadcast_sub(&bias))?;
+    assert!(scaled.sub(&want)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-5);
+    // The gradient reaches the float weight through the transform (chain rule: 2x).
+    let g1 = scaled.sum_all()?.backward()?.get(&w).unwrap().clone();
+    let d = g1.sub(&(g0 * 2.0)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    assert!(d < 1e-5, "{d}");
+    Ok(())
+}
+
 #[test]
 fn hooks_survive_a_change_of_kernels() -> Result<()> {
     let x = input(3)?;

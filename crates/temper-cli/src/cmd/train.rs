@@ -57,6 +57,10 @@ pub struct RunArgs {
     /// Validation images evaluated (clean and PGD-10) after each epoch, at least 1.
     #[arg(long)]
     val_size: Option<usize>,
+    /// Train on only the first N images of the training part (after the validation
+    /// hold-out), for shorter experiments.
+    #[arg(long)]
+    train_size: Option<usize>,
     /// Random-crop (and for RGB, flip) augmentation: on or off (true and false work too;
     /// default: on except for digits).
     #[arg(long, value_parser = crate::args::parse_on_off)]
@@ -153,6 +157,9 @@ fn config(method: Method, weights: Option<PathBuf>, r: &RunArgs) -> Result<Train
     if let Some(v) = r.val_size {
         cfg.val_size = v;
     }
+    if r.train_size.is_some() {
+        cfg.train_size = r.train_size;
+    }
     if let Some(v) = r.augment {
         cfg.augment = v;
     }
@@ -190,6 +197,7 @@ fn ignored_by_resume(r: &RunArgs, extra: &[(&'static str, bool)]) -> Vec<&'stati
         ("--attack-bn", r.attack_bn.is_some()),
         ("--val-split", r.val_split.is_some()),
         ("--val-size", r.val_size.is_some()),
+        ("--train-size", r.train_size.is_some()),
         ("--augment", r.augment.is_some()),
         ("--checkpoint-every", r.checkpoint_every.is_some()),
         ("--log-every", r.log_every.is_some()),
