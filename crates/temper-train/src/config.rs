@@ -109,7 +109,9 @@ pub struct TrainConfig {
     /// Validation images evaluated each epoch (clean and PGD-10), from the hold-out; at
     /// least 1.
     pub val_size: usize,
-    /// Train on only the first this many images of the training part (all when absent).
+    /// Train on only this many images of the training part, evenly spaced through it (every
+    /// class of a class-sorted folder stays; the same images for every seed); all when
+    /// absent.
     pub train_size: Option<usize>,
     /// Epochs.
     pub epochs: usize,

@@ -64,7 +64,12 @@ pub(crate) fn load(cfg: &TrainConfig) -> Result<Data> {
         (full, None)
     };
     let train = match cfg.train_size {
-        Some(k) if k < train.len() => train.subset(&(0..k).collect::<Vec<_>>())?,
+        // Evenly spaced, not the first k: image folders are sorted by class, and every class
+        // must stay. The same images for every seed, so runs compare on equal data.
+        Some(k) if k < train.len() => {
+            let n = train.len();
+            train.subset(&(0..k).map(|i| i * n / k).collect::<Vec<_>>())?
+        }
         _ => train,
     };
     let mut loader = Loader::new(

@@ -57,8 +57,8 @@ pub struct RunArgs {
     /// Validation images evaluated (clean and PGD-10) after each epoch, at least 1.
     #[arg(long)]
     val_size: Option<usize>,
-    /// Train on only the first N images of the training part (after the validation
-    /// hold-out), for shorter experiments.
+    /// Train on only N images of the training part (after the validation hold-out), evenly
+    /// spaced through it so every class stays, for shorter experiments.
     #[arg(long)]
     train_size: Option<usize>,
     /// Random-crop (and for RGB, flip) augmentation: on or off (true and false work too;
