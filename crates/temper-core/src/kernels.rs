@@ -268,6 +268,144 @@ pub trait Kernels: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// Kernels that change a few operations of other kernels and pass every other one through,
+/// for what is neither a backend nor a layer hook (a per-operation timer, HERO's frozen
+/// activation masks). Every method defaults to the wrapped kernels, so a wrapper cannot drop
+/// them; wrap it in [`Wrapped`] to use it as [`Kernels`].
+pub trait KernelsWrapper: Send + Sync + std::fmt::Debug {
+    /// The kernels every operation not overridden runs on.
+    fn inner(&self) -> &dyn Kernels;
+
+    /// A short name for logs; the wrapped kernels' name by default.
+    fn name(&self) -> &str {
+        self.inner().name()
+    }
+
+    /// See [`Kernels::conv2d`].
+    fn conv2d(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        cfg: ConvCfg,
+        precision: Precision,
+    ) -> Result<Tensor> {
+        self.inner().conv2d(x, weight, bias, cfg, precision)
+    }
+
+    /// See [`Kernels::linear`].
+    fn linear(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, precision: Precision) -> Result<Tensor> {
+        self.inner().linear(x, weight, bias, precision)
+    }
+
+    /// See [`Kernels::batch_norm_train`].
+    fn batch_norm_train(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f64,
+    ) -> Result<(Tensor, BatchStats)> {
+        self.inner().batch_norm_train(x, gamma, beta, eps)
+    }
+
+    /// See [`Kernels::batch_norm_eval`].
+    fn batch_norm_eval(
+        &self,
+        x: &Tensor,
+        mean: &Tensor,
+        var: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f64,
+    ) -> Result<Tensor> {
+        self.inner().batch_norm_eval(x, mean, var, gamma, beta, eps)
+    }
+
+    /// See [`Kernels::max_pool2d`].
+    fn max_pool2d(&self, x: &Tensor, cfg: PoolCfg) -> Result<Tensor> {
+        self.inner().max_pool2d(x, cfg)
+    }
+
+    /// See [`Kernels::relu`].
+    fn relu(&self, x: &Tensor) -> Result<Tensor> {
+        self.inner().relu(x)
+    }
+
+    /// See [`Kernels::relu6`].
+    fn relu6(&self, x: &Tensor) -> Result<Tensor> {
+        self.inner().relu6(x)
+    }
+
+    /// See [`Kernels::avg_pool2d`].
+    fn avg_pool2d(&self, x: &Tensor, cfg: PoolCfg) -> Result<Tensor> {
+        self.inner().avg_pool2d(x, cfg)
+    }
+
+    /// See [`Kernels::adaptive_avg_pool2d`].
+    fn adaptive_avg_pool2d(&self, x: &Tensor, oh: usize, ow: usize) -> Result<Tensor> {
+        self.inner().adaptive_avg_pool2d(x, oh, ow)
+    }
+}
+
+/// A [`KernelsWrapper`] as [`Kernels`].
+#[derive(Debug)]
+pub struct Wrapped<W>(pub W);
+
+impl<W: KernelsWrapper> Kernels for Wrapped<W> {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn conv2d(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        cfg: ConvCfg,
+        precision: Precision,
+    ) -> Result<Tensor> {
+        self.0.conv2d(x, weight, bias, cfg, precision)
+    }
+    fn linear(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, precision: Precision) -> Result<Tensor> {
+        self.0.linear(x, weight, bias, precision)
+    }
+    fn batch_norm_train(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f64,
+    ) -> Result<(Tensor, BatchStats)> {
+        self.0.batch_norm_train(x, gamma, beta, eps)
+    }
+    fn batch_norm_eval(
+        &self,
+        x: &Tensor,
+        mean: &Tensor,
+        var: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f64,
+    ) -> Result<Tensor> {
+        self.0.batch_norm_eval(x, mean, var, gamma, beta, eps)
+    }
+    fn max_pool2d(&self, x: &Tensor, cfg: PoolCfg) -> Result<Tensor> {
+        self.0.max_pool2d(x, cfg)
+    }
+    fn relu(&self, x: &Tensor) -> Result<Tensor> {
+        self.0.relu(x)
+    }
+    fn relu6(&self, x: &Tensor) -> Result<Tensor> {
+        self.0.relu6(x)
+    }
+    fn avg_pool2d(&self, x: &Tensor, cfg: PoolCfg) -> Result<Tensor> {
+        self.0.avg_pool2d(x, cfg)
+    }
+    fn adaptive_avg_pool2d(&self, x: &Tensor, oh: usize, ow: usize) -> Result<Tensor> {
+        self.0.adaptive_avg_pool2d(x, oh, ow)
+    }
+}
+
 /// Reference kernels written with candle's differentiable operations; correct on every
 /// device.
 ///

@@ -11,7 +11,7 @@ use candle_core::{Device, Tensor};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use temper_core::kernels::{BatchStats, ConvCfg, Kernels, PoolCfg, Precision};
+use temper_core::kernels::{BatchStats, ConvCfg, Kernels, KernelsWrapper, PoolCfg, Precision, Wrapped};
 use temper_core::{Classifier, ForwardOpts, Mode};
 use temper_models::{build, ModelConfig, ModelKind};
 
@@ -34,7 +34,10 @@ impl Timed {
     }
 }
 
-impl Kernels for Timed {
+impl KernelsWrapper for Timed {
+    fn inner(&self) -> &dyn Kernels {
+        self.inner.as_ref()
+    }
     fn name(&self) -> &str {
         "timed"
     }
@@ -127,10 +130,10 @@ fn main() -> Result<()> {
         cfg.input_size = (32, 32);
     }
     let model = build(&cfg.check()?, &dev)?;
-    let timed = Arc::new(Timed {
+    let timed = Arc::new(Wrapped(Timed {
         inner: model.kernels(),
         table: Mutex::new(BTreeMap::new()),
-    });
+    }));
     model.set_kernels(timed.clone());
     let [c, h, w] = model.input_shape();
     let x = Tensor::rand(0f32, 1f32, (batch, c, h, w), &dev)?;
@@ -142,7 +145,7 @@ fn main() -> Result<()> {
                 param_grads: false,
             },
         )?; // warm-up
-        timed.table.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        timed.0.table.lock().unwrap_or_else(|e| e.into_inner()).clear();
         let start = Instant::now();
         for _ in 0..reps {
             model.forward_opts(
@@ -154,7 +157,7 @@ fn main() -> Result<()> {
             )?;
         }
         let total = start.elapsed().as_secs_f64() / reps as f64;
-        let table = timed.table.lock().unwrap_or_else(|e| e.into_inner());
+        let table = timed.0.table.lock().unwrap_or_else(|e| e.into_inner());
         let mut rows: Vec<_> = table.iter().collect();
         rows.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
         let kern: f64 = rows.iter().map(|r| r.1 .0).sum::<f64>() / reps as f64;
