@@ -2,7 +2,9 @@
 //! by `temper_eval::evaluate_with` (the evaluator every command shares), optionally with the
 //! adversarial images written out.
 
-use crate::args::{check_fit, load_any, AttackOpts, DataArgs, DeviceArgs, ModelArgs, WeightsArgs};
+use crate::args::{
+    check_fit, check_randomized, load_any, AttackOpts, DataArgs, DeviceArgs, ModelArgs, WeightsArgs,
+};
 use anyhow::{Context, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -52,7 +54,8 @@ pub fn run(a: AttackArgs) -> Result<()> {
     let model = loaded.classifier();
     let data = a.data.load()?;
     check_fit(model, &data)?;
-    let (settings, _, attacks) = a.opts.build_list(&a.attacks, data.shape())?;
+    let (settings, specs, attacks) = a.opts.build_list(&a.attacks, data.shape())?;
+    check_randomized(model, &specs)?;
     let params = EvalParams {
         batch_size: a.batch_size,
         masking: None,
