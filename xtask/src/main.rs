@@ -203,6 +203,9 @@ fn fixtures() -> Result<()> {
         // After attacks/: these read attacks/small_cnn_mnist.safetensors.
         "tests/fixtures/pytorch/make_fixtures.py",
         "tests/fixtures/trades/make_fixtures.py",
+        // Imports the zoo's reference modules from models/make_fixtures.py.
+        "tests/fixtures/hero/make_fixtures.py",
+        "tests/fixtures/l2p/make_fixtures.py",
         // Needs the AutoAttack reference: AUTOATTACK_SRC=<checkout of fra31/auto-attack>.
         "tests/fixtures/autoattack/make_fixtures.py",
     ] {
