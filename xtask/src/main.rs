@@ -10,12 +10,15 @@
 //!   three schedules over several seeds), evaluated with PGD-20; writes a Markdown table.
 //! - `ssfd-sweep`: the grid over the SSFD constants, judged on the validation split, that
 //!   chose the defaults.
+//! - `hero-l2p-evidence`: issue 15's mnist10k experiments: HERO against SGD after post-training
+//!   quantization, Learn2Perturb against PGD-AT under `autoattack-rand`.
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod evidence;
+mod hero_l2p;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -253,9 +256,10 @@ fn main() -> Result<()> {
         Some("cuda-build") => cuda_build(),
         Some("evidence") => evidence::evidence(&args[1..]),
         Some("ssfd-sweep") => evidence::ssfd_sweep(&args[1..]),
+        Some("hero-l2p-evidence") => hero_l2p::evidence(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci|invariants|bench [data|attacks|steps ...]|fixtures|cuda-build [--cudnn]|evidence|ssfd-sweep>"
+                "usage: cargo xtask <ci|invariants|bench [data|attacks|steps ...]|fixtures|cuda-build [--cudnn]|evidence|ssfd-sweep|hero-l2p-evidence>"
             );
             std::process::exit(2)
         }

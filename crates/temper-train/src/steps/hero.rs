@@ -434,3 +434,46 @@ impl TrainStep for Hero {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+    use temper_core::kernels::CandleKernels;
+
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().and_then(|t| t.to_vec1()).unwrap_or_default()
+    }
+
+    #[test]
+    fn frozen_activations_pass_record_and_replay() -> Result<()> {
+        let k = FrozenActivations::new(Arc::new(CandleKernels));
+        let x = Tensor::new(&[-1.0f32, -0.0, 0.5, 3.0, 7.0], &Device::Cpu)?;
+        // Outside a recording the wrapper is the kernels it wraps.
+        assert_eq!(values(&k.relu(&x)?), values(&CandleKernels.relu(&x)?));
+        assert_eq!(values(&k.relu6(&x)?), values(&CandleKernels.relu6(&x)?));
+        {
+            let _r = k.enter(Phase::Record);
+            k.relu(&x)?;
+            k.relu6(&x)?;
+        }
+        assert_eq!(k.recorded(), 2);
+        // Replayed at other inputs, the masks of the recording decide, and the gradient is
+        // the mask: the units that were off stay off.
+        let moved = Var::new(&[0.5f32, 2.0, -0.5, 3.0, 5.0], &Device::Cpu)?;
+        let _p = k.enter(Phase::Replay(0));
+        let y = k.relu(moved.as_tensor())?;
+        assert_eq!(values(&y), [0.0, 0.0, -0.5, 3.0, 5.0]);
+        let g = y.sum_all()?.backward()?;
+        let gm = g.get(moved.as_tensor()).map(values).unwrap_or_default();
+        assert_eq!(gm, [0.0, 0.0, 1.0, 1.0, 1.0]);
+        // ReLU6: inside (0, 6) the input, at or above 6 the constant 6.
+        assert_eq!(values(&k.relu6(moved.as_tensor())?), [0.0, 0.0, -0.5, 3.0, 6.0]);
+        // A pass with more activations than were recorded is an error, not a panic.
+        assert!(k.relu(&x).is_err());
+        drop(_p);
+        // Back to passing through.
+        assert_eq!(values(&k.relu(&x)?), values(&CandleKernels.relu(&x)?));
+        Ok(())
+    }
+}
