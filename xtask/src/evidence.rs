@@ -76,7 +76,14 @@ impl Runner {
     fn train(&self, name: &str, args: &[&str], val_size: usize) -> Result<PathBuf> {
         let val = val_size.to_string();
         let mut a: Vec<&str> = args.to_vec();
-        a.extend(["--model", "small-cnn", "--dataset", "mnist10k", "--val-size", &val]);
+        a.extend([
+            "--model",
+            "small-cnn",
+            "--dataset",
+            "mnist10k",
+            "--val-size",
+            &val,
+        ]);
         self.run_once(name, &a, "summary.json")
     }
 
@@ -142,6 +149,17 @@ fn summary_field(run: &Path, key: &str) -> Result<f64> {
         .and_then(|l| l.split(':').nth(1))
         .and_then(|v| v.trim().trim_end_matches(',').parse().ok())
         .with_context(|| format!("no number '{key}' in {}", path.display()))
+}
+
+/// The output folder (the first argument when it is not a flag) and the seeds (`--seeds`) of
+/// an experiment's command line.
+pub(crate) fn out_and_seeds<'a>(args: &'a [String], out: &'a str, seeds: &'a str) -> (&'a str, Vec<&'a str>) {
+    let dir = args
+        .first()
+        .filter(|a| !a.starts_with("--"))
+        .map(String::as_str)
+        .unwrap_or(out);
+    (dir, flag(args, "--seeds").unwrap_or(seeds).split(',').collect())
 }
 
 pub(crate) fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
@@ -210,14 +228,9 @@ impl Row {
 
 /// `cargo xtask evidence [OUT_DIR] [--limit N] [--seeds 0,1,2]`.
 pub fn evidence(args: &[String]) -> Result<()> {
-    let out = args
-        .first()
-        .filter(|a| !a.starts_with("--"))
-        .map(String::as_str)
-        .unwrap_or("runs/evidence");
+    let (out, seeds) = out_and_seeds(args, "runs/evidence", "0,1,2");
     // Test images per evaluation: all 2,000 by default.
     let limit = flag(args, "--limit").unwrap_or("2000");
-    let seeds: Vec<&str> = flag(args, "--seeds").unwrap_or("0,1,2").split(',').collect();
     let r = Runner::new(out)?;
     let natural = r.natural()?;
     let w = natural.join("model.safetensors").to_string_lossy().into_owned();
@@ -296,12 +309,7 @@ pub fn evidence(args: &[String]) -> Result<()> {
 /// robust accuracy (800 held-out training digits, PGD-10), then clean accuracy. Settings
 /// that diverge with the first seed (validation clean accuracy under 50%) are not repeated.
 pub fn ssfd_sweep(args: &[String]) -> Result<()> {
-    let out = args
-        .first()
-        .filter(|a| !a.starts_with("--"))
-        .map(String::as_str)
-        .unwrap_or("runs/evidence");
-    let seeds: Vec<&str> = flag(args, "--seeds").unwrap_or("0,1,2").split(',').collect();
+    let (out, seeds) = out_and_seeds(args, "runs/evidence", "0,1,2");
     let r = Runner::new(out)?;
     let natural = r.natural()?;
     let w = natural.join("model.safetensors").to_string_lossy().into_owned();

@@ -5,7 +5,8 @@
 //!   [--only hero|l2p]`
 //!
 //! 1. HERO against plain SGD: small-cnn trained naturally with the same SGD recipe, with and
-//!    without HERO (its reference defaults, rho 0.01 and lambda 1), then quantized after
+//!    without HERO (its reference defaults, rho 0.01 and lambda 1, and a stronger setting,
+//!    rho 0.05 and lambda 10), then quantized after
 //!    training (`temper quant sweep`: round to nearest, one step per tensor, every layer at
 //!    the bit width); clean test accuracy per bit width. HERO's claim: better accuracy after
 //!    quantization at low bit widths.
@@ -18,7 +19,7 @@
 //! experiment continues where it stopped. `TEMPER_BIN` names a prebuilt `temper` binary;
 //! otherwise the release binary is built first. Writes `hero.md` and `l2p.md` there.
 
-use crate::evidence::{cell, flag, Runner};
+use crate::evidence::{cell, flag, out_and_seeds, Runner};
 use anyhow::{Context, Result};
 use std::path::Path;
 
@@ -63,7 +64,11 @@ const THREAT: &[&str] = &["--eps", "0.1", "--alpha", "0.025", "--steps", "10"];
 fn percent(text: &str, key: &str) -> Result<f64> {
     text.lines()
         .find(|l| l.trim_start().starts_with(key))
-        .and_then(|l| l.split_whitespace().map(|w| w.trim_matches('*')).find(|w| w.ends_with('%')))
+        .and_then(|l| {
+            l.split_whitespace()
+                .map(|w| w.trim_matches('*'))
+                .find(|w| w.ends_with('%'))
+        })
         .and_then(|w| w.trim_end_matches('%').parse().ok())
         .with_context(|| format!("no '{key}' line with a percentage in:\n{text}"))
 }
@@ -90,30 +95,61 @@ fn sweep_clean(dir: &Path) -> Result<Vec<(String, f64)>> {
     Ok(rows)
 }
 
+/// The rows of the HERO table: label, run name, method and extra flags.
+const HERO_ROWS: &[(&str, &str, &str, &[&str])] = &[
+    ("SGD", "natural", "natural", &[]),
+    (
+        "HERO (rho 0.01, lambda 1: the reference's defaults)",
+        "hero",
+        "hero",
+        &[],
+    ),
+    (
+        "HERO (rho 0.05, lambda 10)",
+        "hero-r0.05-l10",
+        "hero",
+        &["--hero-rho", "0.05", "--hero-lambda", "10"],
+    ),
+];
+
 fn hero(r: &Runner, seeds: &[&str], limit: &str) -> Result<String> {
     let labels = ["float", "8-bit", "4-bit", "3-bit", "2-bit"];
     let mut table = format!(
         "small-cnn on mnist10k, 10 epochs of SGD (momentum 0.9, weight decay 5e-4, step \
-         schedule from 0.05), with and without HERO (rho 0.01, lambda 1, finite-difference step \
-         1e-4); clean test accuracy (%) on the first {limit} test digits after post-training \
-         quantization (round to nearest, per tensor, every layer), mean ± sd over seeds {}.\n\n\
+         schedule from 0.05), with and without HERO (finite-difference step 1e-4); clean test \
+         accuracy (%) on the first {limit} test digits after post-training quantization (round \
+         to nearest, per tensor, every layer), mean ± sd over seeds {}.\n\n\
          | training | {} |\n|---|{}\n",
         seeds.join(", "),
         labels.join(" | "),
         "---|".repeat(labels.len())
     );
-    for method in ["natural", "hero"] {
+    for (label, name, method, extra) in HERO_ROWS {
         let mut cols: Vec<Vec<f64>> = vec![Vec::new(); labels.len()];
         for seed in seeds {
             let mut a = SGD.to_vec();
             a.extend(["--method", method, "--seed", seed]);
-            let run = r.run_once(&format!("{method}-s{seed}"), &a, "summary.json")?;
+            a.extend(extra.iter());
+            let run = r.run_once(&format!("{name}-s{seed}"), &a, "summary.json")?;
             let w = run.join("model.safetensors").to_string_lossy().into_owned();
             let sweep = r.run_once(
-                &format!("{method}-s{seed}-sweep"),
+                &format!("{name}-s{seed}-sweep"),
                 &[
-                    "quant", "sweep", "--model", "small-cnn", "--weights", &w, "--bits", BITS,
-                    "--first-last-bits", "0", "--attacks", "fgsm", "--eps", "0.05", "--limit",
+                    "quant",
+                    "sweep",
+                    "--model",
+                    "small-cnn",
+                    "--weights",
+                    &w,
+                    "--bits",
+                    BITS,
+                    "--first-last-bits",
+                    "0",
+                    "--attacks",
+                    "fgsm",
+                    "--eps",
+                    "0.05",
+                    "--limit",
                     limit,
                 ],
                 "sweep.json",
@@ -127,9 +163,8 @@ fn hero(r: &Runner, seeds: &[&str], limit: &str) -> Result<String> {
                 cols[i].push(v.1);
             }
         }
-        let name = if method == "hero" { "HERO" } else { "SGD" };
         let cells: Vec<String> = cols.iter().map(|c| cell(c)).collect();
-        table.push_str(&format!("| {name} | {} |\n", cells.join(" | ")));
+        table.push_str(&format!("| {label} | {} |\n", cells.join(" | ")));
     }
     Ok(table)
 }
@@ -152,7 +187,15 @@ fn l2p(r: &Runner, seeds: &[&str], limit: &str) -> Result<String> {
             a.extend(["--val-size", "200"]);
             let run = r.run_once(&format!("{method}-s{seed}"), &a, "summary.json")?;
             let w = run.join("model.safetensors").to_string_lossy().into_owned();
-            let mut e = vec!["eval", "--weights", &w, "--attacks", "autoattack-rand", "--eps", "0.1"];
+            let mut e = vec![
+                "eval",
+                "--weights",
+                &w,
+                "--attacks",
+                "autoattack-rand",
+                "--eps",
+                "0.1",
+            ];
             e.extend(PREACT);
             e.extend(["--limit", limit, "--no-masking-checks"]);
             let report = r.run_once(&format!("{method}-s{seed}-aa-rand"), &e, "report.md")?;
@@ -160,7 +203,11 @@ fn l2p(r: &Runner, seeds: &[&str], limit: &str) -> Result<String> {
             clean.push(percent(&text, "| clean")?);
             robust.push(percent(&text, "| **worst case**")?);
         }
-        let name = if method == "l2p" { "Learn2Perturb" } else { "PGD-AT" };
+        let name = if method == "l2p" {
+            "Learn2Perturb"
+        } else {
+            "PGD-AT"
+        };
         table.push_str(&format!("| {name} | {} | {} |\n", cell(&clean), cell(&robust)));
     }
     Ok(table)
@@ -169,12 +216,7 @@ fn l2p(r: &Runner, seeds: &[&str], limit: &str) -> Result<String> {
 /// `cargo xtask hero-l2p-evidence [OUT_DIR] [--seeds 0,1] [--limit N] [--aa-limit N]
 /// [--only hero|l2p]`.
 pub fn evidence(args: &[String]) -> Result<()> {
-    let out = args
-        .first()
-        .filter(|a| !a.starts_with("--"))
-        .map(String::as_str)
-        .unwrap_or("runs/hero-l2p");
-    let seeds: Vec<&str> = flag(args, "--seeds").unwrap_or("0,1").split(',').collect();
+    let (out, seeds) = out_and_seeds(args, "runs/hero-l2p", "0,1");
     // Test digits for the quantization sweep (all 2,000) and for autoattack-rand.
     let limit = flag(args, "--limit").unwrap_or("2000");
     let aa_limit = flag(args, "--aa-limit").unwrap_or("200");

@@ -21,8 +21,8 @@ fn text(o: &Output) -> String {
     )
 }
 
-/// preact-resnet18 at width 1/16 on the bundled digits: 320 training images, one epoch.
-const TINY: &[&str] = &[
+/// preact-resnet18 at width 1/16 on the bundled 28x28 digits.
+const MODEL: &[&str] = &[
     "--model",
     "preact-resnet18",
     "--width",
@@ -31,6 +31,10 @@ const TINY: &[&str] = &[
     "1",
     "--input-size",
     "28",
+];
+
+/// One epoch on 320 training images with a 2-step inner attack.
+const TINY: &[&str] = &[
     "--epochs",
     "1",
     "--batch-size",
@@ -46,6 +50,7 @@ const TINY: &[&str] = &[
 fn run_train(method: &str, extra: &[&str], out: &Path) -> Output {
     let out = out.to_string_lossy().into_owned();
     let mut args = vec!["train", "--method", method, "--out", out.as_str()];
+    args.extend_from_slice(MODEL);
     args.extend_from_slice(TINY);
     args.extend_from_slice(extra);
     temper(&args)
@@ -66,18 +71,9 @@ fn l2p_trains_and_is_evaluated_only_with_eot_attacks() {
     assert!(w.is_file());
     let report = dir.path().join("report");
     let eval = |attacks: &str| {
-        temper(&[
-            "eval",
-            "--model",
-            "preact-resnet18",
-            "--width",
-            "0.0625",
-            "--in-channels",
-            "1",
-            "--input-size",
-            "28",
-            "-w",
-            w.to_str().unwrap_or_default(),
+        let mut args = vec!["eval", "-w", w.to_str().unwrap_or_default()];
+        args.extend_from_slice(MODEL);
+        args.extend([
             "--limit",
             "8",
             "--no-masking-checks",
@@ -85,7 +81,8 @@ fn l2p_trains_and_is_evaluated_only_with_eot_attacks() {
             attacks,
             "--out",
             report.to_str().unwrap_or_default(),
-        ])
+        ]);
+        temper(&args)
     };
     // A single-pass attack is refused, with the way out in the message.
     let o = eval("pgd-10");

@@ -125,22 +125,18 @@ fn the_noise_regularizer_step_equals_the_reference() -> Result<()> {
     Ok(())
 }
 
-/// preact-resnet18 at width 1/16 on 28x28 digits: 320 training images, batches of 64.
+/// The trainer tests' tiny run (320 digits, batches of 64, 2 epochs) with preact-resnet18 at
+/// width 1/16 on 28x28 digits.
 fn tiny(method: Method) -> TrainConfig {
-    let model = ModelConfig {
+    let mut c = common::config(method);
+    c.model = ModelConfig {
         width: 1.0 / 16.0,
         in_channels: 1,
         input_size: (28, 28),
+        noise_injection: method == Method::L2p,
         ..ModelConfig::new(ModelKind::PreActResNet18, 10)
     };
-    let mut c = TrainConfig::new(method, model, "mnist10k");
-    c.epochs = 2;
-    c.train_size = Some(320);
-    c.batch_size = 64;
-    c.val_size = 50;
-    c.threat.steps = 2;
-    c.checkpoint_every = 3;
-    c.log_every = 1;
+    c.val_size = 20;
     c.lr_schedule = "constant:lr=0.05".into();
     c
 }
@@ -148,8 +144,13 @@ fn tiny(method: Method) -> TrainConfig {
 #[test]
 fn l2p_trains_its_noise_and_resumes_exactly() -> Result<()> {
     let dir = tempfile::tempdir()?;
+    ensure!(
+        TrainConfig::new(Method::L2p, tiny(Method::Natural).model, "mnist10k")
+            .model
+            .noise_injection,
+        "l2p turns the noise modules on"
+    );
     let mut cfg = tiny(Method::L2p);
-    ensure!(cfg.model.noise_injection, "l2p turns the noise modules on");
     cfg.l2p.noise_delay = 1;
     let whole = dir.path().join("whole");
     let r = train(cfg.clone().check()?, &whole, &Device::Cpu, opts(None))?;

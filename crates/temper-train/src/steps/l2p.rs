@@ -27,7 +27,7 @@ use crate::error::param;
 use crate::step::{cross_entropy, finish, PreUpdate, StepBatch, StepCtx, StepOutput, TrainStep};
 use crate::Result;
 use candle_core::{Tensor, D};
-use temper_attacks::{Attack, Goal, Pgd, PgdParams};
+use temper_attacks::{Attack, Goal, Pgd};
 use temper_core::noise::{is_scale, without_noise};
 use temper_core::{Classifier, ParamStore};
 
@@ -107,16 +107,9 @@ impl Learn2Perturb {
     /// Learn2Perturb with its hyper-parameters and an L-inf PGD of budget `eps`, step `alpha`
     /// and `steps` steps from a random start (the reference's: 8/255, 0.01, 7).
     pub fn new(params: ValidL2pParams, eps: f64, alpha: f64, steps: usize) -> Result<Self> {
-        let attack = PgdParams {
-            eps,
-            alpha,
-            steps,
-            ..PgdParams::default()
-        }
-        .check()?;
         Ok(Learn2Perturb {
             params: params.0,
-            attack,
+            attack: super::pgd_at::madry_pgd(eps, alpha, steps)?,
             epoch: 0,
         })
     }
