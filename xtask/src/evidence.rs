@@ -36,13 +36,13 @@ const NATURAL: &[&str] = &[
 /// The fine-tuning threat model: L-inf eps 0.1, PGD-10 with step 0.025.
 const THREAT: &[&str] = &["--eps", "0.1", "--alpha", "0.025", "--attack-steps", "10"];
 
-struct Runner {
+pub(crate) struct Runner {
     bin: PathBuf,
-    out: PathBuf,
+    pub(crate) out: PathBuf,
 }
 
 impl Runner {
-    fn new(out: &str) -> Result<Self> {
+    pub(crate) fn new(out: &str) -> Result<Self> {
         let bin = match std::env::var_os("TEMPER_BIN") {
             Some(b) => PathBuf::from(b),
             None => {
@@ -55,7 +55,7 @@ impl Runner {
         Ok(Runner { bin, out })
     }
 
-    fn temper(&self, args: &[&str]) -> Result<String> {
+    pub(crate) fn temper(&self, args: &[&str]) -> Result<String> {
         eprintln!("$ temper {}", args.join(" "));
         let out = Command::new(&self.bin)
             .args(args)
@@ -74,24 +74,30 @@ impl Runner {
 
     /// Runs `temper ARGS --model small-cnn ... --out OUT/NAME` unless it already finished.
     fn train(&self, name: &str, args: &[&str], val_size: usize) -> Result<PathBuf> {
+        let val = val_size.to_string();
+        let mut a: Vec<&str> = args.to_vec();
+        a.extend([
+            "--model",
+            "small-cnn",
+            "--dataset",
+            "mnist10k",
+            "--val-size",
+            &val,
+        ]);
+        self.run_once(name, &a, "summary.json")
+    }
+
+    /// Runs `temper ARGS --out OUT/NAME` unless `OUT/NAME/DONE` exists (a run that did not
+    /// get so far is removed and started again).
+    pub(crate) fn run_once(&self, name: &str, args: &[&str], done: &str) -> Result<PathBuf> {
         let dir = self.out.join(name);
-        if !dir.join("summary.json").exists() {
+        if !dir.join(done).exists() {
             if dir.exists() {
                 std::fs::remove_dir_all(&dir)?;
             }
-            let val = val_size.to_string();
             let d = dir.to_string_lossy().into_owned();
             let mut a: Vec<&str> = args.to_vec();
-            a.extend([
-                "--model",
-                "small-cnn",
-                "--dataset",
-                "mnist10k",
-                "--val-size",
-                &val,
-                "--out",
-                &d,
-            ]);
+            a.extend(["--out", &d]);
             self.temper(&a)?;
         }
         Ok(dir)
@@ -145,14 +151,25 @@ fn summary_field(run: &Path, key: &str) -> Result<f64> {
         .with_context(|| format!("no number '{key}' in {}", path.display()))
 }
 
-fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+/// The output folder (the first argument when it is not a flag) and the seeds (`--seeds`) of
+/// an experiment's command line.
+pub(crate) fn out_and_seeds<'a>(args: &'a [String], out: &'a str, seeds: &'a str) -> (&'a str, Vec<&'a str>) {
+    let dir = args
+        .first()
+        .filter(|a| !a.starts_with("--"))
+        .map(String::as_str)
+        .unwrap_or(out);
+    (dir, flag(args, "--seeds").unwrap_or(seeds).split(',').collect())
+}
+
+pub(crate) fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
         .map(String::as_str)
 }
 
-fn mean_sd(v: &[f64]) -> (f64, f64) {
+pub(crate) fn mean_sd(v: &[f64]) -> (f64, f64) {
     let n = v.len() as f64;
     let m = v.iter().sum::<f64>() / n;
     let var = if v.len() > 1 {
@@ -163,7 +180,7 @@ fn mean_sd(v: &[f64]) -> (f64, f64) {
     (m, var.sqrt())
 }
 
-fn cell(v: &[f64]) -> String {
+pub(crate) fn cell(v: &[f64]) -> String {
     let (m, s) = mean_sd(v);
     if v.len() > 1 {
         format!("{m:.2} ± {s:.2}")
@@ -211,14 +228,9 @@ impl Row {
 
 /// `cargo xtask evidence [OUT_DIR] [--limit N] [--seeds 0,1,2]`.
 pub fn evidence(args: &[String]) -> Result<()> {
-    let out = args
-        .first()
-        .filter(|a| !a.starts_with("--"))
-        .map(String::as_str)
-        .unwrap_or("runs/evidence");
+    let (out, seeds) = out_and_seeds(args, "runs/evidence", "0,1,2");
     // Test images per evaluation: all 2,000 by default.
     let limit = flag(args, "--limit").unwrap_or("2000");
-    let seeds: Vec<&str> = flag(args, "--seeds").unwrap_or("0,1,2").split(',').collect();
     let r = Runner::new(out)?;
     let natural = r.natural()?;
     let w = natural.join("model.safetensors").to_string_lossy().into_owned();
@@ -297,12 +309,7 @@ pub fn evidence(args: &[String]) -> Result<()> {
 /// robust accuracy (800 held-out training digits, PGD-10), then clean accuracy. Settings
 /// that diverge with the first seed (validation clean accuracy under 50%) are not repeated.
 pub fn ssfd_sweep(args: &[String]) -> Result<()> {
-    let out = args
-        .first()
-        .filter(|a| !a.starts_with("--"))
-        .map(String::as_str)
-        .unwrap_or("runs/evidence");
-    let seeds: Vec<&str> = flag(args, "--seeds").unwrap_or("0,1,2").split(',').collect();
+    let (out, seeds) = out_and_seeds(args, "runs/evidence", "0,1,2");
     let r = Runner::new(out)?;
     let natural = r.natural()?;
     let w = natural.join("model.safetensors").to_string_lossy().into_owned();

@@ -10,12 +10,15 @@
 //!   three schedules over several seeds), evaluated with PGD-20; writes a Markdown table.
 //! - `ssfd-sweep`: the grid over the SSFD constants, judged on the validation split, that
 //!   chose the defaults.
+//! - `hero-l2p-evidence`: issue 15's mnist10k experiments: HERO against SGD after post-training
+//!   quantization, Learn2Perturb against PGD-AT under `autoattack-rand`.
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod evidence;
+mod hero_l2p;
 mod reproduce;
 
 fn root() -> PathBuf {
@@ -204,6 +207,9 @@ fn fixtures() -> Result<()> {
         // After attacks/: these read attacks/small_cnn_mnist.safetensors.
         "tests/fixtures/pytorch/make_fixtures.py",
         "tests/fixtures/trades/make_fixtures.py",
+        // Imports the zoo's reference modules from models/make_fixtures.py.
+        "tests/fixtures/hero/make_fixtures.py",
+        "tests/fixtures/l2p/make_fixtures.py",
         // Needs the AutoAttack reference: AUTOATTACK_SRC=<checkout of fra31/auto-attack>.
         "tests/fixtures/autoattack/make_fixtures.py",
     ] {
@@ -252,9 +258,10 @@ fn main() -> Result<()> {
         Some("evidence") => evidence::evidence(&args[1..]),
         Some("ssfd-sweep") => evidence::ssfd_sweep(&args[1..]),
         Some("reproduce") => reproduce::reproduce(&args[1..]),
+        Some("hero-l2p-evidence") => hero_l2p::evidence(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci|invariants|bench [data|attacks|steps ...]|fixtures|cuda-build [--cudnn]|evidence|ssfd-sweep|reproduce cifar10 [--scale smoke|cpu|gpu]>"
+                "usage: cargo xtask <ci|invariants|bench [data|attacks|steps ...]|fixtures|cuda-build [--cudnn]|evidence|ssfd-sweep|hero-l2p-evidence|reproduce cifar10 [--scale smoke|cpu|gpu]>"
             );
             std::process::exit(2)
         }

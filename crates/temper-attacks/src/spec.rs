@@ -254,6 +254,18 @@ impl AttackSpec {
         }
     }
 
+    /// True when the attack averages its gradient over several passes per step (expectation
+    /// over transformation: `apgd-ce-eot20`, `autoattack-rand`), the only kind whose robust
+    /// accuracy means something on a randomized model; every other attack takes one forward
+    /// pass per gradient (or per query) and is fooled by the noise.
+    pub fn averages_over_randomness(&self) -> bool {
+        match self.kind {
+            AttackKind::Apgd | AttackKind::ApgdT => self.eot.is_some_and(|n| n > 1),
+            AttackKind::AutoAttack(v) => v == AutoAttackVersion::Rand,
+            _ => false,
+        }
+    }
+
     /// Parses a comma-separated list such as `fgsm,pgd-20,cw`; an AutoAttack name stands
     /// for its component attacks (see [`AttackSpec::expand`]).
     pub fn parse_list(s: &str) -> Result<Vec<Self>> {
@@ -369,6 +381,21 @@ mod tests {
             assert!(AttackSpec::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(AttackSpec::parse_list("fgsm, pgd-20,cw")?.len(), 3);
+        for (name, eot) in [
+            ("autoattack-rand", true),
+            ("apgd-ce-eot20", true),
+            ("apgd-t-eot2", true),
+            ("apgd-ce", false),
+            ("apgd-ce-eot1", false),
+            ("pgd-20", false),
+            ("square", false),
+            ("autoattack", false),
+        ] {
+            assert_eq!(AttackSpec::parse(name)?.averages_over_randomness(), eot, "{name}");
+        }
+        assert!(AttackSpec::parse_list("autoattack-rand")?
+            .iter()
+            .all(AttackSpec::averages_over_randomness));
         let p = AttackSpec::parse("pgd-cw-20")?;
         assert_eq!(
             (p.kind, p.loss, p.steps),

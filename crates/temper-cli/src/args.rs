@@ -426,6 +426,32 @@ pub fn load_any(
     )?)))
 }
 
+/// Refuses attacks that take one forward pass per gradient when `model` is randomized (it has
+/// Learn2Perturb's noise modules, noise at test time too): the noise makes their gradients
+/// point anywhere, so their robust accuracy is not evidence (Athalye et al. 2018). Only
+/// attacks with expectation over transformation evaluate such a model.
+pub fn check_randomized(model: &dyn temper_core::Classifier, specs: &[AttackSpec]) -> Result<()> {
+    if !temper_core::noise::is_randomized(model.params()) {
+        return Ok(());
+    }
+    let single: Vec<&str> = specs
+        .iter()
+        .filter(|s| !s.averages_over_randomness())
+        .map(|s| s.text.as_str())
+        .collect();
+    if !single.is_empty() {
+        anyhow::bail!(
+            "{} has noise modules (Learn2Perturb): its outputs are random at test time, and {} \
+             take(s) one pass per gradient, which the noise fools; evaluate it with attacks that \
+             average gradients over the noise: --attacks autoattack-rand (or apgd-ce-eot20, \
+             apgd-dlr-eot20)",
+            model.info().name,
+            single.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// Checks that a data set fits a model: same channels and class count.
 pub fn check_fit(model: &dyn temper_core::Classifier, data: &temper_data::Dataset) -> Result<()> {
     let [c, h, w] = data.shape();

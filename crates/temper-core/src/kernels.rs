@@ -294,7 +294,13 @@ pub trait KernelsWrapper: Send + Sync + std::fmt::Debug {
     }
 
     /// See [`Kernels::linear`].
-    fn linear(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, precision: Precision) -> Result<Tensor> {
+    fn linear(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        precision: Precision,
+    ) -> Result<Tensor> {
         self.inner().linear(x, weight, bias, precision)
     }
 
@@ -352,6 +358,13 @@ pub trait KernelsWrapper: Send + Sync + std::fmt::Debug {
 #[derive(Debug)]
 pub struct Wrapped<W>(pub W);
 
+impl<W> std::ops::Deref for Wrapped<W> {
+    type Target = W;
+    fn deref(&self) -> &W {
+        &self.0
+    }
+}
+
 impl<W: KernelsWrapper> Kernels for Wrapped<W> {
     fn name(&self) -> &str {
         self.0.name()
@@ -366,7 +379,13 @@ impl<W: KernelsWrapper> Kernels for Wrapped<W> {
     ) -> Result<Tensor> {
         self.0.conv2d(x, weight, bias, cfg, precision)
     }
-    fn linear(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, precision: Precision) -> Result<Tensor> {
+    fn linear(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        precision: Precision,
+    ) -> Result<Tensor> {
         self.0.linear(x, weight, bias, precision)
     }
     fn batch_norm_train(

@@ -45,6 +45,7 @@ pub mod kernels;
 pub mod loss;
 mod model;
 pub mod nn;
+pub mod noise;
 pub mod pytorch;
 pub mod seed;
 mod store;

@@ -97,6 +97,12 @@ impl ModelKind {
         }
     }
 
+    /// True for the models that can carry Learn2Perturb's noise modules
+    /// ([`ModelConfig::noise_injection`]).
+    pub fn has_noise_injection(self) -> bool {
+        self == ModelKind::PreActResNet18
+    }
+
     /// True for the torchvision ResNets, which take `--stem`.
     pub fn has_stem(self) -> bool {
         matches!(
@@ -146,6 +152,11 @@ pub struct ModelConfig {
     pub wrn_sub_block1: bool,
     /// Input normalisation held inside the model. `None` picks the model's default.
     pub normalization: Option<Normalization>,
+    /// Learn2Perturb's noise modules after the stem and after every residual block
+    /// ([`temper_core::noise`]): a randomized model, at training and test time. Only
+    /// `preact-resnet18` has them.
+    #[serde(default)]
+    pub noise_injection: bool,
 }
 
 impl ModelConfig {
@@ -167,6 +178,7 @@ impl ModelConfig {
             dropout: None,
             wrn_sub_block1: false,
             normalization: None,
+            noise_injection: false,
         }
     }
 
@@ -265,6 +277,15 @@ impl ModelConfig {
         if let Some(n) = &self.normalization {
             n.check(self.in_channels)?;
         }
+        if self.noise_injection && !self.kind.has_noise_injection() {
+            return Err(Error::param(
+                "noise-injection",
+                format!(
+                    "Learn2Perturb's noise modules exist for preact-resnet18, not {}",
+                    self.kind
+                ),
+            ));
+        }
         Ok(ValidModelConfig(self))
     }
 }
@@ -300,6 +321,13 @@ impl ValidModelConfig {
         } else {
             Normalization::cifar10()
         }
+    }
+
+    /// True when the model is randomized: its outputs differ between two passes over the same
+    /// input, in evaluation too, so only attacks with expectation over transformation
+    /// evaluate it honestly.
+    pub fn is_randomized(&self) -> bool {
+        self.0.noise_injection
     }
 
     /// Scales a channel count by the width multiplier (at least 1).

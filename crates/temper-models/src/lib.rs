@@ -122,27 +122,44 @@ pub enum NormalizationSource {
     Assumed(Option<String>),
 }
 
+/// The configuration recorded in a weight file's metadata ([`META_CONFIG`]), if any.
+fn recorded_config(path: &std::path::Path) -> Result<Option<ModelConfig>> {
+    let meta = temper_core::weights::read_metadata(path)?;
+    meta.get(META_CONFIG)
+        .map(|json| {
+            serde_json::from_str(json).map_err(|e| temper_core::Error::BadWeightFile {
+                path: path.to_path_buf(),
+                reason: format!("metadata '{META_CONFIG}': {e}"),
+            })
+        })
+        .transpose()
+}
+
 /// The configuration to load the weights at `path` with: `cfg`, taking the normalisation the
-/// file records when the caller gave none.
+/// file records when the caller gave none, and the file's noise modules
+/// ([`ModelConfig::noise_injection`]) when it records them (weights with noise scales load
+/// into no other model).
 pub fn config_for_file(
     cfg: &ValidModelConfig,
     path: &std::path::Path,
 ) -> Result<(ValidModelConfig, NormalizationSource)> {
-    if cfg.get().normalization.is_some() {
-        return Ok((cfg.clone(), NormalizationSource::Given));
+    let given = cfg.get().normalization.is_some();
+    // With --normalize given, unreadable metadata is no reason to refuse the file, as before.
+    let recorded = match recorded_config(path) {
+        Ok(r) => r,
+        Err(_) if given => None,
+        Err(e) => return Err(e),
+    };
+    let mut c = cfg.get().clone();
+    if recorded.as_ref().is_some_and(|r| r.noise_injection) {
+        c.noise_injection = true;
     }
-    let meta = temper_core::weights::read_metadata(path)?;
-    if let Some(json) = meta.get(META_CONFIG) {
-        let recorded: ModelConfig =
-            serde_json::from_str(json).map_err(|e| temper_core::Error::BadWeightFile {
-                path: path.to_path_buf(),
-                reason: format!("metadata '{META_CONFIG}': {e}"),
-            })?;
-        if let Some(n) = recorded.normalization {
-            let mut c = cfg.get().clone();
-            c.normalization = Some(n);
-            return Ok((c.check()?, NormalizationSource::File));
-        }
+    if given {
+        return Ok((c.check()?, NormalizationSource::Given));
+    }
+    if let Some(n) = recorded.and_then(|r| r.normalization) {
+        c.normalization = Some(n);
+        return Ok((c.check()?, NormalizationSource::File));
     }
     let n = cfg.normalization();
     let note = (!n.is_identity()).then(|| {
@@ -160,7 +177,7 @@ pub fn config_for_file(
             cfg.get().kind
         )
     });
-    Ok((cfg.clone(), NormalizationSource::Assumed(note)))
+    Ok((c.check()?, NormalizationSource::Assumed(note)))
 }
 
 /// Builds a model and loads a safetensors file (or a PyTorch `.pt`/`.pth` checkpoint) with

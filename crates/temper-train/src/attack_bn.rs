@@ -52,13 +52,15 @@ impl AttackBn {
         }
     }
 
-    /// What the reference implementation of `method` does: eval for TRADES, train
-    /// otherwise (fine-tuning follows the PGD-AT code it is built on; natural training has
-    /// no attack).
+    /// What the reference implementation of `method` does: eval for TRADES and
+    /// Learn2Perturb (whose PGD calls `model.eval()`), train otherwise (fine-tuning follows
+    /// the PGD-AT code it is built on; natural training and HERO have no attack).
     pub fn reference(method: Method) -> Self {
         match method {
-            Method::Trades => AttackBn::Eval,
-            Method::Natural | Method::PgdAt | Method::FgsmRs | Method::Finetune => AttackBn::Train,
+            Method::Trades | Method::L2p => AttackBn::Eval,
+            Method::Natural | Method::PgdAt | Method::FgsmRs | Method::Finetune | Method::Hero => {
+                AttackBn::Train
+            }
         }
     }
 

@@ -2,6 +2,7 @@
 
 use crate::attack_bn::AttackBn;
 use crate::error::param;
+use crate::steps::{HeroParams, L2pParams};
 use crate::Result;
 use std::path::PathBuf;
 use temper_models::ModelConfig;
@@ -23,10 +24,16 @@ pub enum Method {
     /// Adversarial fine-tuning of given weights (Jeddi et al. 2020): PGD examples and a
     /// slow-start-fast-decay schedule by default.
     Finetune,
+    /// HERO (Yang et al.): clean examples, the update at a weight perturbation plus a
+    /// Hessian regularizer, for minima that quantize well ([`crate::steps::Hero`]).
+    Hero,
+    /// Learn2Perturb (Jeddi et al. 2020): learned noise modules and 0.5 clean + 0.5 PGD
+    /// cross-entropy ([`crate::steps::Learn2Perturb`]).
+    L2p,
 }
 
 impl Method {
-    /// Parses `natural`, `pgd-at`, `fgsm-rs`, `trades`, `finetune`.
+    /// Parses `natural`, `pgd-at`, `fgsm-rs`, `trades`, `finetune`, `hero`, `l2p`.
     pub fn parse(s: &str) -> Result<Self> {
         match s {
             "natural" => Ok(Method::Natural),
@@ -34,9 +41,11 @@ impl Method {
             "fgsm-rs" | "fast-at" => Ok(Method::FgsmRs),
             "trades" => Ok(Method::Trades),
             "finetune" | "fine-tune" => Ok(Method::Finetune),
+            "hero" => Ok(Method::Hero),
+            "l2p" | "learn2perturb" => Ok(Method::L2p),
             _ => Err(param(
                 "method",
-                format!("'{s}' is not one of natural, pgd-at, fgsm-rs, trades, finetune"),
+                format!("'{s}' is not one of natural, pgd-at, fgsm-rs, trades, finetune, hero, l2p"),
             )),
         }
     }
@@ -49,12 +58,14 @@ impl Method {
             Method::FgsmRs => "fgsm-rs",
             Method::Trades => "trades",
             Method::Finetune => "finetune",
+            Method::Hero => "hero",
+            Method::L2p => "l2p",
         }
     }
 
     /// True for methods that train on perturbed inputs.
     pub fn is_adversarial(self) -> bool {
-        self != Method::Natural
+        !matches!(self, Method::Natural | Method::Hero)
     }
 }
 
@@ -140,6 +151,12 @@ pub struct TrainConfig {
     pub finetune_attack: String,
     /// TRADES trade-off beta.
     pub trades_beta: f64,
+    /// HERO's hyper-parameters.
+    #[serde(default)]
+    pub hero: HeroParams,
+    /// Learn2Perturb's hyper-parameters.
+    #[serde(default)]
+    pub l2p: L2pParams,
     /// Random crop (padding 4, or 2 for 28x28) and, for 3-channel data, horizontal flips.
     pub augment: bool,
     /// Global seed.
@@ -162,10 +179,26 @@ impl TrainConfig {
             // Wong et al.'s step: 1.25 eps from a uniform start in the eps ball.
             threat.alpha = 1.25 * threat.eps;
         }
+        let mut model = model;
+        if method == Method::L2p {
+            model.noise_injection = true;
+            if input != [1, 28, 28] {
+                // The reference's PGD: 7 steps of 0.01 at 8/255.
+                threat.alpha = 0.01;
+                threat.steps = 7;
+            }
+        }
         let (lr_schedule, epochs) = match method {
             Method::Finetune => ("ssfd".to_string(), 3),
             Method::FgsmRs => ("cyclic:peak=0.2".to_string(), 10),
+            // The reference's decays at epochs 150 and 250 of 350.
+            Method::L2p => ("step:lr=0.1,milestones=0.43/0.71".to_string(), 10),
             _ => ("step:lr=0.1,milestones=0.5/0.75".to_string(), 10),
+        };
+        let optimizer = match method {
+            // The reference's (l2p.sh): Nesterov momentum, weight decay 3e-4.
+            Method::L2p => "sgd:momentum=0.9,nesterov=true,weight_decay=3e-4",
+            _ => "sgd:momentum=0.9,weight_decay=5e-4",
         };
         TrainConfig {
             method,
@@ -179,13 +212,15 @@ impl TrainConfig {
             epochs,
             batch_size: 128,
             lr_schedule,
-            optimizer: "sgd:momentum=0.9,weight_decay=5e-4".to_string(),
+            optimizer: optimizer.to_string(),
             threat,
             attack_bn: AttackBn::reference(method),
             precision: temper_core::kernels::Precision::F32,
             param_groups: Vec::new(),
             finetune_attack: "pgd".to_string(),
             trades_beta: 6.0,
+            hero: HeroParams::default(),
+            l2p: L2pParams::default(),
             augment: input != [1, 28, 28],
             seed: 0,
             checkpoint_every: 0,
@@ -243,6 +278,7 @@ impl TrainConfig {
                 format!("'{}' is not pgd or fgsm-rs", self.finetune_attack),
             ));
         }
+        crate::steps::check_method(&self.method, &self.hero, &self.l2p, &model)?;
         if self.method == Method::Finetune && self.weights.is_none() {
             return Err(param(
                 "weights",

@@ -6,8 +6,10 @@
 //!
 //! A training method is a [`TrainStep`] (in [`steps`]): natural training, PGD-AT (Madry et al.
 //! 2018), Fast-AT (FGSM with random start, Wong et al. 2020, stopped on catastrophic
-//! overfitting), TRADES (Zhang et al. 2019), and adversarial fine-tuning of given weights
-//! with a slow-start-fast-decay schedule (after Jeddi, Shafiee and Wong 2020). One loop owns
+//! overfitting), TRADES (Zhang et al. 2019), adversarial fine-tuning of given weights
+//! with a slow-start-fast-decay schedule (after Jeddi, Shafiee and Wong 2020), HERO (Yang et
+//! al., a Hessian regularizer for weights that quantize well) and Learn2Perturb (Jeddi et al.
+//! 2020, learned noise modules trained by alternating updates). One loop owns
 //! data, schedule, optimizer (with [`temper_sched::ParamGroups`]), checkpoints, metrics,
 //! validation (through `temper_eval::evaluate`) and rendering; [`hooks::GradHook`]s run
 //! between each backward pass and the optimizer step. The inner attack's BatchNorm mode is

@@ -3,9 +3,13 @@
 //! step, checkpoints, metrics, rendering).
 //!
 //! A new training method is a new `TrainStep`, never a branch in the loop. A step owns its
-//! backward pass, so a method that needs two gradients per iteration (HERO's weight
-//! perturbation) or updates only some parameter groups per iteration (Learn2Perturb's
-//! alternating updates, through [`StepOutput::active`]) fits without touching the loop.
+//! backward pass, so a method that needs several gradients per iteration (HERO's weight
+//! perturbation) or updates only some parameter groups (through [`StepOutput::active`]) fits
+//! without touching the loop. A few hooks with no-op defaults cover the rest: an update
+//! before the batch's ([`TrainStep::pre_update`], Learn2Perturb's step of its noise scales on
+//! their regularizer), a projection after it ([`TrainStep::after_update`]), the epoch
+//! ([`TrainStep::start_epoch`], for schedules of the method itself) and a wrapper around the
+//! model's kernels for the run ([`TrainStep::wrap_kernels`], HERO's frozen activation masks).
 //! Between the step and the optimizer the loop checks that loss and gradients are finite and
 //! runs the [`GradHook`](crate::hooks::GradHook)s.
 
@@ -13,9 +17,11 @@ use crate::metrics::TrainCost;
 use crate::Result;
 use candle_core::backprop::GradStore;
 use candle_core::Tensor;
+use std::sync::Arc;
 use temper_attacks::{Attack, Goal};
+use temper_core::kernels::Kernels;
 use temper_core::seed::Rng;
-use temper_core::Classifier;
+use temper_core::{Classifier, ParamStore};
 
 /// One batch, as a step sees it.
 #[derive(Debug, Clone, Copy)]
@@ -51,6 +57,15 @@ pub struct StepOutput {
     pub active: Option<Vec<String>>,
 }
 
+/// An update that needs no batch, applied before the batch's own (see
+/// [`TrainStep::pre_update`]).
+pub struct PreUpdate {
+    /// The gradients the optimizer applies.
+    pub grads: GradStore,
+    /// The parameter groups it updates; `None` for all of them.
+    pub active: Option<Vec<String>>,
+}
+
 /// A validation result, as [`TrainStep::after_validation`] sees it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Validation {
@@ -71,6 +86,32 @@ pub trait TrainStep: Send {
 
     /// Runs the method on one batch: inner attack (if any), forward, loss, backward.
     fn step(&mut self, batch: StepBatch<'_>, ctx: StepCtx<'_>) -> Result<StepOutput>;
+
+    /// Called before the first batch of every epoch (0-based), also when a run resumes in the
+    /// middle of one, so a method's own schedule is a function of the epoch.
+    fn start_epoch(&mut self, _epoch: u64) {}
+
+    /// An update of this iteration that needs no batch (a regularizer of some parameters
+    /// alone). The loop applies it, at the iteration's learning rate, before calling
+    /// [`TrainStep::step`], which then sees the parameters it produced. Grad hooks do not see
+    /// it: it is the same on every data-parallel worker.
+    fn pre_update(&mut self, _model: &dyn Classifier) -> Result<Option<PreUpdate>> {
+        Ok(None)
+    }
+
+    /// Called after the optimizer applied the iteration's update: a method may project its
+    /// parameters back onto their domain here.
+    fn after_update(&mut self, _params: &ParamStore) -> Result<()> {
+        Ok(())
+    }
+
+    /// Called once before the first iteration with the model's kernels: a method that needs
+    /// to observe or steer the layers' compute returns a wrapper, which the model then uses
+    /// for the whole run (validation included), so it must compute exactly what `inner`
+    /// computes except while the method's own step asks otherwise.
+    fn wrap_kernels(&mut self, _inner: Arc<dyn Kernels>) -> Option<Arc<dyn Kernels>> {
+        None
+    }
 
     /// Called after each epoch's validation; `Some(reason)` stops the run (for example on
     /// catastrophic overfitting). The weights are kept: stopping is not a failure.

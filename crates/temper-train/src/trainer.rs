@@ -369,6 +369,24 @@ fn diverged(
     }
 }
 
+/// One optimizer step on the groups `active` names (all of them for `None`).
+fn apply(
+    optim: &mut dyn Optimizer,
+    model: &Network,
+    grads: &GradStore,
+    lr: f64,
+    groups: &ParamGroups,
+    active: Option<&[String]>,
+) -> Result<()> {
+    let names: Vec<&str> = active.iter().flat_map(|a| a.iter()).map(String::as_str).collect();
+    let active = match active {
+        None => Active::All,
+        Some(_) => Active::Only(&names),
+    };
+    optim.step_groups(model.params(), grads, lr, groups, active)?;
+    Ok(())
+}
+
 fn run(s: Setup, run_dir: &Path, mut opts: RunOptions, resume_from: Option<Loaded>) -> Result<TrainReport> {
     let Setup {
         cfg,
@@ -393,6 +411,9 @@ fn run(s: Setup, run_dir: &Path, mut opts: RunOptions, resume_from: Option<Loade
         val_robust: None,
     };
     let mut renderer = std::mem::replace(&mut opts.renderer, Box::new(crate::render::Silent));
+    if let Some(k) = step.wrap_kernels(model.kernels()) {
+        model.set_kernels(k);
+    }
     if let Some(l) = resume_from {
         checkpoint::restore_model(model.params(), &l.model, &ckpt_path)?;
         optim.import_state(model.params(), &l.optim)?;
@@ -420,6 +441,7 @@ fn run(s: Setup, run_dir: &Path, mut opts: RunOptions, resume_from: Option<Loade
         for m in metrics.iter_mut() {
             m.clear();
         }
+        step.start_epoch(epoch);
         for batch in loader.epoch_from(epoch, pos.batch, &device) {
             let b = batch?;
             let iter = pos.iter;
@@ -428,6 +450,21 @@ fn run(s: Setup, run_dir: &Path, mut opts: RunOptions, resume_from: Option<Loade
             let n = y.dim(0)? as u64;
             let mut rng = rng_with(cfg.seed, &format!("temper-train/attack/{iter}"));
             model.set_dropout_rng(rng_with(cfg.seed, &format!("temper-train/dropout/{iter}")));
+            if let Some(pre) = step.pre_update(&model)? {
+                if let Some(name) = non_finite_grad(model.params(), &pre.grads)? {
+                    renderer.finish();
+                    let reason = format!("the gradient of '{name}' before the batch is not finite");
+                    return Err(diverged(run_dir, pos, cost, &best, total, iter, reason));
+                }
+                apply(
+                    optim.as_mut(),
+                    &model,
+                    &pre.grads,
+                    lr,
+                    &groups,
+                    pre.active.as_deref(),
+                )?;
+            }
             model.set_mode(Mode::Train);
             let out = step.step(
                 StepBatch { x: &b.images, y: &y },
@@ -455,12 +492,15 @@ fn run(s: Setup, run_dir: &Path, mut opts: RunOptions, resume_from: Option<Loade
                 let reason = format!("the gradient of '{name}' is not finite");
                 return Err(diverged(run_dir, pos, cost, &best, total, iter, reason));
             }
-            let names: Vec<&str> = out.active.iter().flatten().map(String::as_str).collect();
-            let active = match &out.active {
-                None => Active::All,
-                Some(_) => Active::Only(&names),
-            };
-            optim.step_groups(model.params(), &out.grads, lr, &groups, active)?;
+            apply(
+                optim.as_mut(),
+                &model,
+                &out.grads,
+                lr,
+                &groups,
+                out.active.as_deref(),
+            )?;
+            step.after_update(model.params())?;
             let pred = out.logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
             let yv = y.to_vec1::<u32>()?;
             for m in metrics.iter_mut() {

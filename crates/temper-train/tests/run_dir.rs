@@ -12,7 +12,7 @@ use temper_train::{files, resume, train, Error, Method, RunOptions, TrainReport}
 
 fn diverging() -> temper_train::TrainConfig {
     let mut c = config(Method::Natural);
-    c.lr_schedule = "constant:lr=1000".into();
+    c.lr_schedule = "constant:lr=1e6".into();
     c
 }
 
@@ -25,7 +25,7 @@ fn a_diverging_run_stops_before_the_step_and_saves_nothing_non_finite() -> Resul
     c.checkpoint_every = 1;
     let e = train(c.check()?, &d, &Device::Cpu, opts(None))
         .err()
-        .ok_or_else(|| anyhow::anyhow!("a run at lr 1000 did not fail"))?;
+        .ok_or_else(|| anyhow::anyhow!("a run at lr 1e6 did not fail"))?;
     ensure!(matches!(e, Error::Diverged { .. }), "{e}");
     let msg = e.to_string();
     ensure!(msg.contains("diverged") && msg.contains("learning rate"), "{msg}");

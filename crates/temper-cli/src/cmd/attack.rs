@@ -3,7 +3,8 @@
 //! adversarial images written out.
 
 use crate::args::{
-    check_fit, load_any, AttackOpts, DataArgs, DeviceArgs, ModelArgs, PrecisionArgs, WeightsArgs,
+    check_fit, check_randomized, load_any, AttackOpts, DataArgs, DeviceArgs, ModelArgs, PrecisionArgs,
+    WeightsArgs,
 };
 use anyhow::{Context, Result};
 use clap::Args;
@@ -57,7 +58,8 @@ pub fn run(a: AttackArgs) -> Result<()> {
     let model = loaded.classifier();
     let data = a.data.load()?;
     check_fit(model, &data)?;
-    let (settings, _, attacks) = a.opts.build_list(&a.attacks, data.shape())?;
+    let (settings, specs, attacks) = a.opts.build_list(&a.attacks, data.shape())?;
+    check_randomized(model, &specs)?;
     let params = EvalParams {
         batch_size: a.batch_size,
         masking: None,

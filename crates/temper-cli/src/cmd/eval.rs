@@ -2,8 +2,8 @@
 //! gradient-masking checks, written as a report folder.
 
 use crate::args::{
-    check_fit, load_any, parse_attack_list, AttackOpts, DataArgs, DeviceArgs, ModelArgs, PrecisionArgs,
-    WeightsArgs,
+    check_fit, check_randomized, load_any, parse_attack_list, AttackOpts, DataArgs, DeviceArgs, ModelArgs,
+    PrecisionArgs, WeightsArgs,
 };
 use anyhow::{Context, Result};
 use clap::Args;
@@ -66,6 +66,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let data = a.data.load()?;
     check_fit(model, &data)?;
     let (settings, specs, attacks) = a.opts.build_list(&a.attacks, data.shape())?;
+    check_randomized(model, &specs)?;
     let norm = settings.norm;
     let params = EvalParams {
         batch_size: a.batch_size,
@@ -84,6 +85,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 Some(list) => parse_attack_list(list)?,
                 None => specs.clone(),
             };
+            check_randomized(model, &which)?;
             Some((
                 SweepParams {
                     eps,

@@ -1,6 +1,8 @@
 //! `temper quant`: robustness of quantized models across bit widths, and quantized files.
 
-use crate::args::{check_fit, load_model, AttackOpts, DataArgs, DeviceArgs, ModelArgs, WeightsArgs};
+use crate::args::{
+    check_fit, check_randomized, load_model, AttackOpts, DataArgs, DeviceArgs, ModelArgs, WeightsArgs,
+};
 use crate::cmd::quantize::{calibration_tensor, layers_text, QuantOpts};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
@@ -92,7 +94,8 @@ fn run_sweep(a: SweepArgs) -> Result<()> {
     let data = a.data.load()?;
     check_fit(&model, &data)?;
     let schemes = WeightScheme::parse_list(&a.bits, !a.quant.asymmetric)?;
-    let (settings, _, attacks) = a.attack.build_list(&a.attacks, data.shape())?;
+    let (settings, specs, attacks) = a.attack.build_list(&a.attacks, data.shape())?;
+    check_randomized(&model, &specs)?;
     let params = SweepParams {
         schemes,
         quant: a.quant.params(WeightScheme::bits(8), a.batch_size)?,

@@ -90,14 +90,79 @@ pub struct RunArgs {
 /// Arguments of `temper train`.
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Method: natural, pgd-at, fgsm-rs, trades, finetune.
+    /// Method: natural, pgd-at, fgsm-rs, trades, finetune, hero (Hessian-regularized
+    /// training for models that quantize well; with --weights it fine-tunes them), l2p
+    /// (Learn2Perturb: learned noise modules in preact-resnet18, a randomized model to
+    /// evaluate with --attacks autoattack-rand).
     #[arg(long, default_value = "natural")]
     method: String,
     /// Initial weights (safetensors, PyTorch names).
     #[arg(long, short = 'w')]
     weights: Option<PathBuf>,
     #[command(flatten)]
+    methods: MethodArgs,
+    #[command(flatten)]
     run: RunArgs,
+}
+
+/// The hyper-parameters of HERO and Learn2Perturb.
+#[derive(Args, Debug)]
+pub struct MethodArgs {
+    /// HERO: size rho of the weight perturbation (the reference's step_size; default 0.01).
+    #[arg(long)]
+    hero_rho: Option<f64>,
+    /// HERO: strength lambda of the gradient-difference regularizer (default 1).
+    #[arg(long)]
+    hero_lambda: Option<f64>,
+    /// HERO: step of the finite-difference Hessian-vector product, relative to the weights'
+    /// norm (default 1e-4).
+    #[arg(long)]
+    hero_fd_step: Option<f64>,
+    /// Learn2Perturb: strength gamma of the regularizer that grows the noise (default 1e-4).
+    #[arg(long)]
+    l2p_gamma: Option<f64>,
+    /// Learn2Perturb: epochs trained without noise first (the reference: 10 of 350; default 0).
+    #[arg(long)]
+    l2p_noise_delay: Option<u64>,
+    /// Learn2Perturb: epochs trained on clean examples only first (the reference: 20 of 350;
+    /// default 0).
+    #[arg(long)]
+    l2p_adv_delay: Option<u64>,
+}
+
+impl MethodArgs {
+    /// The flags given, by name, with the method each belongs to.
+    fn given(&self) -> [(&'static str, Method, bool); 6] {
+        [
+            ("--hero-rho", Method::Hero, self.hero_rho.is_some()),
+            ("--hero-lambda", Method::Hero, self.hero_lambda.is_some()),
+            ("--hero-fd-step", Method::Hero, self.hero_fd_step.is_some()),
+            ("--l2p-gamma", Method::L2p, self.l2p_gamma.is_some()),
+            ("--l2p-noise-delay", Method::L2p, self.l2p_noise_delay.is_some()),
+            ("--l2p-adv-delay", Method::L2p, self.l2p_adv_delay.is_some()),
+        ]
+    }
+
+    /// Sets the given values in `cfg`; a flag of another method than `cfg`'s is an error.
+    fn apply(&self, cfg: &mut TrainConfig) -> Result<()> {
+        for (flag, method, given) in self.given() {
+            if given && cfg.method != method {
+                anyhow::bail!(
+                    "{flag} applies to --method {}, not {}",
+                    method.name(),
+                    cfg.method.name()
+                );
+            }
+        }
+        let (h, l) = (&mut cfg.hero, &mut cfg.l2p);
+        h.rho = self.hero_rho.unwrap_or(h.rho);
+        h.lambda = self.hero_lambda.unwrap_or(h.lambda);
+        h.fd_step = self.hero_fd_step.unwrap_or(h.fd_step);
+        l.gamma = self.l2p_gamma.unwrap_or(l.gamma);
+        l.noise_delay = self.l2p_noise_delay.unwrap_or(l.noise_delay);
+        l.adv_delay = self.l2p_adv_delay.unwrap_or(l.adv_delay);
+        Ok(())
+    }
 }
 
 /// Arguments of `temper finetune`.
@@ -244,6 +309,13 @@ fn go(cfg: Option<TrainConfig>, r: &RunArgs, extra: &[(&'static str, bool)]) -> 
                 c.threat.eps,
                 out.display()
             );
+            if c.model.noise_injection {
+                eprintln!(
+                    "note: the model has noise modules, so the per-epoch PGD-10 validation (one pass \
+                     per gradient) overstates its robustness; evaluate the result with \
+                     `temper eval --attacks autoattack-rand`"
+                );
+            }
             let opts = RunOptions::new(temper_train::render::default_renderer(0, 0, log_every));
             temper_train::train(valid, &out, &device, opts)?
         }
@@ -295,12 +367,15 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     let cfg = if a.run.resume.is_some() {
         None
     } else {
-        Some(config(Method::parse(&a.method)?, a.weights.clone(), &a.run)?)
+        let mut c = config(Method::parse(&a.method)?, a.weights.clone(), &a.run)?;
+        a.methods.apply(&mut c)?;
+        Some(c)
     };
-    let extra = [
+    let mut extra = vec![
         ("--method", a.method != "natural"),
         ("--weights", a.weights.is_some()),
     ];
+    extra.extend(a.methods.given().iter().map(|(f, _, g)| (*f, *g)));
     go(cfg, &a.run, &extra)
 }
 

@@ -14,15 +14,22 @@ pub struct PgdAt {
 impl PgdAt {
     /// PGD with budget `eps`, step size `alpha` and `steps` steps.
     pub fn new(eps: f64, alpha: f64, steps: usize) -> Result<Self> {
-        let attack = PgdParams {
-            eps,
-            alpha,
-            steps,
-            ..PgdParams::default()
-        }
-        .check()?;
-        Ok(PgdAt { attack })
+        Ok(PgdAt {
+            attack: madry_pgd(eps, alpha, steps)?,
+        })
     }
+}
+
+/// Madry et al.'s inner attack: L-inf PGD on the cross-entropy from a uniform random start,
+/// budget `eps`, step `alpha`, `steps` steps.
+pub(crate) fn madry_pgd(eps: f64, alpha: f64, steps: usize) -> Result<Pgd> {
+    Ok(PgdParams {
+        eps,
+        alpha,
+        steps,
+        ..PgdParams::default()
+    }
+    .check()?)
 }
 
 impl TrainStep for PgdAt {
