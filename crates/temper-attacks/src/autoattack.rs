@@ -217,23 +217,18 @@ impl State {
     }
 }
 
-/// A fingerprint of a batch (FNV-1a over the pixels' and labels' bits), so a resumed run
-/// finds its batches whatever order they come in.
-fn fingerprint(x: &Tensor, y: &Tensor) -> Result<String> {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |v: u32| {
-        for b in v.to_le_bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    };
+/// A fingerprint of a batch: FNV-1a over the pixels' and labels' bits, and the batch size.
+/// A resumed run finds its batches by it (whatever order they come in) and knows when a batch
+/// is not the one recorded.
+pub fn fingerprint(x: &Tensor, y: &Tensor) -> Result<String> {
+    let mut bytes: Vec<u8> = Vec::with_capacity(4 * (x.elem_count() + y.elem_count()));
     for v in x.flatten_all()?.to_vec1::<f32>()? {
-        eat(v.to_bits());
+        bytes.extend_from_slice(&v.to_bits().to_le_bytes());
     }
     for v in y.to_dtype(DType::U32)?.to_vec1::<u32>()? {
-        eat(v);
+        bytes.extend_from_slice(&v.to_le_bytes());
     }
-    Ok(format!("{h:016x}-{}", x.dim(0)?))
+    Ok(format!("{:016x}-{}", temper_core::seed::fnv1a(&bytes), x.dim(0)?))
 }
 
 impl Attack for AutoAttack {

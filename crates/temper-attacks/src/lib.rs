@@ -45,7 +45,7 @@ pub mod spec;
 mod square;
 
 pub use apgd::{checkpoints, Apgd, ApgdParams, ApgdTrace};
-pub use autoattack::{components as autoattack_components, AutoAttack, AutoAttackVersion};
+pub use autoattack::{components as autoattack_components, fingerprint, AutoAttack, AutoAttackVersion};
 pub use cw::{CarliniWagner, CwParams};
 pub use error::{Error, Result};
 pub use fab::{projection_linf, Fab, FabParams};

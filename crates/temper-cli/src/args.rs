@@ -217,6 +217,30 @@ impl AttackOpts {
     }
 }
 
+/// Where a long evaluation records its progress.
+#[derive(Args, Debug, Clone)]
+pub struct StateArgs {
+    /// State file: progress is recorded after every attack on every batch (written
+    /// atomically), and a rerun given the same file skips what it records and ends with the
+    /// numbers of an uninterrupted run. Refused when written for another model, attack list,
+    /// threat, batch size, seed or data; a larger --limit continues a smaller one
+    #[arg(long, value_name = "FILE")]
+    pub state: Option<PathBuf>,
+}
+
+impl StateArgs {
+    /// Says whether the evaluation starts afresh or continues a file.
+    pub fn announce(&self, json: bool) {
+        if let Some(p) = &self.state {
+            if p.exists() {
+                say!(json, "state:   continuing from {}", p.display());
+            } else {
+                say!(json, "state:   recording progress in {}", p.display());
+            }
+        }
+    }
+}
+
 /// Weights to load, and how strictly.
 #[derive(Args, Debug, Clone)]
 pub struct WeightsArgs {

@@ -14,6 +14,19 @@ macro_rules! say {
     };
 }
 
+/// The attack names every `--attacks` takes, for their help texts (a literal, so `concat!`
+/// can join it to each command's own words).
+macro_rules! attack_names {
+    () => {
+        "fgsm, fgsm-rs, pgd, pgd-N, pgd-l2-N, pgd-cw-N (PGD on the CW margin loss), cw, cw-N; \
+         AutoAttack's attacks apgd-ce, apgd-dlr, apgd-t (APGD, 100 iterations; suffixes -l2, \
+         -N iterations, -rN restarts, -eotN gradients averaged per step, e.g. apgd-ce-eot20), \
+         fab-t (FAB on the 9 most likely other classes), square, square-N (N queries, default \
+         5000); autoattack (apgd-ce, apgd-t, fab-t, square), autoattack-plus and autoattack-rand \
+         (apgd-ce and apgd-dlr with eot20), each standing for its attacks"
+    };
+}
+
 mod args;
 mod cmd;
 mod fmt;
