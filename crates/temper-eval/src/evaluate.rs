@@ -226,6 +226,8 @@ pub struct AdversarialBatch<'a> {
     pub linf: &'a [f32],
     /// Per row: `‖adv - x‖₂` of the attack's example (0 where not attacked).
     pub l2: &'a [f32],
+    /// Per row: `‖adv - x‖₁` of the attack's example (0 where not attacked).
+    pub l1: &'a [f32],
     /// The images that count, `(rows, C, H, W)`: the attack's adversarial example where it lies
     /// inside the threat model, the clean image where it does not and where the model was
     /// already wrong (misclassified samples are not attacked). Replaying these on another
@@ -263,7 +265,7 @@ fn run_on(
         .map_err(Error::attack(name))?;
     let outcomes = (0..rows.len())
         .map(|i| {
-            let inside = threat.contains(out.linf[i], out.l2[i]);
+            let inside = threat.contains(out.linf[i], out.l2[i], out.l1[i]);
             Outcome {
                 broken: out.success[i] && inside,
                 outside: out.success[i] && !inside,
@@ -271,6 +273,7 @@ fn run_on(
                 pred: out.pred[i],
                 linf: out.linf[i],
                 l2: out.l2[i],
+                l1: out.l1[i],
             }
         })
         .collect();
@@ -539,6 +542,7 @@ fn evaluate_inner(
                     success: &row(&|o| o.broken || o.outside),
                     linf: &size(&|o| o.linf),
                     l2: &size(&|o| o.l2),
+                    l1: &size(&|o| o.l1),
                     images,
                 })?;
             }
@@ -563,11 +567,11 @@ fn evaluate_inner(
                 );
                 if let Some(o) = o {
                     acc.attacked += 1;
-                    acc.norms.add(o.linf, o.l2);
+                    acc.norms.add(o.linf, o.l2, o.l1);
                     acc.outside += usize::from(o.outside);
                     if o.broken {
                         acc.broken += 1;
-                        acc.norms_adv.add(o.linf, o.l2);
+                        acc.norms_adv.add(o.linf, o.l2, o.l1);
                     }
                 }
             }

@@ -45,6 +45,8 @@ pub(crate) struct Outcome {
     pub pred: u32,
     pub linf: f32,
     pub l2: f32,
+    #[serde(default)]
+    pub l1: f32,
 }
 
 /// One attack's finished work on one batch.
