@@ -403,8 +403,11 @@ impl Apgd {
             let start = self.start(&p.x, c.eps, rng)?;
             return self.run(p, start, loss, (c.eps, c.steps, Init::Random), None);
         }
-        let stage = |f: f64| (f * c.steps as f64).ceil() as usize;
-        let iters = [stage(0.3), stage(0.3), c.steps.saturating_sub(2 * stage(0.3))];
+        // The reference's ceil(0.3 n), ceil(0.3 n) and the rest; for the few step counts where
+        // that leaves the last stage nothing (1, 2, 4), where the reference fails, the first
+        // stages give it one iteration.
+        let first = ((0.3 * c.steps as f64).ceil() as usize).min((c.steps - 1) / 2);
+        let iters = [first, first, c.steps - 2 * first];
         let x = p.x.clone();
         let noise: Vec<f32> = (0..x.elem_count())
             .map(|_| {
