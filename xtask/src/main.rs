@@ -212,6 +212,7 @@ fn fixtures() -> Result<()> {
         "tests/fixtures/l2p/make_fixtures.py",
         // Needs the AutoAttack reference: AUTOATTACK_SRC=<checkout of fra31/auto-attack>.
         "tests/fixtures/autoattack/make_fixtures.py",
+        "tests/fixtures/autoattack/make_norms.py",
     ] {
         run(Command::new(&py).arg(script))?;
     }

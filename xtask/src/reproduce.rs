@@ -206,10 +206,10 @@ impl Reproduction {
         Ok(dir)
     }
 
-    /// Clean, PGD-20 and standard AutoAttack accuracy (percent) on the held-out test points,
-    /// and the run's cost.
-    fn evaluate(&self, run: &Path) -> Result<Result1> {
-        let report = run.join("eval").join("report.json");
+    /// Runs `temper eval --attacks ATTACKS` on the held-out test points into RUN/DIR unless
+    /// done, and returns its report.
+    fn eval_report(&self, run: &Path, dir: &str, attacks: &str) -> Result<(Value, PathBuf)> {
+        let report = run.join(dir).join("report.json");
         if !report.exists() {
             let mut a: Vec<String> = vec![
                 "eval".into(),
@@ -222,27 +222,27 @@ impl Reproduction {
                 "--eps".into(),
                 EPS.into(),
                 "--attacks".into(),
-                "pgd-20,autoattack".into(),
+                attacks.into(),
                 "--out".into(),
-                run.join("eval").to_string_lossy().into_owned(),
+                run.join(dir).to_string_lossy().into_owned(),
             ];
             a.extend(self.common());
             self.temper(&a)?;
         }
-        let r = read_json(&report)?;
-        let e = &r["evaluation"];
-        let acc = |v: &Value| -> Result<f64> {
-            v["accuracy"]
+        Ok((read_json(&report)?, report))
+    }
+
+    /// Clean, PGD-20 and standard AutoAttack accuracy (percent) on the held-out test points
+    /// (AutoAttack's: the per-point worst case over its four attacks, a report of its own),
+    /// and the run's cost.
+    fn evaluate(&self, run: &Path) -> Result<Result1> {
+        let (pgd, pgd_path) = self.eval_report(run, "eval-pgd20", "pgd-20")?;
+        let (aa, aa_path) = self.eval_report(run, "eval-autoattack", "autoattack")?;
+        let acc = |r: &Value, key: &str, path: &Path| -> Result<f64> {
+            r["evaluation"][key]["accuracy"]["accuracy"]
                 .as_f64()
                 .map(|a| 100.0 * a)
-                .with_context(|| format!("no accuracy in {}", report.display()))
-        };
-        let attack = |name: &str| -> Result<f64> {
-            let a = e["attacks"]
-                .as_array()
-                .and_then(|l| l.iter().find(|a| a["name"] == name))
-                .with_context(|| format!("no attack '{name}' in {}", report.display()))?;
-            acc(&a["robust"])
+                .with_context(|| format!("no {key} accuracy in {}", path.display()))
         };
         let summary = read_json(&run.join("summary.json"))?;
         let num = |k: &str| {
@@ -251,9 +251,9 @@ impl Reproduction {
                 .with_context(|| format!("no cost '{k}' in {}/summary.json", run.display()))
         };
         Ok(Result1 {
-            clean: acc(&e["clean"]["accuracy"])?,
-            pgd20: attack("pgd-20")?,
-            autoattack: attack("autoattack")?,
+            clean: acc(&pgd, "clean", &pgd_path)?,
+            pgd20: acc(&pgd, "worst_case", &pgd_path)?,
+            autoattack: acc(&aa, "worst_case", &aa_path)?,
             passes: num("forward")? + num("backward")?,
             seconds: num("wall_seconds")?,
         })

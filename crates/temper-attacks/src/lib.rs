@@ -39,19 +39,20 @@ mod fab;
 mod fgsm;
 mod loss;
 mod norm;
+mod ops;
 mod pgd;
 mod problem;
 pub mod spec;
 mod square;
 
 pub use apgd::{checkpoints, Apgd, ApgdParams, ApgdTrace};
-pub use autoattack::{components as autoattack_components, AutoAttack, AutoAttackVersion};
+pub use autoattack::{components as autoattack_components, fingerprint, AutoAttack, AutoAttackVersion};
 pub use cw::{CarliniWagner, CwParams};
 pub use error::{Error, Result};
 pub use fab::{projection_linf, Fab, FabParams};
 pub use fgsm::{Fgsm, FgsmParams};
 pub use loss::{dlr, dlr_targeted, LossKind};
-pub use norm::{per_sample_l2, per_sample_linf, Norm};
+pub use norm::{per_sample_l1, per_sample_l2, per_sample_linf, Norm};
 pub use pgd::{Pgd, PgdParams};
 pub use square::{square_p, Square, SquareParams};
 
@@ -102,6 +103,8 @@ pub struct AttackOutput {
     pub linf: Vec<f32>,
     /// Per sample: `‖adv - x‖₂`.
     pub l2: Vec<f32>,
+    /// Per sample: `‖adv - x‖₁`.
+    pub l1: Vec<f32>,
     /// Per sample: the model's prediction at the returned point.
     pub pred: Vec<u32>,
     /// Work done.

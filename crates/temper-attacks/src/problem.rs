@@ -2,7 +2,7 @@
 //! final bookkeeping.
 
 use crate::loss::{objective, LossKind};
-use crate::norm::{per_sample_l2, per_sample_linf};
+use crate::norm::{per_sample_l1, per_sample_l2, per_sample_linf};
 use crate::{AttackOutput, Cost, Error, Goal, Result};
 use candle_core::{DType, Tensor, Var, D};
 use temper_core::{Classifier, ForwardOpts, Mode};
@@ -206,6 +206,7 @@ impl<'a> Problem<'a> {
             loss: obj,
             linf: per_sample_linf(&delta)?.to_vec1::<f32>()?,
             l2: per_sample_l2(&delta)?.to_vec1::<f32>()?,
+            l1: per_sample_l1(&delta)?.to_vec1::<f32>()?,
             pred,
             adv,
             cost: self.cost,

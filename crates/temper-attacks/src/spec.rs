@@ -1,7 +1,8 @@
 //! Attacks described by short strings, as users type them: `fgsm`, `fgsm-rs`, `pgd`,
 //! `pgd-20`, `pgd-l2-50`, `pgd-cw-20` (PGD on the CW margin loss), `cw`, `cw-200`,
-//! `apgd-ce`, `apgd-dlr`, `apgd-t`, `apgd-ce-l2-50-r5-eot20`, `fab-t`, `square`, `square-1000`,
-//! `autoattack`, `autoattack-plus`, `autoattack-rand`; and budgets such as `8/255`.
+//! `apgd-ce`, `apgd-dlr`, `apgd-t`, `apgd-ce-l2-50-r5-eot20`, `apgd-ce-l1`, `fab`, `fab-r5`,
+//! `fab-t`, `square`, `square-l2`, `square-1000`, `autoattack`, `autoattack-plus`,
+//! `autoattack-rand`; and budgets such as `8/255`.
 
 use crate::autoattack::{AutoAttack, AutoAttackVersion};
 use crate::error::param;
@@ -77,6 +78,8 @@ pub enum AttackKind {
     Apgd,
     /// Auto-PGD on the targeted loss towards each of the 9 most likely other classes.
     ApgdT,
+    /// FAB: untargeted minimum-norm attack, result checked against eps.
+    Fab,
     /// FAB-T: targeted minimum-norm attack, result checked against eps.
     FabT,
     /// The Square attack (score-based, no gradients).
@@ -142,18 +145,20 @@ impl AttackSpec {
     /// Parses `fgsm`, `fgsm-rs`, `pgd`, `pgd-N`, `pgd-linf-N`, `pgd-l2-N`, `cw`, `cw-N`;
     /// FGSM and PGD names may also carry the loss, `ce` or `cw` (the margin loss of Carlini
     /// and Wagner), e.g. `pgd-cw-20` or `fgsm-rs-cw`. APGD: `apgd-ce`, `apgd-dlr`, `apgd-t`,
-    /// with optional norm, iterations (default 100), `rN` restarts and `eotN` gradient
-    /// passes, e.g. `apgd-dlr-l2-50-r5-eot20`. `fab-t`, `fab-t-N` (N iterations per target,
-    /// default 100). `square`, `square-N` (N queries, default 5000). `autoattack`, `autoattack-standard`, `autoattack-plus`, `autoattack-rand`.
+    /// with optional norm (`l2`, `l1`, `linf`), iterations (default 100), `rN` restarts and
+    /// `eotN` gradient passes, e.g. `apgd-dlr-l2-50-r5-eot20`. `fab`, `fab-t`, with optional
+    /// norm, iterations (default 100 per run) and `rN` restarts, e.g. `fab-l2-r5`. `square`,
+    /// `square-N` (N queries, default 5000), with optional norm. `autoattack`,
+    /// `autoattack-standard`, `autoattack-plus`, `autoattack-rand`.
     pub fn parse(s: &str) -> Result<Self> {
         let t = s.trim().to_ascii_lowercase();
         let bad = || {
             param(
                 "attack",
                 format!(
-                    "'{s}' is not one of fgsm[-rs][-ce|-cw], pgd[-l2|-linf][-ce|-cw][-STEPS], cw[-STEPS], \
-                     apgd-ce|apgd-dlr|apgd-t[-l2][-STEPS][-rN][-eotN], fab-t[-STEPS], square[-QUERIES], \
-                     autoattack[-standard|-plus|-rand]"
+                    "'{s}' is not one of fgsm[-rs][-ce|-cw], pgd[-l2|-l1|-linf][-ce|-cw][-STEPS], cw[-STEPS], \
+                     apgd-ce|apgd-dlr|apgd-t[-l2|-l1][-STEPS][-rN][-eotN], fab|fab-t[-l2][-STEPS][-rN], \
+                     square[-l2][-QUERIES], autoattack[-standard|-plus|-rand]"
                 ),
             )
         };
@@ -193,12 +198,7 @@ impl AttackSpec {
                 parts.remove(1);
                 AttackKind::FabT
             }
-            Some("fab") => {
-                return Err(param(
-                    "attack",
-                    format!("'{s}': untargeted FAB is not implemented in Temper; fab-t is"),
-                ))
-            }
+            Some("fab") => AttackKind::Fab,
             _ => return Err(bad()),
         };
         let mut norm = None;
@@ -206,11 +206,12 @@ impl AttackSpec {
         let mut loss = None;
         let mut restarts = None;
         let mut eot = None;
-        let with_loss = !matches!(kind, AttackKind::Cw | AttackKind::Square | AttackKind::FabT);
+        let fab = matches!(kind, AttackKind::Fab | AttackKind::FabT);
+        let with_loss = !matches!(kind, AttackKind::Cw | AttackKind::Square) && !fab;
         let with_norm = matches!(
             kind,
-            AttackKind::Pgd | AttackKind::Apgd | AttackKind::ApgdT | AttackKind::Square | AttackKind::FabT
-        );
+            AttackKind::Pgd | AttackKind::Apgd | AttackKind::ApgdT | AttackKind::Square
+        ) || fab;
         let with_steps = !matches!(kind, AttackKind::Fgsm | AttackKind::FgsmRs);
         let apgd = matches!(kind, AttackKind::Apgd | AttackKind::ApgdT);
         let count = |v: &str, name: &'static str| -> Result<usize> {
@@ -226,9 +227,10 @@ impl AttackSpec {
                 "cw" | "margin" if with_loss && loss.is_none() => loss = Some(LossKind::CwMargin),
                 "dlr" if with_loss && loss.is_none() => loss = Some(LossKind::Dlr),
                 "l2" if with_norm => norm = Some(Norm::L2),
+                "l1" if with_norm => norm = Some(Norm::L1),
                 "linf" | "inf" if with_norm => norm = Some(Norm::Linf),
                 r if apgd && r.starts_with("eot") => eot = Some(count(&r[3..], "eot")?),
-                r if apgd && r.starts_with('r') => restarts = Some(count(&r[1..], "restarts")?),
+                r if (apgd || fab) && r.starts_with('r') => restarts = Some(count(&r[1..], "restarts")?),
                 n if with_steps => steps = Some(count(n, "steps")?),
                 _ => return Err(bad()),
             }
@@ -325,9 +327,10 @@ impl AttackSpec {
             }
             AttackKind::Apgd | AttackKind::ApgdT => {
                 let targeted = self.kind == AttackKind::ApgdT;
+                let norm = self.norm.unwrap_or(settings.norm);
                 Box::new(
                     ApgdParams {
-                        norm: self.norm.unwrap_or(settings.norm),
+                        norm,
                         eps,
                         // The reference's 100 iterations, not the PGD default: APGD's
                         // checkpoints are fractions of the run, and 10 steps leave too few.
@@ -339,16 +342,20 @@ impl AttackSpec {
                         targets: targeted.then_some(9),
                         eot: self.eot.unwrap_or(1),
                         random_start: settings.random_start,
+                        // As AutoAttack runs L1 APGD: in stages at 3, 2 and 1 times eps.
+                        large_eps: norm == Norm::L1,
                         ..ApgdParams::default()
                     }
                     .check()?,
                 )
             }
-            AttackKind::FabT => Box::new(
+            AttackKind::Fab | AttackKind::FabT => Box::new(
                 FabParams {
                     norm: self.norm.unwrap_or(settings.norm),
                     eps,
                     steps: self.steps.unwrap_or(100),
+                    targeted: self.kind == AttackKind::FabT,
+                    restarts: self.restarts.unwrap_or(settings.restarts),
                     ..FabParams::default()
                 }
                 .check()?,
@@ -443,8 +450,9 @@ mod tests {
             "square-dlr",
             "autoattack-fast",
             "autoattack-20",
-            "fab",
+            "fab-ce",
             "fab-t-ce",
+            "fab-eot5",
         ] {
             assert!(AttackSpec::parse(bad).is_err(), "{bad}");
         }

@@ -3,7 +3,7 @@
 use candle_core::{Device, Tensor};
 use proptest::prelude::*;
 use temper_attacks::{
-    ApgdParams, Attack, CwParams, FgsmParams, Goal, LossKind, Norm, PgdParams, SquareParams,
+    ApgdParams, Attack, CwParams, FabParams, FgsmParams, Goal, LossKind, Norm, PgdParams, SquareParams,
 };
 use temper_core::{Classifier, Mode};
 use temper_models::{build, ModelConfig, ModelKind};
@@ -45,8 +45,27 @@ fn check_valid(x: &Tensor, out: &temper_attacks::AttackOutput, norm: Norm, eps: 
         .unwrap_or_else(|e| panic!("{e}"));
     for s in sizes {
         assert!(
-            f64::from(s) <= eps + 1e-6,
+            f64::from(s) <= eps * (1.0 + 1e-6) + 1e-6,
             "{norm:?} perturbation {s} exceeds eps {eps}"
+        );
+    }
+}
+
+/// A sample the model already gets wrong counts as broken: no attack reports it robust.
+fn never_better_than_clean(m: &dyn Classifier, x: &Tensor, y: &Tensor, out: &temper_attacks::AttackOutput) {
+    let opts = temper_core::ForwardOpts {
+        mode: Mode::Eval,
+        param_grads: false,
+    };
+    let pred = m
+        .forward_opts(x, opts)
+        .and_then(|l| Ok(l.argmax(1)?.to_vec1::<u32>()?))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let y = y.to_vec1::<u32>().unwrap_or_else(|e| panic!("{e}"));
+    for i in 0..y.len() {
+        assert!(
+            pred[i] == y[i] || out.success[i],
+            "sample {i} is wrong clean but reported robust"
         );
     }
 }
@@ -93,6 +112,43 @@ proptest! {
         check_valid(&x, &out, Norm::Linf, eps);
         prop_assert_eq!(out.cost.backward, 0);
         prop_assert!(out.cost.queries <= (n * (steps * 3 + 1)) as u64);
+    }
+
+    #[test]
+    fn l1_l2_and_untargeted_attacks_stay_in_the_box_and_the_ball(
+        seed in 0u64..1000, n in 1usize..4, eps in 0.0f64..1.0, steps in 1usize..6,
+        which in 0usize..3, staged in any::<bool>(), targeted in any::<bool>(), restarts in 1usize..3,
+    ) {
+        let m = model(seed);
+        let (x, y) = batch(n, seed);
+        let mut rng = temper_core::seed::rng_with(seed, "n");
+        let run = |a: &dyn Attack, rng: &mut temper_core::seed::Rng| {
+            let out = a.perturb(&m, &x, &y, Goal::Untargeted, rng).unwrap_or_else(|e| panic!("{}: {e}", a.name()));
+            never_better_than_clean(&m, &x, &y, &out);
+            out
+        };
+        // L1: APGD (one stage or AutoAttack's three) and PGD, at budgets up to a fifth of
+        // the 144 pixels.
+        let l1 = eps * 30.0;
+        let apgd = ApgdParams { norm: Norm::L1, eps: l1, steps, large_eps: staged, ..ApgdParams::default() }.check().unwrap_or_else(|e| panic!("{e}"));
+        check_valid(&x, &run(&apgd, &mut rng), Norm::L1, l1);
+        let pgd = PgdParams { norm: Norm::L1, eps: l1, alpha: l1 / 3.0 + 1e-3, steps, ..PgdParams::default() }.check().unwrap_or_else(|e| panic!("{e}"));
+        check_valid(&x, &run(&pgd, &mut rng), Norm::L1, l1);
+        // L2 Square.
+        let l2 = eps * 4.0;
+        let sq = SquareParams { norm: Norm::L2, eps: l2, queries: steps * 3, ..SquareParams::default() }.check().unwrap_or_else(|e| panic!("{e}"));
+        let out = run(&sq, &mut rng);
+        check_valid(&x, &out, Norm::L2, l2);
+        prop_assert_eq!(out.cost.backward, 0);
+        // FAB and FAB-T, L-inf and L2: a success only inside the ball.
+        let (norm, fab_eps) = if which == 1 { (Norm::Linf, eps * 0.3) } else { (Norm::L2, l2) };
+        let fab = FabParams { norm, eps: fab_eps, steps, targeted, targets: 2, restarts, ..FabParams::default() }.check().unwrap_or_else(|e| panic!("{e}"));
+        let out = run(&fab, &mut rng);
+        check_valid(&x, &out, norm, fab_eps);
+        // Untargeted FAB takes one backward pass per class.
+        if !targeted {
+            prop_assert!(out.cost.backward % 5 == 0, "{:?}", out.cost);
+        }
     }
 
     #[test]

@@ -218,6 +218,7 @@ fn check_trajectory(
                     "too few unsaturated samples for a meaningful check"
                 );
             }
+            Norm::L1 => unreachable!("the fixture has no L1 PGD"),
             Norm::Linf => assert!(
                 far <= 1e-2,
                 "L-inf step {s}: {far} of pixels differ (max abs {})",

@@ -97,13 +97,15 @@ impl ModelArgs {
 /// `--eps` defaults by data set ([`default_eps`]), the same on every command.
 #[derive(Args, Debug, Clone)]
 pub struct AttackOpts {
-    /// Threat model norm: Linf or L2 (any case; inf and l-inf mean Linf). `pgd-l2-N` fixes it
-    /// for one attack; FGSM is L-inf and CW is L2 whatever this says, but every attack's
-    /// examples count only inside this norm's eps ball.
+    /// Threat model norm: Linf, L2 or L1 (any case; inf and l-inf mean Linf). `pgd-l2-N` fixes
+    /// it for one attack; FGSM is L-inf and CW is L2 whatever this says, but every attack's
+    /// examples count only inside this norm's eps ball. L1: APGD (apgd-ce, apgd-dlr, apgd-t)
+    /// and PGD.
     #[arg(long, default_value = "Linf")]
     pub norm: String,
     /// Budget in pixel units, a decimal or a fraction: 0.3, 8/255 (default by data set: for
-    /// 28x28 grey digits 0.3 in L-inf and 2.0 in L2, otherwise 8/255 in L-inf and 0.5 in L2).
+    /// 28x28 grey digits 0.3 in L-inf, 2.0 in L2 and 10 in L1, otherwise 8/255 in L-inf, 0.5 in
+    /// L2 and 12 in L1).
     #[arg(long)]
     pub eps: Option<String>,
     /// Step size: a number (2/255, 0.01) or a multiple of eps (eps/4, 0.25*eps). Default:
@@ -132,6 +134,7 @@ pub fn default_eps(shape: [usize; 3], norm: Norm) -> f64 {
     match norm {
         Norm::Linf => temper_data::default_linf_eps(shape),
         Norm::L2 => temper_data::default_l2_eps(shape),
+        Norm::L1 => temper_data::default_l1_eps(shape),
     }
 }
 
@@ -214,6 +217,30 @@ impl AttackOpts {
             .map(|s| Ok((s.text.clone(), s.build(&settings)?)))
             .collect::<Result<_>>()?;
         Ok((settings, specs, attacks))
+    }
+}
+
+/// Where a long evaluation records its progress.
+#[derive(Args, Debug, Clone)]
+pub struct StateArgs {
+    /// State file: progress is recorded after every attack on every batch (written
+    /// atomically), and a rerun given the same file skips what it records and ends with the
+    /// numbers of an uninterrupted run. Refused when written for another model, attack list,
+    /// threat, batch size, seed or data; a larger --limit continues a smaller one
+    #[arg(long, value_name = "FILE")]
+    pub state: Option<PathBuf>,
+}
+
+impl StateArgs {
+    /// Says whether the evaluation starts afresh or continues a file.
+    pub fn announce(&self, json: bool) {
+        if let Some(p) = &self.state {
+            if p.exists() {
+                say!(json, "state:   continuing from {}", p.display());
+            } else {
+                say!(json, "state:   recording progress in {}", p.display());
+            }
+        }
     }
 }
 

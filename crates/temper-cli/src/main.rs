@@ -14,6 +14,21 @@ macro_rules! say {
     };
 }
 
+/// The attack names every `--attacks` takes, for their help texts (a literal, so `concat!`
+/// can join it to each command's own words).
+macro_rules! attack_names {
+    () => {
+        "fgsm, fgsm-rs, pgd, pgd-N, pgd-l2-N, pgd-cw-N (PGD on the CW margin loss), cw, cw-N; \
+         AutoAttack's attacks apgd-ce, apgd-dlr, apgd-t (APGD, 100 iterations; suffixes -l2 or \
+         -l1, -N iterations, -rN restarts, -eotN gradients averaged per step, e.g. \
+         apgd-ce-eot20), fab (untargeted) and fab-t (on the 9 most likely other classes; -l2, \
+         -N, -rN), square, square-N (N queries, default 5000; -l2); autoattack (apgd-ce, \
+         apgd-t, fab-t, square), autoattack-plus (apgd-ce-r5, apgd-dlr-r5, fab-r5, square, \
+         apgd-t, fab-t) and autoattack-rand (apgd-ce and apgd-dlr with eot20), each standing \
+         for its attacks"
+    };
+}
+
 mod args;
 mod cmd;
 mod fmt;

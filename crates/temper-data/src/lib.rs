@@ -284,6 +284,16 @@ pub fn default_l2_eps(shape: [usize; 3]) -> f64 {
     }
 }
 
+/// The usual L1 budget for a data set of images shaped `[C, H, W]`: 10 for MNIST-like 28x28
+/// grey digits (Tramèr and Boneh 2019), 12 for everything else (Croce and Hein's CIFAR-10 L1).
+pub fn default_l1_eps(shape: [usize; 3]) -> f64 {
+    if shape == [1, 28, 28] {
+        10.0
+    } else {
+        12.0
+    }
+}
+
 /// The folder holding the classes of `split` under an image-folder `dir`.
 ///
 /// With a `train/` sub-folder (and `val/` or `test/`), the split picks one; otherwise `dir` is

@@ -76,6 +76,14 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// An evaluation state file cannot continue this evaluation.
+    #[error("evaluation state file '{}': {reason}", path.display())]
+    BadState {
+        /// The state file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A chart could not be drawn or encoded.
     #[error("cannot draw chart '{chart}': {reason}")]
     Chart {

@@ -4,11 +4,14 @@
 use crate::masking::{self, MaskingChecks, MaskingParams, ValidMaskingParams};
 use crate::metrics::{Accuracy, ConfusionMatrix, CostSummary, NormAcc, NormStats};
 use crate::model_ops::{check_fit, class_names, predict, select};
+use crate::resume::{AttackRecord, Outcome, Resume, Setup};
 use crate::threat::Threat;
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 use temper_attacks::{Attack, Cost, Goal, Norm};
+use temper_core::seed::RngState;
 use temper_core::Classifier;
 use temper_data::Dataset;
 
@@ -25,15 +28,19 @@ pub struct EvalParams {
     pub threat: Threat,
     /// Gradient-masking checks to run, or `None` to skip them.
     pub masking: Option<MaskingParams>,
+    /// A state file recording every finished attack on every batch, written atomically after
+    /// each; an evaluation given a file that exists continues from it (see [`evaluate`]).
+    pub state: Option<PathBuf>,
 }
 
 impl EvalParams {
-    /// Batches of 250, the given threat model and the default masking checks.
+    /// Batches of 250, the given threat model, the default masking checks, no state file.
     pub fn new(norm: Norm, eps: f64) -> Self {
         EvalParams {
             batch_size: 250,
             threat: Threat { norm, eps },
             masking: Some(MaskingParams::default()),
+            state: None,
         }
     }
 
@@ -48,6 +55,7 @@ impl EvalParams {
             batch_size: self.batch_size,
             threat,
             masking,
+            state: self.state,
         })
     }
 }
@@ -58,6 +66,7 @@ pub struct ValidEvalParams {
     batch_size: usize,
     threat: Threat,
     masking: Option<ValidMaskingParams>,
+    state: Option<PathBuf>,
 }
 
 impl ValidEvalParams {
@@ -74,6 +83,11 @@ impl ValidEvalParams {
     /// The masking checks, if any.
     pub fn masking(&self) -> Option<&ValidMaskingParams> {
         self.masking.as_ref()
+    }
+
+    /// The state file, if any.
+    pub fn state(&self) -> Option<&Path> {
+        self.state.as_deref()
     }
 }
 
@@ -100,6 +114,9 @@ pub struct CascadeStep {
     pub forward: u64,
     /// Backward passes spent on them.
     pub backward: u64,
+    /// Of the forward passes, black-box score queries (Square).
+    #[serde(default)]
+    pub queries: u64,
 }
 
 /// One attack's results.
@@ -150,6 +167,9 @@ pub struct WorstCase {
     pub forward: u64,
     /// Backward passes the cascade needed.
     pub backward: u64,
+    /// Of the forward passes, black-box score queries.
+    #[serde(default)]
+    pub queries: u64,
 }
 
 /// Everything [`evaluate`] measures.
@@ -171,17 +191,6 @@ pub struct Evaluation {
     pub masking: Option<MaskingChecks>,
     /// Everything together: clean pass, attacks and checks.
     pub cost: CostSummary,
-}
-
-/// One attack's outcome on one sample.
-#[derive(Debug, Clone, Copy)]
-struct Outcome {
-    broken: bool,
-    outside: bool,
-    inside: bool,
-    pred: u32,
-    linf: f32,
-    l2: f32,
 }
 
 /// Per-attack running totals.
@@ -217,6 +226,8 @@ pub struct AdversarialBatch<'a> {
     pub linf: &'a [f32],
     /// Per row: `‖adv - x‖₂` of the attack's example (0 where not attacked).
     pub l2: &'a [f32],
+    /// Per row: `‖adv - x‖₁` of the attack's example (0 where not attacked).
+    pub l1: &'a [f32],
     /// The images that count, `(rows, C, H, W)`: the attack's adversarial example where it lies
     /// inside the threat model, the clean image where it does not and where the model was
     /// already wrong (misclassified samples are not attacked). Replaying these on another
@@ -227,35 +238,34 @@ pub struct AdversarialBatch<'a> {
 /// What [`evaluate_with`] hands each batch's adversarial examples to.
 pub type AdversarialSink<'s> = dyn FnMut(AdversarialBatch<'_>) -> Result<()> + 's;
 
-/// Runs `attack` on rows `rows` of the batch and returns one outcome per row, the cost and
-/// the adversarial rows.
-#[allow(clippy::too_many_arguments)]
+/// One attack's work on the attacked rows of one batch.
+struct Ran {
+    outcomes: Vec<Outcome>,
+    cost: Cost,
+    seconds: f64,
+    notes: Vec<String>,
+    /// The attacked rows' adversarial examples.
+    adv: Tensor,
+}
+
+/// Runs `attack` on rows `rows` of the batch.
 fn run_on(
     model: &dyn Classifier,
     name: &str,
     attack: &dyn Attack,
-    x: &Tensor,
-    y: &Tensor,
+    (x, y): (&Tensor, &Tensor),
     rows: &[usize],
     threat: &Threat,
     rng: &mut temper_core::seed::Rng,
-    acc: &mut AttackAcc,
-) -> Result<(Vec<Outcome>, Cost, Tensor)> {
+) -> Result<Ran> {
     let start = Instant::now();
     let (xs, ys) = (select(x, rows)?, select(y, rows)?);
     let out = attack
         .perturb(model, &xs, &ys, Goal::Untargeted, rng)
         .map_err(Error::attack(name))?;
-    acc.seconds += start.elapsed().as_secs_f64();
-    acc.cost += out.cost;
-    for note in &out.notes {
-        if !acc.notes.contains(note) {
-            acc.notes.push(note.clone());
-        }
-    }
     let outcomes = (0..rows.len())
         .map(|i| {
-            let inside = threat.contains(out.linf[i], out.l2[i]);
+            let inside = threat.contains(out.linf[i], out.l2[i], out.l1[i]);
             Outcome {
                 broken: out.success[i] && inside,
                 outside: out.success[i] && !inside,
@@ -263,10 +273,53 @@ fn run_on(
                 pred: out.pred[i],
                 linf: out.linf[i],
                 l2: out.l2[i],
+                l1: out.l1[i],
             }
         })
         .collect();
-    Ok((outcomes, out.cost, out.adv))
+    Ok(Ran {
+        outcomes,
+        cost: out.cost,
+        seconds: start.elapsed().as_secs_f64(),
+        notes: out.notes,
+        adv: out.adv,
+    })
+}
+
+/// A recorded run, as [`run_on`] would have returned it; `x` gives the shape and device of
+/// the adversarial rows (the clean rows when the record holds no images).
+fn replay(rec: &AttackRecord, x: &Tensor, rows: &[usize], path: &Path) -> Result<Ran> {
+    let xs = select(x, rows)?;
+    let adv = match &rec.images {
+        Some(img) => {
+            let flat: Vec<f32> = img.iter().flatten().copied().collect();
+            if img.len() != rows.len() || flat.len() != xs.elem_count() {
+                return Err(Error::BadState {
+                    path: path.to_path_buf(),
+                    reason: "a recorded batch's adversarial images do not fit it".into(),
+                });
+            }
+            Tensor::from_vec(flat, xs.shape(), x.device())?
+        }
+        None => xs,
+    };
+    if rec.outcomes.len() != rows.len() {
+        return Err(Error::BadState {
+            path: path.to_path_buf(),
+            reason: format!(
+                "a recorded attack covers {} rows where the batch has {} to attack",
+                rec.outcomes.len(),
+                rows.len()
+            ),
+        });
+    }
+    Ok(Ran {
+        outcomes: rec.outcomes.clone(),
+        cost: rec.cost,
+        seconds: rec.seconds,
+        notes: rec.notes.clone(),
+        adv,
+    })
 }
 
 /// The batch `x` with rows `rows` replaced by `adv`'s where `keep` says so.
@@ -303,6 +356,13 @@ fn scatter_rows(x: &Tensor, rows: &[usize], adv: &Tensor, keep: &[bool]) -> Resu
 /// reported from the same runs (an attack's cost on a batch is attributed to the cascade in
 /// proportion to the samples still alive before it, exact for attacks with a fixed number of
 /// steps). The worst case is at most every single attack's robust accuracy by construction.
+///
+/// With a state file (`params.state`), every finished attack on every batch is recorded, and
+/// an evaluation given an existing file replays what it records instead of running it again,
+/// restoring each attack's random stream, so an interrupted evaluation continued from its file
+/// gives the same numbers as an uninterrupted one (the seconds are those measured when each
+/// part ran). A file written for another model, attack list, threat, batch size, seed or data
+/// is refused with an error that names it.
 pub fn evaluate(
     model: &dyn Classifier,
     data: &Dataset,
@@ -352,12 +412,34 @@ fn evaluate_inner(
     let mut correct_all = Vec::with_capacity(n);
     let mut broken_all: Vec<Vec<bool>> = attacks.iter().map(|_| Vec::with_capacity(n)).collect();
 
+    let mut resume = match params.state() {
+        Some(path) => Some(Resume::open(
+            path,
+            Setup {
+                model: format!(
+                    "{} ({} parameters)",
+                    model.info().name,
+                    model.params().num_trainable()
+                ),
+                attacks: attacks.iter().map(|(n, a)| (n.clone(), a.name())).collect(),
+                threat,
+                batch_size: params.batch_size,
+                seed: temper_core::seed::seed(),
+                images: sink.is_some(),
+            },
+        )?),
+        None => None,
+    };
+
     let indices = data.all_indices();
-    for item in data.eval_batches(&indices, params.batch_size, device) {
+    for (b, item) in data.eval_batches(&indices, params.batch_size, device).enumerate() {
         let (chunk, batch) = item?;
         let y = batch.labels.to_dtype(DType::U32)?;
         let labels = y.to_vec1::<u32>()?;
         let pred = predict(model, &batch.images, &mut clean_cost)?;
+        if let Some(r) = resume.as_mut() {
+            r.enter(b, &temper_attacks::fingerprint(&batch.images, &y)?, &pred)?;
+        }
         let correct: Vec<bool> = pred.iter().zip(&labels).map(|(p, l)| p == l).collect();
         let rows: Vec<usize> = (0..chunk.len()).filter(|&i| correct[i]).collect();
         let mut outcomes: Vec<Vec<Option<Outcome>>> =
@@ -365,31 +447,76 @@ fn evaluate_inner(
         let mut alive = vec![true; chunk.len()];
         let mut worst_pred = pred.clone();
         for (a, (name, attack)) in attacks.iter().enumerate() {
-            let (outs, cost, adv) = if rows.is_empty() {
-                (Vec::new(), Cost::default(), batch.images.clone())
-            } else {
-                run_on(
-                    model,
-                    name,
-                    attack.as_ref(),
-                    &batch.images,
-                    &y,
-                    &rows,
-                    &threat,
-                    &mut rngs[a],
-                    &mut accs[a],
-                )?
+            let ran = match resume.as_ref().and_then(|r| r.recorded(b, a).map(|rec| (r, rec))) {
+                Some((r, rec)) => {
+                    rngs[a] = rec.rng.restore().ok_or_else(|| Error::BadState {
+                        path: r.path().to_path_buf(),
+                        reason: format!("the random stream recorded for {name} is malformed"),
+                    })?;
+                    replay(rec, &batch.images, &rows, r.path())?
+                }
+                None => {
+                    let ran = if rows.is_empty() {
+                        Ran {
+                            outcomes: Vec::new(),
+                            cost: Cost::default(),
+                            seconds: 0.0,
+                            notes: Vec::new(),
+                            adv: select(&batch.images, &rows)?,
+                        }
+                    } else {
+                        run_on(
+                            model,
+                            name,
+                            attack.as_ref(),
+                            (&batch.images, &y),
+                            &rows,
+                            &threat,
+                            &mut rngs[a],
+                        )?
+                    };
+                    if let Some(r) = resume.as_mut() {
+                        let images = if sink.is_some() {
+                            Some(ran.adv.flatten_from(1)?.to_vec2::<f32>()?)
+                        } else {
+                            None
+                        };
+                        r.record(
+                            b,
+                            a,
+                            AttackRecord {
+                                outcomes: ran.outcomes.clone(),
+                                cost: ran.cost,
+                                seconds: ran.seconds,
+                                notes: ran.notes.clone(),
+                                rng: RngState::of(&rngs[a]),
+                                images,
+                            },
+                        )?;
+                    }
+                    ran
+                }
             };
+            let acc = &mut accs[a];
+            acc.seconds += ran.seconds;
+            acc.cost += ran.cost;
+            for note in &ran.notes {
+                if !acc.notes.contains(note) {
+                    acc.notes.push(note.clone());
+                }
+            }
+            let (outs, cost) = (&ran.outcomes, ran.cost);
             // The cascade: this attack's share of the samples the attacks before it left.
-            let step = &mut accs[a].cascade;
+            let step = &mut acc.cascade;
             let still = rows.iter().filter(|&&r| alive[r]).count();
             step.attacked += still;
             if !rows.is_empty() {
                 let share = |c: u64| c * still as u64 / rows.len() as u64;
                 step.forward += share(cost.forward);
                 step.backward += share(cost.backward);
+                step.queries += share(cost.queries);
             }
-            for (&row, o) in rows.iter().zip(&outs) {
+            for (&row, o) in rows.iter().zip(outs) {
                 outcomes[a][row] = Some(*o);
                 if o.broken && alive[row] {
                     step.broken += 1;
@@ -399,11 +526,7 @@ fn evaluate_inner(
             }
             if let Some(sink) = sink.as_mut() {
                 let keep: Vec<bool> = outs.iter().map(|o| o.inside).collect();
-                let images = if rows.is_empty() {
-                    adv
-                } else {
-                    scatter_rows(&batch.images, &rows, &adv, &keep)?
-                };
+                let images = scatter_rows(&batch.images, &rows, &ran.adv, &keep)?;
                 let row = |f: &dyn Fn(&Outcome) -> bool| -> Vec<bool> {
                     outcomes[a].iter().map(|o| o.as_ref().is_some_and(f)).collect()
                 };
@@ -419,6 +542,7 @@ fn evaluate_inner(
                     success: &row(&|o| o.broken || o.outside),
                     linf: &size(&|o| o.linf),
                     l2: &size(&|o| o.l2),
+                    l1: &size(&|o| o.l1),
                     images,
                 })?;
             }
@@ -443,11 +567,11 @@ fn evaluate_inner(
                 );
                 if let Some(o) = o {
                     acc.attacked += 1;
-                    acc.norms.add(o.linf, o.l2);
+                    acc.norms.add(o.linf, o.l2, o.l1);
                     acc.outside += usize::from(o.outside);
                     if o.broken {
                         acc.broken += 1;
-                        acc.norms_adv.add(o.linf, o.l2);
+                        acc.norms_adv.add(o.linf, o.l2, o.l1);
                     }
                 }
             }
@@ -483,6 +607,7 @@ fn evaluate_inner(
         confusion: worst_cm.clone(),
         forward: accs.iter().map(|a| a.cascade.forward).sum(),
         backward: accs.iter().map(|a| a.cascade.backward).sum(),
+        queries: accs.iter().map(|a| a.cascade.queries).sum(),
     });
 
     let masking = match &params.masking {

@@ -87,6 +87,7 @@ pub mod masking;
 pub mod metrics;
 mod model_ops;
 pub mod report;
+mod resume;
 mod sweep;
 mod threat;
 
@@ -99,6 +100,7 @@ pub use jsonl::TrainingLog;
 pub use masking::{MaskingChecks, MaskingFlag, MaskingParams, ValidMaskingParams};
 pub use metrics::{Accuracy, ConfusionMatrix, CostSummary, NormStats};
 pub use report::{DatasetSection, FlagEntry, ModelSection, Report, ReportFiles, RunSection};
+pub use resume::STATE_SCHEMA;
 pub use sweep::{sweep, Sweep, SweepParams, SweepPoint, ValidSweepParams};
 pub use threat::{fmt_eps, Threat};
 

@@ -636,6 +636,7 @@ pub(crate) fn run_checks(
     let large_eps = p.large_eps.unwrap_or(match threat.norm {
         Norm::Linf => 1.0,
         Norm::L2 => ((c * h * w) as f64).sqrt(),
+        Norm::L1 => (c * h * w) as f64,
     });
     let more = p.steps * p.steps_multiplier;
     let (few_pgd, more_pgd, large_pgd) = (

@@ -96,6 +96,12 @@ pub struct NormStats {
     pub l2_mean: f64,
     /// Largest `‖δ‖₂`.
     pub l2_max: f64,
+    /// Mean `‖δ‖₁`.
+    #[serde(default)]
+    pub l1_mean: f64,
+    /// Largest `‖δ‖₁`.
+    #[serde(default)]
+    pub l1_max: f64,
 }
 
 /// Accumulates [`NormStats`]; sums are in f64 so that means over many samples stay exact.
@@ -106,16 +112,20 @@ pub(crate) struct NormAcc {
     linf_max: f64,
     l2_sum: f64,
     l2_max: f64,
+    l1_sum: f64,
+    l1_max: f64,
 }
 
 impl NormAcc {
-    pub(crate) fn add(&mut self, linf: f32, l2: f32) {
-        let (linf, l2) = (f64::from(linf), f64::from(l2));
+    pub(crate) fn add(&mut self, linf: f32, l2: f32, l1: f32) {
+        let (linf, l2, l1) = (f64::from(linf), f64::from(l2), f64::from(l1));
         self.count += 1;
         self.linf_sum += linf;
         self.l2_sum += l2;
+        self.l1_sum += l1;
         self.linf_max = self.linf_max.max(linf);
         self.l2_max = self.l2_max.max(l2);
+        self.l1_max = self.l1_max.max(l1);
     }
 
     pub(crate) fn stats(&self) -> NormStats {
@@ -126,6 +136,8 @@ impl NormAcc {
             linf_max: self.linf_max,
             l2_mean: self.l2_sum / n,
             l2_max: self.l2_max,
+            l1_mean: self.l1_sum / n,
+            l1_max: self.l1_max,
         }
     }
 }
@@ -198,8 +210,8 @@ mod tests {
     #[test]
     fn norm_stats_average_and_max() {
         let mut a = NormAcc::default();
-        a.add(0.1, 1.0);
-        a.add(0.3, 2.0);
+        a.add(0.1, 1.0, 4.0);
+        a.add(0.3, 2.0, 6.0);
         let s = a.stats();
         assert_eq!(s.count, 2);
         assert!((s.linf_mean - 0.2).abs() < 1e-7 && (s.l2_max - 2.0).abs() < 1e-12);

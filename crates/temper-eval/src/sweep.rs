@@ -138,13 +138,13 @@ pub fn sweep(
     if min_norm {
         // One run; each sample's example is then counted at every eps it fits in.
         let largest = params.eps[params.eps.len() - 1];
-        let mut sizes: Vec<Option<(f32, f32)>> = vec![None; n];
+        let mut sizes: Vec<Option<(f32, f32, f32)>> = vec![None; n];
         let attack = spec.build(settings)?;
         let named = [(spec.text.clone(), attack)];
         let mut sink = |b: AdversarialBatch<'_>| -> Result<()> {
             for (r, &i) in b.indices.iter().enumerate() {
                 if b.success[r] {
-                    sizes[i] = Some((b.linf[r], b.l2[r]));
+                    sizes[i] = Some((b.linf[r], b.l2[r], b.l1[r]));
                 }
             }
             Ok(())
@@ -156,7 +156,7 @@ pub fn sweep(
             let threat = Threat { norm, eps };
             let broken = sizes
                 .iter()
-                .filter(|s| s.is_some_and(|(linf, l2)| threat.contains(linf, l2)))
+                .filter(|s| s.is_some_and(|(linf, l2, l1)| threat.contains(linf, l2, l1)))
                 .count();
             robust[t] = clean.correct - broken;
         }

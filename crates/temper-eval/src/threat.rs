@@ -31,16 +31,17 @@ impl Threat {
         Ok(Threat { norm, eps })
     }
 
-    /// True when a perturbation of the given L-inf and L2 sizes lies inside the ball.
-    pub fn contains(&self, linf: f32, l2: f32) -> bool {
+    /// True when a perturbation of the given L-inf, L2 and L1 sizes lies inside the ball.
+    pub fn contains(&self, linf: f32, l2: f32, l1: f32) -> bool {
         let size = match self.norm {
             Norm::Linf => f64::from(linf),
             Norm::L2 => f64::from(l2),
+            Norm::L1 => f64::from(l1),
         };
         size <= self.eps * (1.0 + REL_SLACK) + ABS_SLACK
     }
 
-    /// `linf eps=0.1000` or `l2 eps=0.5000`, for tables.
+    /// `linf eps=0.1`, `l2 eps=0.5` or `l1 eps=10`, for tables.
     pub fn describe(&self) -> String {
         format!("{} eps={}", self.norm.name(), fmt_eps(self.eps))
     }
@@ -83,11 +84,13 @@ mod tests {
     #[test]
     fn ball_membership_allows_rounding_only() -> Result<()> {
         let t = Threat::new(Norm::Linf, 0.1)?;
-        assert!(t.contains(0.1, 5.0));
-        assert!(t.contains(0.100_001, 5.0));
-        assert!(!t.contains(0.11, 0.0));
+        assert!(t.contains(0.1, 5.0, 50.0));
+        assert!(t.contains(0.100_001, 5.0, 50.0));
+        assert!(!t.contains(0.11, 0.0, 0.0));
         let t = Threat::new(Norm::L2, 1.0)?;
-        assert!(t.contains(0.9, 1.0) && !t.contains(0.0, 1.01));
+        assert!(t.contains(0.9, 1.0, 9.0) && !t.contains(0.0, 1.01, 0.0));
+        let t = Threat::new(Norm::L1, 10.0)?;
+        assert!(t.contains(1.0, 5.0, 10.0) && !t.contains(0.0, 0.0, 10.1));
         assert!(Threat::new(Norm::L2, -1.0).is_err());
         assert!(Threat::new(Norm::L2, f64::NAN).is_err());
         Ok(())

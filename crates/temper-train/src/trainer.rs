@@ -232,6 +232,7 @@ pub(crate) fn validate(
             eps,
         },
         masking: None,
+        state: None,
     }
     .check()?;
     // The evaluator draws its attack starts from the global seed's `eval` stream.

@@ -37,6 +37,7 @@ fn accuracy(model: &dyn Classifier, cfg: &TrainConfig) -> Result<(f64, f64)> {
             eps,
         },
         masking: None,
+        state: None,
     }
     .check()?;
     temper_core::seed::set_seed(cfg.seed);

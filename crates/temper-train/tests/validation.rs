@@ -42,6 +42,7 @@ fn validation_equals_the_evaluator() -> Result<()> {
             eps,
         },
         masking: None,
+        state: None,
     }
     .check()?;
     temper_core::seed::set_seed(cfg.seed);

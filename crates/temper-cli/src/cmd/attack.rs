@@ -4,7 +4,7 @@
 
 use crate::args::{
     check_fit, check_randomized, load_any, AttackOpts, DataArgs, DeviceArgs, ModelArgs, PrecisionArgs,
-    WeightsArgs,
+    StateArgs, WeightsArgs,
 };
 use anyhow::{Context, Result};
 use clap::Args;
@@ -20,13 +20,12 @@ pub struct AttackArgs {
     weights: WeightsArgs,
     #[command(flatten)]
     data: DataArgs,
-    /// Attacks, comma-separated: fgsm, fgsm-rs, pgd, pgd-N, pgd-l2-N, pgd-cw-N (PGD on the CW
-    /// margin loss), cw, cw-N. `--attack` is the same flag.
     #[arg(
         long = "attacks",
         short = 'a',
         visible_alias = "attack",
-        default_value = "pgd"
+        default_value = "pgd",
+        help = concat!("Attacks, comma-separated: ", attack_names!(), ". `--attack` is the same flag")
     )]
     attacks: String,
     /// Attack settings; `--norm` and `--eps` also define the threat model: an adversarial
@@ -42,6 +41,8 @@ pub struct AttackArgs {
     /// there is none), and the labels.
     #[arg(long, short = 'o', value_name = "OUT_DIR")]
     out: Option<PathBuf>,
+    #[command(flatten)]
+    state: StateArgs,
     /// Print the evaluation as JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -63,6 +64,7 @@ pub fn run(a: AttackArgs) -> Result<()> {
     let params = EvalParams {
         batch_size: a.batch_size,
         masking: None,
+        state: a.state.state.clone(),
         ..EvalParams::new(settings.norm, settings.eps)
     }
     .check()?;
@@ -89,6 +91,7 @@ pub fn run(a: AttackArgs) -> Result<()> {
             settings.norm.name(),
             temper_eval::fmt_eps(settings.eps)
         );
+        a.state.announce(false);
     }
     let mut advs: Vec<Vec<candle_core::Tensor>> = attacks.iter().map(|_| Vec::new()).collect();
     let mut labels: Vec<u32> = Vec::new();
@@ -168,6 +171,7 @@ fn print_text(e: &Evaluation) {
             r.perturbation.linf_mean, r.perturbation.linf_max, r.perturbation.count
         );
         println!("mean ‖δ‖₂:        {:.5}", r.perturbation.l2_mean);
+        println!("cost:             {}", passes(&r.cost));
     }
     if e.attacks.len() > 1 {
         if let Some(w) = &e.worst_case {
@@ -179,7 +183,21 @@ fn print_text(e: &Evaluation) {
         }
     }
     println!(
-        "cost:             {} forward + {} backward image passes, {:.1} s ({:.0} images/s)",
-        e.cost.forward, e.cost.backward, e.cost.seconds, e.cost.images_per_second
+        "total cost:       {}, {:.0} images/s",
+        passes(&e.cost),
+        e.cost.images_per_second
     );
+}
+
+/// `F forward + B backward image passes (Q of them queries), S s`.
+fn passes(c: &temper_eval::CostSummary) -> String {
+    let queries = if c.queries > 0 {
+        format!(" ({} of them black-box queries)", c.queries)
+    } else {
+        String::new()
+    };
+    format!(
+        "{} forward{queries} + {} backward image passes, {:.1} s",
+        c.forward, c.backward, c.seconds
+    )
 }

@@ -3,7 +3,7 @@
 
 use crate::args::{
     check_fit, check_randomized, load_any, parse_attack_list, AttackOpts, DataArgs, DeviceArgs, ModelArgs,
-    PrecisionArgs, WeightsArgs,
+    PrecisionArgs, StateArgs, WeightsArgs,
 };
 use anyhow::{Context, Result};
 use clap::Args;
@@ -22,9 +22,17 @@ pub struct EvalArgs {
     weights: WeightsArgs,
     #[command(flatten)]
     data: DataArgs,
-    /// Attacks, comma-separated: fgsm, fgsm-rs, pgd, pgd-N, pgd-l2-N, pgd-cw-N (PGD on the CW margin loss), cw, cw-N. The worst case
-    /// runs them in this order, each on the samples the ones before it left correct.
-    #[arg(long, short = 'a', visible_alias = "attack", default_value = "fgsm,pgd-20")]
+    #[arg(
+        long,
+        short = 'a',
+        visible_alias = "attack",
+        default_value = "fgsm,pgd-20",
+        help = concat!(
+            "Attacks, comma-separated: ",
+            attack_names!(),
+            ". The worst case runs them in this order, each on the samples the ones before it left correct"
+        )
+    )]
     attacks: String,
     /// Attack settings; `--norm` and `--eps` also define the threat model: robust accuracy
     /// counts adversarial examples inside that ball only.
@@ -53,6 +61,8 @@ pub struct EvalArgs {
     /// Folder for report.json, report.md and robust_vs_eps.png (`--report` is the same flag).
     #[arg(long, short = 'o', visible_alias = "report", value_name = "OUT_DIR")]
     out: PathBuf,
+    #[command(flatten)]
+    state: StateArgs,
     /// Print the report as JSON (report.json's content) instead of the table.
     #[arg(long)]
     json: bool,
@@ -74,6 +84,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             samples: a.masking_samples,
             ..MaskingParams::default()
         }),
+        state: a.state.state.clone(),
         ..EvalParams::new(norm, settings.eps)
     }
     .check()?;
@@ -115,6 +126,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         norm.name(),
         temper_eval::fmt_eps(settings.eps)
     );
+    a.state.announce(a.json);
     let evaluation = evaluate(model, &data, &attacks, &params, &device)?;
     let mut sweeps = Vec::new();
     if let Some((sp, which)) = &sweep_plan {

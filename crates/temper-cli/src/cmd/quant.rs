@@ -37,8 +37,13 @@ pub struct SweepArgs {
     bits: String,
     #[command(flatten)]
     quant: QuantOpts,
-    /// Attacks, comma-separated: fgsm, fgsm-rs, pgd, pgd-N, pgd-l2-N, pgd-cw-N (PGD on the CW margin loss), cw, cw-N.
-    #[arg(long, short = 'a', visible_alias = "attack", default_value = "pgd-20")]
+    #[arg(
+        long,
+        short = 'a',
+        visible_alias = "attack",
+        default_value = "pgd-20",
+        help = concat!("Attacks, comma-separated: ", attack_names!())
+    )]
     attacks: String,
     /// Attack settings; `--norm` and `--eps` also define the threat model.
     #[command(flatten)]
