@@ -34,15 +34,15 @@ const NATURAL: &[&str] = &[
 ];
 
 /// The fine-tuning threat model: L-inf eps 0.1, PGD-10 with step 0.025.
-const THREAT: &[&str] = &["--eps", "0.1", "--alpha", "0.025", "--attack-steps", "10"];
+pub(crate) const THREAT: &[&str] = &["--eps", "0.1", "--alpha", "0.025", "--attack-steps", "10"];
 
-struct Runner {
+pub(crate) struct Runner {
     bin: PathBuf,
-    out: PathBuf,
+    pub(crate) out: PathBuf,
 }
 
 impl Runner {
-    fn new(out: &str) -> Result<Self> {
+    pub(crate) fn new(out: &str) -> Result<Self> {
         let bin = match std::env::var_os("TEMPER_BIN") {
             Some(b) => PathBuf::from(b),
             None => {
@@ -55,7 +55,7 @@ impl Runner {
         Ok(Runner { bin, out })
     }
 
-    fn temper(&self, args: &[&str]) -> Result<String> {
+    pub(crate) fn temper(&self, args: &[&str]) -> Result<String> {
         eprintln!("$ temper {}", args.join(" "));
         let out = Command::new(&self.bin)
             .args(args)
@@ -73,7 +73,7 @@ impl Runner {
     }
 
     /// Runs `temper ARGS --model small-cnn ... --out OUT/NAME` unless it already finished.
-    fn train(&self, name: &str, args: &[&str], val_size: usize) -> Result<PathBuf> {
+    pub(crate) fn train(&self, name: &str, args: &[&str], val_size: usize) -> Result<PathBuf> {
         let dir = self.out.join(name);
         if !dir.join("summary.json").exists() {
             if dir.exists() {
@@ -97,7 +97,7 @@ impl Runner {
         Ok(dir)
     }
 
-    fn natural(&self) -> Result<PathBuf> {
+    pub(crate) fn natural(&self) -> Result<PathBuf> {
         self.train("natural", NATURAL, 800)
     }
 
@@ -145,14 +145,14 @@ fn summary_field(run: &Path, key: &str) -> Result<f64> {
         .with_context(|| format!("no number '{key}' in {}", path.display()))
 }
 
-fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+pub(crate) fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
         .map(String::as_str)
 }
 
-fn mean_sd(v: &[f64]) -> (f64, f64) {
+pub(crate) fn mean_sd(v: &[f64]) -> (f64, f64) {
     let n = v.len() as f64;
     let m = v.iter().sum::<f64>() / n;
     let var = if v.len() > 1 {
@@ -163,7 +163,7 @@ fn mean_sd(v: &[f64]) -> (f64, f64) {
     (m, var.sqrt())
 }
 
-fn cell(v: &[f64]) -> String {
+pub(crate) fn cell(v: &[f64]) -> String {
     let (m, s) = mean_sd(v);
     if v.len() > 1 {
         format!("{m:.2} ± {s:.2}")

@@ -10,12 +10,15 @@
 //!   three schedules over several seeds), evaluated with PGD-20; writes a Markdown table.
 //! - `ssfd-sweep`: the grid over the SSFD constants, judged on the validation split, that
 //!   chose the defaults.
+//! - `qat-evidence`: issue 15's mnist10k experiment (quantization-aware robust fine-tuning
+//!   against post-training quantization of the robust model at 4, 3, 2 bits and ternary).
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod evidence;
+mod qat_evidence;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -52,6 +55,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
             "temper-train",
             "temper-eval",
             "temper-quant",
+            "temper-harden",
             "temper-cli",
         ],
     ),
@@ -64,6 +68,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
             "temper-train",
             "temper-eval",
             "temper-quant",
+            "temper-harden",
             "temper-cli",
         ],
     ),
@@ -76,6 +81,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
             "temper-train",
             "temper-eval",
             "temper-quant",
+            "temper-harden",
             "temper-cli",
         ],
     ),
@@ -88,6 +94,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
             "temper-train",
             "temper-eval",
             "temper-quant",
+            "temper-harden",
             "temper-cli",
         ],
     ),
@@ -100,15 +107,17 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
             "temper-train",
             "temper-eval",
             "temper-quant",
+            "temper-harden",
             "temper-cli",
         ],
     ),
     (
         "temper-eval",
-        &["temper-train", "temper-sched", "temper-quant", "temper-cli"],
+        &["temper-train", "temper-sched", "temper-quant", "temper-harden", "temper-cli"],
     ),
-    ("temper-quant", &["temper-train", "temper-sched", "temper-cli"]),
-    ("temper-train", &["temper-quant", "temper-cli"]),
+    ("temper-quant", &["temper-train", "temper-sched", "temper-harden", "temper-cli"]),
+    ("temper-train", &["temper-quant", "temper-harden", "temper-cli"]),
+    ("temper-harden", &["temper-cli"]),
 ];
 
 fn invariants() -> Result<()> {
@@ -203,6 +212,7 @@ fn fixtures() -> Result<()> {
         // After attacks/: these read attacks/small_cnn_mnist.safetensors.
         "tests/fixtures/pytorch/make_fixtures.py",
         "tests/fixtures/trades/make_fixtures.py",
+        "tests/fixtures/qat/make_fixtures.py",
         // Needs the AutoAttack reference: AUTOATTACK_SRC=<checkout of fra31/auto-attack>.
         "tests/fixtures/autoattack/make_fixtures.py",
     ] {
@@ -250,9 +260,10 @@ fn main() -> Result<()> {
         Some("cuda-build") => cuda_build(),
         Some("evidence") => evidence::evidence(&args[1..]),
         Some("ssfd-sweep") => evidence::ssfd_sweep(&args[1..]),
+        Some("qat-evidence") => qat_evidence::qat_evidence(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci|invariants|bench [data|attacks|steps ...]|fixtures|cuda-build [--cudnn]|evidence|ssfd-sweep>"
+                "usage: cargo xtask <ci|invariants|bench [data|attacks|steps ...]|fixtures|cuda-build [--cudnn]|evidence|ssfd-sweep|qat-evidence>"
             );
             std::process::exit(2)
         }

@@ -40,6 +40,7 @@
 pub mod device;
 mod error;
 pub mod fsutil;
+pub mod interpolate;
 pub mod kernels;
 pub mod loss;
 mod model;

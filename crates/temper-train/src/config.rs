@@ -132,6 +132,11 @@ pub struct TrainConfig {
     pub param_groups: Vec<ParamGroup>,
     /// Inner attack for `finetune`: `pgd` (default) or `fgsm-rs`.
     pub finetune_attack: String,
+    /// Quantization-aware training: the spec of the kernels the caller puts under every layer
+    /// ([`crate::hooks::LayerKernels`], e.g. `4,per-channel,first-last=8`), or `None` to train
+    /// the float model. The run refuses to start or resume without kernels of this spec.
+    #[serde(default)]
+    pub quantize: Option<String>,
     /// TRADES trade-off beta.
     pub trades_beta: f64,
     /// Random crop (padding 4, or 2 for 28x28) and, for 3-channel data, horizontal flips.
@@ -178,6 +183,7 @@ impl TrainConfig {
             attack_bn: AttackBn::reference(method),
             param_groups: Vec::new(),
             finetune_attack: "pgd".to_string(),
+            quantize: None,
             trades_beta: 6.0,
             augment: input != [1, 28, 28],
             seed: 0,
