@@ -171,7 +171,7 @@ fn harden_writes_the_matrix_the_report_and_the_models() {
     // The same command again reuses the fine-tuning run; other settings are refused.
     harden(&out, &["--bits", "8"])
         .success()
-        .stderr(predicate::str::contains("reusing the run"));
+        .stdout(predicate::str::contains("reusing the run"));
     harden(&out, &["--bits", "8", "--lr-schedule", "constant:lr=0.01"])
         .failure()
         .stderr(predicate::str::contains("holds a run with other settings"));
@@ -181,7 +181,7 @@ fn harden_writes_the_matrix_the_report_and_the_models() {
 fn harden_with_quantization_aware_fine_tuning() {
     let dir = tempdir();
     let out = dir.path().join("h");
-    harden(&out, &["--bits", "4", "--qat-epochs", "1", "--attacks", "pgd-3"])
+    harden(&out, &["--bits", "4", "--qat-epochs", "1"])
         .success()
         .stdout(predicate::str::contains("quantization-aware"));
     let r = read_json(&out.join("harden.json"));

@@ -240,13 +240,8 @@ impl InterpolationReport {
             .map(|p| (pct(p.clean), pct(p.robust)))
             .collect();
         front.sort_by(|x, y| x.0.total_cmp(&y.0));
-        let ends: Vec<(f64, f64)> = [self.points.first(), self.points.last()]
-            .into_iter()
-            .flatten()
-            .map(|p| (pct(p.clean), pct(p.robust)))
-            .collect();
         let trade_off = Panel {
-            title: "Robust vs clean accuracy".into(),
+            title: "Robust vs clean accuracy (path from alpha first to last)".into(),
             x_label: "clean accuracy (%)".into(),
             y_label: "robust accuracy, worst case (%)".into(),
             series: vec![
@@ -254,11 +249,6 @@ impl InterpolationReport {
                 Series {
                     name: "Pareto front".into(),
                     points: front,
-                    markers: true,
-                },
-                Series {
-                    name: "first and last alpha".into(),
-                    points: ends,
                     markers: true,
                 },
             ],

@@ -57,17 +57,17 @@ pub fn run(a: InterpolateArgs) -> Result<()> {
     }
     .check()?;
     let asked = a.model.config()?;
-    // Each file's recorded configuration (its normalisation) must be the same: the blend has
-    // one.
+    // The blend has one input normalisation: each file's recorded one (if any) must agree.
+    // The architecture itself is checked key by key when the weights load and are blended.
     let (cfg_a, _) = temper_models::config_for_file(&asked, &a.a)?;
     let (cfg_b, _) = temper_models::config_for_file(&asked, &a.b)?;
-    if cfg_a != cfg_b {
+    if cfg_a.normalization() != cfg_b.normalization() {
         anyhow::bail!(
-            "'{}' and '{}' record different model configurations ({:?} and {:?}); interpolation needs one architecture and normalisation",
+            "'{}' and '{}' record different input normalisations ({:?} and {:?}); the interpolated model needs one (pass --normalize to choose)",
             a.a.display(),
             a.b.display(),
-            cfg_a.get(),
-            cfg_b.get()
+            cfg_a.normalization(),
+            cfg_b.normalization()
         );
     }
     let ma = load_model(&cfg_a, Some(&a.a), Strictness::Strict, &device)
