@@ -456,7 +456,9 @@ pub fn lr_schedule(points: &[(f64, f64)], spec: &str) -> Figure {
 
 /// A table of percentages drawn as coloured cells with their values: one row per model (a
 /// bit width), one column per measure (clean accuracy, each attack). Empty cells (`None`) are
-/// grey and say so.
+/// grey and say so. The colours run from white at the scale's floor (the lowest value rounded
+/// down to a multiple of 10, so nearby values stay distinguishable) to dark blue at 100%; the
+/// image states the floor.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HeatMap {
     /// Title above the table.
@@ -471,9 +473,9 @@ pub struct HeatMap {
     pub values: Vec<Vec<Option<f64>>>,
 }
 
-/// The colour of a percentage: white at 0, through light blue, to dark blue at 100.
-fn heat_colour(v: f64) -> RGBColor {
-    let t = (v / 100.0).clamp(0.0, 1.0);
+/// The colour of a percentage: white at `floor`, through light blue, to dark blue at 100.
+fn heat_colour(v: f64, floor: f64) -> RGBColor {
+    let t = ((v - floor) / (100.0 - floor).max(1.0)).clamp(0.0, 1.0);
     let lerp = |a: u8, b: u8| (f64::from(a) + (f64::from(b) - f64::from(a)) * t).round() as u8;
     RGBColor(lerp(255, 8), lerp(255, 69), lerp(255, 148))
 }
@@ -484,12 +486,25 @@ impl HeatMap {
     const CELL_H: u32 = 46;
     const HEAD_H: u32 = 120;
 
-    /// Width and height of the image in pixels.
+    /// Width and height of the image in pixels: wide enough for the grid and for the title
+    /// lines (about 13 and 8 pixels per character).
     pub fn size(&self) -> (u32, u32) {
+        let text = (13 * self.title.chars().count()).max(8 * self.subtitle.chars().count()) as u32 + 28;
         (
-            Self::LABEL_W + Self::CELL_W * self.columns.len().max(1) as u32 + 20,
+            (Self::LABEL_W + Self::CELL_W * self.columns.len().max(1) as u32 + 20).max(text),
             Self::HEAD_H + Self::CELL_H * self.rows.len().max(1) as u32 + 20,
         )
+    }
+
+    /// The value that is white: the lowest value rounded down to a multiple of 10 (at most 90).
+    pub fn floor(&self) -> f64 {
+        let lo = self
+            .values
+            .iter()
+            .flatten()
+            .flatten()
+            .fold(100f64, |a, v| a.min(*v));
+        ((lo / 10.0).floor() * 10.0).clamp(0.0, 90.0)
     }
 
     /// The heat map as PNG bytes.
@@ -533,7 +548,11 @@ impl HeatMap {
             font.color(&colour).pos(Pos::new(h, VPos::Center))
         };
         let black = RGBColor(20, 20, 20);
+        let floor = self.floor();
         root.draw(&Text::new(self.title.clone(), (14, 24), text(24, true, black, HPos::Left)))?;
+        let scale = format!("colour: white {floor:.0}% to dark blue 100%");
+        let grey = RGBColor(90, 90, 90);
+        root.draw(&Text::new(scale, (14, 84), text(14, false, grey, HPos::Left)))?;
         if !self.subtitle.is_empty() {
             let grey = RGBColor(90, 90, 90);
             root.draw(&Text::new(self.subtitle.clone(), (14, 56), text(15, false, grey, HPos::Left)))?;
@@ -553,14 +572,17 @@ impl HeatMap {
             root.draw(&Text::new(label.clone(), (14, y0 + ch / 2), text(17, true, black, HPos::Left)))?;
             for (j, v) in row.iter().enumerate() {
                 let x0 = lw + cw * j as i32;
-                let fill = v.map_or(RGBColor(225, 225, 225), heat_colour);
+                let fill = v.map_or(RGBColor(225, 225, 225), |p| heat_colour(p, floor));
                 root.draw(&Rectangle::new([(x0, y0), (x0 + cw, y0 + ch)], fill.filled()))?;
                 root.draw(&Rectangle::new(
                     [(x0, y0), (x0 + cw, y0 + ch)],
                     RGBColor(255, 255, 255).stroke_width(2),
                 ))?;
                 let (label, colour) = match v {
-                    Some(p) => (format!("{p:.1}%"), if *p > 55.0 { WHITE } else { black }),
+                    Some(p) => {
+                        let dark = (p - floor) / (100.0 - floor).max(1.0) > 0.55;
+                        (format!("{p:.1}%"), if dark { WHITE } else { black })
+                    }
                     None => ("n/a".to_string(), RGBColor(110, 110, 110)),
                 };
                 root.draw(&Text::new(label, (x0 + cw / 2, y0 + ch / 2), text(18, false, colour, HPos::Center)))?;
@@ -606,8 +628,9 @@ mod tests {
             reason: e.to_string(),
         })?;
         assert_eq!((img.width(), img.height()), m.size());
-        assert_eq!(heat_colour(0.0), RGBColor(255, 255, 255));
-        assert_eq!(heat_colour(100.0), RGBColor(8, 69, 148));
+        assert_eq!(m.floor(), 70.0);
+        assert_eq!(heat_colour(70.0, 70.0), RGBColor(255, 255, 255));
+        assert_eq!(heat_colour(100.0, 70.0), RGBColor(8, 69, 148));
         m.values[1].pop();
         assert!(m.render_png().is_err());
         Ok(())

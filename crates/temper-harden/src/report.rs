@@ -179,10 +179,14 @@ impl HardenReport {
         HeatMap {
             title: format!("Robustness x bit width: {} on {}", self.model, m.dataset),
             subtitle: format!(
-                "{} test images, {}; attacks through each quantizer. {}",
+                "{} test images, {}, attacks through each quantizer; {}",
                 m.images,
                 m.threat.describe(),
-                self.quantization
+                if self.qat.is_empty() {
+                    "quantized after fine-tuning".to_string()
+                } else {
+                    format!("quantization-aware fine-tuning per grid ({} iterations each)", self.qat[0].iters)
+                }
             ),
             rows: m
                 .rows

@@ -32,8 +32,10 @@ pub struct HardenArgs {
     /// Width of the first and last layers; 0 quantizes them like the others.
     #[arg(long, default_value_t = 8)]
     first_last_bits: u8,
-    /// L-inf budget of fine-tuning and of the evaluation, a decimal or a fraction (default by
-    /// data set: 0.3 for 28x28 digits, 8/255 otherwise).
+    /// L-inf budget of fine-tuning and of the evaluation, a decimal or a fraction. Default:
+    /// 8/255, and 0.1 for 28x28 digits rather than the usual 0.3, as in `temper demo`: two
+    /// epochs of fine-tuning at 0.3 collapse small-cnn to chance (measured: 13.5% validation
+    /// clean accuracy).
     #[arg(long)]
     eps: Option<String>,
     /// Epochs of adversarial fine-tuning.
@@ -68,8 +70,10 @@ pub struct HardenArgs {
     /// its components and gets a worst-case column.
     #[arg(long, short = 'a', default_value = "pgd-20,autoattack")]
     attacks: String,
-    /// Test images evaluated (the first N of the test split).
-    #[arg(long, default_value_t = 200)]
+    /// Test images evaluated (the first N of the test split). AutoAttack runs every attack on
+    /// each image through every quantized model: on 2 cores about 1 to 2 minutes per row per
+    /// 100 robust small-cnn digits.
+    #[arg(long, default_value_t = 100)]
     limit: usize,
     /// Evaluation batch size.
     #[arg(long, default_value_t = 250)]
@@ -99,9 +103,13 @@ pub fn run(a: HardenArgs) -> Result<()> {
     ft.batch_size = a.train_batch_size;
     ft.val_size = a.val_size;
     ft.train_size = a.train_size;
-    if let Some(e) = &a.eps {
-        ft.threat.eps = temper_attacks::spec::parse_number(e, "eps")?;
-    }
+    let m = model.get();
+    let digits = m.in_channels == 1 && m.input_size == (28, 28);
+    ft.threat.eps = match &a.eps {
+        Some(e) => temper_attacks::spec::parse_number(e, "eps")?,
+        None if digits => 0.1,
+        None => ft.threat.eps,
+    };
     ft.threat.steps = a.attack_steps;
     ft.threat.alpha = 2.5 * ft.threat.eps / a.attack_steps.max(1) as f64;
     let grids = a
