@@ -113,9 +113,18 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
     ),
     (
         "temper-eval",
-        &["temper-train", "temper-sched", "temper-quant", "temper-harden", "temper-cli"],
+        &[
+            "temper-train",
+            "temper-sched",
+            "temper-quant",
+            "temper-harden",
+            "temper-cli",
+        ],
     ),
-    ("temper-quant", &["temper-train", "temper-sched", "temper-harden", "temper-cli"]),
+    (
+        "temper-quant",
+        &["temper-train", "temper-sched", "temper-harden", "temper-cli"],
+    ),
     ("temper-train", &["temper-quant", "temper-harden", "temper-cli"]),
     ("temper-harden", &["temper-cli"]),
 ];

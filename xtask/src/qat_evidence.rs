@@ -26,8 +26,21 @@ const WIDTHS: &[&str] = &["4", "3", "2", "ternary"];
 fn accuracy(r: &Runner, weights: &Path, attack: &str, limit: &str) -> Result<(f64, f64)> {
     let w = weights.to_string_lossy();
     let text = r.temper(&[
-        "attack", "--model", "small-cnn", "--weights", &w, "--dataset", "mnist10k", "--attack", attack, "--eps",
-        "0.1", "--batch-size", "500", "--limit", limit,
+        "attack",
+        "--model",
+        "small-cnn",
+        "--weights",
+        &w,
+        "--dataset",
+        "mnist10k",
+        "--attack",
+        attack,
+        "--eps",
+        "0.1",
+        "--batch-size",
+        "500",
+        "--limit",
+        limit,
     ])?;
     let find = |key: &str| -> Result<f64> {
         text.lines()
@@ -46,8 +59,22 @@ fn gpfq(r: &Runner, float: &Path, width: &str, name: &str) -> Result<PathBuf> {
     if !file.exists() {
         let (f, d) = (float.to_string_lossy(), dir.to_string_lossy());
         r.temper(&[
-            "quantize", "--model", "small-cnn", "--weights", &f, "--bits", width, "--quantizer", "gpfq", "--per-channel",
-            "--calib", "512", "--limit", "200", "--out", &d,
+            "quantize",
+            "--model",
+            "small-cnn",
+            "--weights",
+            &f,
+            "--bits",
+            width,
+            "--quantizer",
+            "gpfq",
+            "--per-channel",
+            "--calib",
+            "512",
+            "--limit",
+            "200",
+            "--out",
+            &d,
         ])?;
     }
     Ok(file)
@@ -72,7 +99,12 @@ impl Cell {
     }
 
     fn cells(&self) -> String {
-        format!("{} | {} | {}", cell(&self.clean), cell(&self.pgd), cell(&self.apgd))
+        format!(
+            "{} | {} | {}",
+            cell(&self.clean),
+            cell(&self.pgd),
+            cell(&self.apgd)
+        )
     }
 }
 
@@ -98,26 +130,55 @@ pub fn qat_evidence(args: &[String]) -> Result<()> {
         .collect();
     for seed in &seeds {
         let mut ft = vec![
-            "finetune", "--weights", &natural, "--epochs", "2", "--lr-schedule", "ssfd", "--seed", seed,
+            "finetune",
+            "--weights",
+            &natural,
+            "--epochs",
+            "2",
+            "--lr-schedule",
+            "ssfd",
+            "--seed",
+            seed,
         ];
         ft.extend(THREAT);
-        let robust = r.train(&format!("ft-{seed}"), &ft, 500)?.join("model.safetensors");
+        let robust = r
+            .train(&format!("ft-{seed}"), &ft, 500)?
+            .join("model.safetensors");
         let robust_s = robust.to_string_lossy().into_owned();
         float.add(&r, &robust, limit)?;
         // The equal-budget control: E more float epochs at the QAT learning rate.
         let mut more = vec![
-            "finetune", "--weights", &robust_s, "--epochs", epochs, "--lr-schedule", qat_lr, "--seed", seed,
+            "finetune",
+            "--weights",
+            &robust_s,
+            "--epochs",
+            epochs,
+            "--lr-schedule",
+            qat_lr,
+            "--seed",
+            seed,
         ];
         more.extend(THREAT);
-        let longer = r.train(&format!("ft-more-{seed}"), &more, 500)?.join("model.safetensors");
+        let longer = r
+            .train(&format!("ft-more-{seed}"), &more, 500)?
+            .join("model.safetensors");
         for (w, ptq, ptq_more, qat) in rows.iter_mut() {
             let p = gpfq(&r, &robust, w, &format!("ptq-{seed}-{w}"))?;
             ptq.add(&r, &p, limit)?;
             let p = gpfq(&r, &longer, w, &format!("ptq-more-{seed}-{w}"))?;
             ptq_more.add(&r, &p, limit)?;
             let mut q = vec![
-                "finetune", "--weights", &robust_s, "--epochs", epochs, "--lr-schedule", qat_lr, "--seed", seed,
-                "--quantize", w,
+                "finetune",
+                "--weights",
+                &robust_s,
+                "--epochs",
+                epochs,
+                "--lr-schedule",
+                qat_lr,
+                "--seed",
+                seed,
+                "--quantize",
+                w,
             ];
             q.extend(THREAT);
             let dir = r.train(&format!("qat-{seed}-{w}"), &q, 500)?;
@@ -138,8 +199,17 @@ pub fn qat_evidence(args: &[String]) -> Result<()> {
         float.cells().replace(" | ", " / ")
     );
     for (w, ptq, more, qat) in &rows {
-        let label = if w == "ternary" { w.clone() } else { format!("{w}-bit") };
-        table.push_str(&format!("| {label} | {} | {} | {} |\n", ptq.cells(), more.cells(), qat.cells()));
+        let label = if w == "ternary" {
+            w.clone()
+        } else {
+            format!("{w}-bit")
+        };
+        table.push_str(&format!(
+            "| {label} | {} | {} | {} |\n",
+            ptq.cells(),
+            more.cells(),
+            qat.cells()
+        ));
     }
     let path = r.out.join("table.md");
     std::fs::write(&path, &table).with_context(|| format!("cannot write {}", path.display()))?;

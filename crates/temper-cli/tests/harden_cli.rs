@@ -57,7 +57,10 @@ fn finetune_through_the_quantizer_writes_a_file_that_evaluates_as_trained() {
         .stderr(predicate::str::contains("ptq:prune=0.6,per-channel,first-last=8"))
         .stdout(predicate::str::contains("quantized.safetensors"));
     let config = std::fs::read_to_string(run.join("config.toml")).unwrap_or_default();
-    assert!(config.contains("quantize = \"ptq:prune=0.6,per-channel,first-last=8\""), "{config}");
+    assert!(
+        config.contains("quantize = \"ptq:prune=0.6,per-channel,first-last=8\""),
+        "{config}"
+    );
     // The quantized file: pruned ternary middle layers, 8-bit first and last.
     let out = temper()
         .args(["quant", "inspect", "--json"])
@@ -66,7 +69,13 @@ fn finetune_through_the_quantizer_writes_a_file_that_evaluates_as_trained() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}"));
-    assert!(v["quantization"].as_str().unwrap_or("").starts_with("ptq ternary"), "{v}");
+    assert!(
+        v["quantization"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("ptq ternary"),
+        "{v}"
+    );
     let schemes: Vec<&str> = v["layers"]
         .as_array()
         .map(|l| l.iter().filter_map(|x| x["scheme"].as_str()).collect())
@@ -74,7 +83,16 @@ fn finetune_through_the_quantizer_writes_a_file_that_evaluates_as_trained() {
     assert_eq!(schemes, ["8-bit", "ternary", "ternary", "8-bit"]);
     // It is what `temper eval` attacks through the quantizer.
     temper()
-        .args(["eval", "--no-masking-checks", "--limit", "40", "--attacks", "pgd-3", "--eps", "0.1"])
+        .args([
+            "eval",
+            "--no-masking-checks",
+            "--limit",
+            "40",
+            "--attacks",
+            "pgd-3",
+            "--eps",
+            "0.1",
+        ])
         .arg("--weights")
         .arg(run.join("quantized.safetensors"))
         .arg("--out")
@@ -141,8 +159,16 @@ fn harden_writes_the_matrix_the_report_and_the_models() {
     let out = dir.path().join("h");
     harden(&out, &["--bits", "8,2,ptq"])
         .success()
-        .stdout(predicate::str::contains("| model | bits | clean | apgd-ce-5 | pgd-3 | worst case |"));
-    for f in ["harden.json", "harden.md", "matrix.png", "sweep.png", "finetune/model.safetensors"] {
+        .stdout(predicate::str::contains(
+            "| model | bits | clean | apgd-ce-5 | pgd-3 | worst case |",
+        ));
+    for f in [
+        "harden.json",
+        "harden.md",
+        "matrix.png",
+        "sweep.png",
+        "finetune/model.safetensors",
+    ] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
     let r = read_json(&out.join("harden.json"));
@@ -187,6 +213,9 @@ fn harden_with_quantization_aware_fine_tuning() {
     let r = read_json(&out.join("harden.json"));
     assert_eq!(r["qat"].as_array().map(Vec::len), Some(1));
     let config = std::fs::read_to_string(out.join("qat-4-bit/config.toml")).unwrap_or_default();
-    assert!(config.contains("quantize = \"4,per-channel,first-last=8\""), "{config}");
+    assert!(
+        config.contains("quantize = \"4,per-channel,first-last=8\""),
+        "{config}"
+    );
     assert!(out.join("models/4-bit.safetensors").is_file());
 }

@@ -106,7 +106,10 @@ pub enum Error {
     },
 
     /// Two parameter sets that should describe the same architecture do not (interpolation).
-    #[error("'{a}' and '{b}' are not the same architecture:\n{}", describe_differences(a, b, mismatch))]
+    #[error(
+        "'{a}' and '{b}' are not the same architecture:\n{}",
+        describe_differences(a, b, mismatch)
+    )]
     StoresDiffer {
         /// The first set's name (usually its file).
         a: String,
@@ -149,7 +152,11 @@ fn describe_differences(a: &str, b: &str, m: &WeightMismatch) -> String {
     let mut out = String::new();
     for (keys, side) in [(&m.missing, a), (&m.unexpected, b)] {
         if !keys.is_empty() {
-            out.push_str(&format!("  keys only in '{side}' ({}): {}\n", keys.len(), keys.join(", ")));
+            out.push_str(&format!(
+                "  keys only in '{side}' ({}): {}\n",
+                keys.len(),
+                keys.join(", ")
+            ));
         }
     }
     for s in &m.shape {
@@ -158,7 +165,11 @@ fn describe_differences(a: &str, b: &str, m: &WeightMismatch) -> String {
             s.key,
             s.expected,
             s.found,
-            if s.expected == s.found { " (different dtypes)" } else { "" }
+            if s.expected == s.found {
+                " (different dtypes)"
+            } else {
+                ""
+            }
         ));
     }
     out

@@ -94,7 +94,9 @@ pub fn interpolate(
             ((ta * (1.0 - alpha))? + (tb * alpha)?)?
         } else {
             let (fa, fb) = (ta.to_dtype(DType::F64)?, tb.to_dtype(DType::F64)?);
-            ((fa * (1.0 - alpha))? + (fb * alpha)?)?.round()?.to_dtype(dtype)?
+            ((fa * (1.0 - alpha))? + (fb * alpha)?)?
+                .round()?
+                .to_dtype(dtype)?
         };
         staged.push((e.name.as_str(), blend));
     }
@@ -151,8 +153,12 @@ mod tests {
             assert_eq!(values(&out, "conv.weight")?, vec![w; 6], "alpha {alpha}");
             assert_eq!(values(&out, "conv.bias")?, vec![bias; 2]);
             assert_eq!(values(&out, "bn.running_mean")?, vec![mean; 2]);
-            let t = out.get("bn.num_batches_tracked").map(|e| e.var.as_tensor().clone());
-            let n_out = t.ok_or_else(|| Error::param("n", "missing"))?.to_scalar::<i64>()?;
+            let t = out
+                .get("bn.num_batches_tracked")
+                .map(|e| e.var.as_tensor().clone());
+            let n_out = t
+                .ok_or_else(|| Error::param("n", "missing"))?
+                .to_scalar::<i64>()?;
             // 7.5 rounds away from zero.
             assert_eq!(n_out, if alpha == 0.25 { 8 } else { n }, "alpha {alpha}");
         }
@@ -169,8 +175,14 @@ mod tests {
             .err()
             .ok_or_else(|| Error::param("test", "accepted different shapes"))?
             .to_string();
-        assert!(e.contains("nat.safetensors") && e.contains("ft.safetensors"), "{e}");
-        assert!(e.contains("fc.weight") && e.contains("[4, 2]") && e.contains("[4, 3]"), "{e}");
+        assert!(
+            e.contains("nat.safetensors") && e.contains("ft.safetensors"),
+            "{e}"
+        );
+        assert!(
+            e.contains("fc.weight") && e.contains("[4, 2]") && e.contains("[4, 3]"),
+            "{e}"
+        );
         // Nothing was written.
         assert_eq!(values(&out, "conv.weight")?, before);
 
@@ -181,7 +193,10 @@ mod tests {
             .to_string();
         assert!(e.contains("fc.weight") && e.contains("head.weight"), "{e}");
         let d = differences(&a, &c);
-        assert_eq!((d.missing, d.unexpected), (vec!["fc.weight".to_string()], vec!["head.weight".to_string()]));
+        assert_eq!(
+            (d.missing, d.unexpected),
+            (vec!["fc.weight".to_string()], vec!["head.weight".to_string()])
+        );
         assert!(interpolate(&a, &a, f64::NAN, &out, ("A", "A")).is_err());
         Ok(())
     }

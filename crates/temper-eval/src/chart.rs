@@ -549,13 +549,21 @@ impl HeatMap {
         };
         let black = RGBColor(20, 20, 20);
         let floor = self.floor();
-        root.draw(&Text::new(self.title.clone(), (14, 24), text(24, true, black, HPos::Left)))?;
+        root.draw(&Text::new(
+            self.title.clone(),
+            (14, 24),
+            text(24, true, black, HPos::Left),
+        ))?;
         let scale = format!("colour: white {floor:.0}% to dark blue 100%");
         let grey = RGBColor(90, 90, 90);
         root.draw(&Text::new(scale, (14, 84), text(14, false, grey, HPos::Left)))?;
         if !self.subtitle.is_empty() {
             let grey = RGBColor(90, 90, 90);
-            root.draw(&Text::new(self.subtitle.clone(), (14, 56), text(15, false, grey, HPos::Left)))?;
+            root.draw(&Text::new(
+                self.subtitle.clone(),
+                (14, 56),
+                text(15, false, grey, HPos::Left),
+            ))?;
         }
         let (lw, cw, ch, top) = (
             Self::LABEL_W as i32,
@@ -565,11 +573,19 @@ impl HeatMap {
         );
         for (j, c) in self.columns.iter().enumerate() {
             let x = lw + cw * j as i32 + cw / 2;
-            root.draw(&Text::new(c.clone(), (x, top - 20), text(16, true, black, HPos::Center)))?;
+            root.draw(&Text::new(
+                c.clone(),
+                (x, top - 20),
+                text(16, true, black, HPos::Center),
+            ))?;
         }
         for (i, (label, row)) in self.rows.iter().zip(&self.values).enumerate() {
             let y0 = top + ch * i as i32;
-            root.draw(&Text::new(label.clone(), (14, y0 + ch / 2), text(17, true, black, HPos::Left)))?;
+            root.draw(&Text::new(
+                label.clone(),
+                (14, y0 + ch / 2),
+                text(17, true, black, HPos::Left),
+            ))?;
             for (j, v) in row.iter().enumerate() {
                 let x0 = lw + cw * j as i32;
                 let fill = v.map_or(RGBColor(225, 225, 225), |p| heat_colour(p, floor));
@@ -585,7 +601,11 @@ impl HeatMap {
                     }
                     None => ("n/a".to_string(), RGBColor(110, 110, 110)),
                 };
-                root.draw(&Text::new(label, (x0 + cw / 2, y0 + ch / 2), text(18, false, colour, HPos::Center)))?;
+                root.draw(&Text::new(
+                    label,
+                    (x0 + cw / 2, y0 + ch / 2),
+                    text(18, false, colour, HPos::Center),
+                ))?;
             }
         }
         Ok(())

@@ -171,7 +171,10 @@ pub fn interpolation_path(
         b: names.1.to_string(),
         dataset: data.name().to_string(),
         images: data.len(),
-        attacks: attacks.iter().map(|(n, at)| format!("{n}: {}", at.name())).collect(),
+        attacks: attacks
+            .iter()
+            .map(|(n, at)| format!("{n}: {}", at.name()))
+            .collect(),
         threat: eval.threat(),
         points,
     })
@@ -198,7 +201,11 @@ impl InterpolationReport {
             self.images,
             self.a,
             self.b,
-            if self.attacks.is_empty() { "none".to_string() } else { self.attacks.join("; ") },
+            if self.attacks.is_empty() {
+                "none".to_string()
+            } else {
+                self.attacks.join("; ")
+            },
             self.threat.describe()
         );
         s.push_str("| alpha | clean |");
@@ -230,7 +237,11 @@ impl InterpolationReport {
         let pct = |v: f64| 100.0 * v;
         let path = Series {
             name: "interpolated models".into(),
-            points: self.points.iter().map(|p| (pct(p.clean), pct(p.robust))).collect(),
+            points: self
+                .points
+                .iter()
+                .map(|p| (pct(p.clean), pct(p.robust)))
+                .collect(),
             markers: true,
         };
         let mut front: Vec<(f64, f64)> = self
@@ -303,8 +314,7 @@ impl InterpolationReport {
     /// (created if needed), each atomically, and returns their paths.
     pub fn write(&self, dir: &Path) -> Result<Vec<PathBuf>> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
-        let json =
-            serde_json::to_vec_pretty(self).map_err(|e| Error::param("report", e.to_string()))?;
+        let json = serde_json::to_vec_pretty(self).map_err(|e| Error::param("report", e.to_string()))?;
         let paths = [
             dir.join("interpolation.json"),
             dir.join("interpolation.md"),
@@ -363,8 +373,16 @@ mod tests {
     #[test]
     fn alphas_are_checked_and_printed_short() {
         assert!(InterpolationParams { alphas: vec![] }.check().is_err());
-        assert!(InterpolationParams { alphas: vec![0.0, f64::NAN] }.check().is_err());
-        assert!(InterpolationParams { alphas: vec![-0.5, 1.5] }.check().is_ok());
+        assert!(InterpolationParams {
+            alphas: vec![0.0, f64::NAN]
+        }
+        .check()
+        .is_err());
+        assert!(InterpolationParams {
+            alphas: vec![-0.5, 1.5]
+        }
+        .check()
+        .is_ok());
         assert_eq!(fmt_alpha(0.1 * 3.0), "0.3");
         assert_eq!(fmt_alpha(1.0), "1");
         assert_eq!(fmt_alpha(-1e-12), "0");

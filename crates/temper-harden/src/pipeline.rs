@@ -74,7 +74,10 @@ impl HardenParams {
     /// Validates every setting before anything runs.
     pub fn check(self) -> Result<ValidHardenParams> {
         if self.finetune.method != TrainMethod::Finetune {
-            return Err(Error::param("method", "the pipeline fine-tunes (method finetune)"));
+            return Err(Error::param(
+                "method",
+                "the pipeline fine-tunes (method finetune)",
+            ));
         }
         self.finetune.clone().check()?;
         if self.grids.is_empty() {
@@ -89,9 +92,13 @@ impl HardenParams {
         }
         if self.qat_epochs > 0 {
             // The same configuration as each quantization-aware run, on weights that exist.
-            self.qat_config(&self.grids[0], self.finetune.weights.clone())?.check()?;
+            self.qat_config(&self.grids[0], self.finetune.weights.clone())?
+                .check()?;
         } else if self.calib == 0 && self.grids.iter().any(|g| g.method == Method::Rtn) {
-            return Err(Error::param("calib", "GPFQ needs calibration images (at least 1)"));
+            return Err(Error::param(
+                "calib",
+                "GPFQ needs calibration images (at least 1)",
+            ));
         }
         if self.limit == Some(0) {
             return Err(Error::param("limit", "must be at least 1"));
@@ -131,7 +138,10 @@ pub fn attacks(list: &str, settings: &AttackSettings) -> Result<(Vec<NamedAttack
     let mut groups = Vec::new();
     for item in list.split(',').map(str::trim) {
         if item.is_empty() {
-            return Err(Error::param("attacks", format!("'{list}' has an empty attack name")));
+            return Err(Error::param(
+                "attacks",
+                format!("'{list}' has an empty attack name"),
+            ));
         }
         let specs = AttackSpec::parse_list(item)?;
         if specs.len() > 1 {
@@ -158,7 +168,12 @@ fn grid_label(g: &QatParams) -> String {
 }
 
 /// Runs `cfg` into `dir`, or reuses the run there when it has the same configuration.
-fn run_or_reuse(cfg: TrainConfig, dir: &Path, device: &Device, say: &mut dyn FnMut(&str)) -> Result<TrainReport> {
+fn run_or_reuse(
+    cfg: TrainConfig,
+    dir: &Path,
+    device: &Device,
+    say: &mut dyn FnMut(&str),
+) -> Result<TrainReport> {
     let opts = || -> Result<RunOptions> {
         let mut o = RunOptions::new(temper_train::render::default_renderer(0, 0, 20));
         o.layer_kernels = Qat::for_config(&cfg)?;
@@ -220,8 +235,12 @@ pub fn harden(
     let ft_dir = out.join("finetune");
     let ft_run = run_or_reuse(ft.clone(), &ft_dir, device, say)?;
     let robust_w = ft_dir.join(files::LAST);
-    let (robust, _) =
-        temper_models::build_from_file(&model_cfg, &robust_w, temper_core::weights::Strictness::Strict, device)?;
+    let (robust, _) = temper_models::build_from_file(
+        &model_cfg,
+        &robust_w,
+        temper_core::weights::Strictness::Strict,
+        device,
+    )?;
 
     // 2. Quantization, row by row inside the sweep.
     let qat = p.qat_epochs > 0;
@@ -229,7 +248,12 @@ pub fn harden(
         None
     } else {
         let train = temper_data::load(&ft.dataset, ft.data_dir.as_deref(), temper_data::Split::Train)?;
-        Some(temper_quant::eval::calibration_images(&train, p.calib, "calibration", device)?)
+        Some(temper_quant::eval::calibration_images(
+            &train,
+            p.calib,
+            "calibration",
+            device,
+        )?)
     };
     let how = if qat {
         format!(
@@ -259,12 +283,12 @@ pub fn harden(
         let label = grid_label(g);
         if qat {
             line(&format!("      quantization-aware fine-tuning, {label}"));
-            let cfg = p
-                .qat_config(g, Some(robust_w.clone()))
-                .map_err(|e| temper_quant::Error::InvalidParam {
-                    name: "qat".into(),
-                    reason: e.to_string(),
-                })?;
+            let cfg =
+                p.qat_config(g, Some(robust_w.clone()))
+                    .map_err(|e| temper_quant::Error::InvalidParam {
+                        name: "qat".into(),
+                        reason: e.to_string(),
+                    })?;
             let dir = out.join(format!("qat-{label}"));
             let fail = |e: Error| temper_quant::Error::InvalidParam {
                 name: format!("qat-{label}"),
@@ -325,7 +349,11 @@ pub fn harden(
     let sweep_params = SweepParams {
         schemes: p.grids.iter().map(|g| g.scheme).collect(),
         quant: QuantParams {
-            method: if qat { Method::Rtn } else { Method::Gpfq(GpfqParams::default()) },
+            method: if qat {
+                Method::Rtn
+            } else {
+                Method::Gpfq(GpfqParams::default())
+            },
             first_last_bits: p.grids[0].first_last_bits,
             granularity: p.grids[0].granularity,
             fold_batchnorm: !qat,
@@ -337,7 +365,15 @@ pub fn harden(
     }
     .check()?;
     let n_calib = calib.as_ref().map_or(0, |c| c.dim(0).unwrap_or(0));
-    let matrix = sweep_models(&robust, &test, &named, &sweep_params, n_calib, &mut make, &mut on_row)?;
+    let matrix = sweep_models(
+        &robust,
+        &test,
+        &named,
+        &sweep_params,
+        n_calib,
+        &mut make,
+        &mut on_row,
+    )?;
     let report = HardenReport::new(
         robust.info().name.clone(),
         ft.weights.clone().unwrap_or_default(),

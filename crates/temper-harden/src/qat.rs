@@ -39,7 +39,10 @@ impl LayerKernels for Qat {
         self.0.get().to_string()
     }
 
-    fn wrap(&self, net: &temper_core::Network) -> temper_train::Result<Arc<dyn temper_core::kernels::Kernels>> {
+    fn wrap(
+        &self,
+        net: &temper_core::Network,
+    ) -> temper_train::Result<Arc<dyn temper_core::kernels::Kernels>> {
         let k = QatKernels::new(net, &self.0)
             .map_err(|e| temper_core::Error::param("quantize", e.to_string()))?;
         Ok(Arc::new(k))
@@ -70,7 +73,11 @@ pub fn export_run(
 }
 
 /// [`export_run`], saved as `run_dir/quantized.safetensors` (packed); returns its path.
-pub fn save_run_export(run_dir: &Path, cfg: &TrainConfig, device: &candle_core::Device) -> Result<Option<PathBuf>> {
+pub fn save_run_export(
+    run_dir: &Path,
+    cfg: &TrainConfig,
+    device: &candle_core::Device,
+) -> Result<Option<PathBuf>> {
     let Some(q) = export_run(run_dir, cfg, device)? else {
         return Ok(None);
     };

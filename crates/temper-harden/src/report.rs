@@ -151,7 +151,12 @@ impl HardenReport {
         }
         s.push_str("\n## Model files\n\n");
         for f in &self.models {
-            s.push_str(&format!("- {}: `{}` ({} bytes)\n", f.label, f.path.display(), f.bytes));
+            s.push_str(&format!(
+                "- {}: `{}` ({} bytes)\n",
+                f.label,
+                f.path.display(),
+                f.bytes
+            ));
         }
         s.push_str(&format!(
             "\n## Cost\n\nFine-tuning: {} forward + {} backward image passes, {:.0} s.",
@@ -166,7 +171,10 @@ impl HardenReport {
                 r.cost.wall_seconds
             ));
         }
-        s.push_str(&format!(" Whole pipeline: {:.0} s.\n\n## Details\n\n", self.seconds));
+        s.push_str(&format!(
+            " Whole pipeline: {:.0} s.\n\n## Details\n\n",
+            self.seconds
+        ));
         // The sweep's own table, one heading level down.
         s.push_str(&m.to_markdown().replacen("# ", "### ", 1));
         s
@@ -185,7 +193,10 @@ impl HardenReport {
                 if self.qat.is_empty() {
                     "quantized after fine-tuning".to_string()
                 } else {
-                    format!("quantization-aware fine-tuning per grid ({} iterations each)", self.qat[0].iters)
+                    format!(
+                        "quantization-aware fine-tuning per grid ({} iterations each)",
+                        self.qat[0].iters
+                    )
                 }
             ),
             rows: m

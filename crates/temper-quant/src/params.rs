@@ -90,9 +90,9 @@ impl Method {
     ) -> Option<Result<crate::QTensor>> {
         match (self, scheme) {
             (Method::Gpfq(_), _) => None,
-            (Method::PrunedTernary { prune }, WeightScheme::Ternary) => Some(
-                crate::pruned_ternary::quantize(w, shape, *prune, granularity),
-            ),
+            (Method::PrunedTernary { prune }, WeightScheme::Ternary) => {
+                Some(crate::pruned_ternary::quantize(w, shape, *prune, granularity))
+            }
             _ => Some(crate::rtn::quantize(w, shape, scheme, granularity)),
         }
     }

@@ -128,7 +128,9 @@ mod tests {
 
     #[test]
     fn the_pruned_fraction_is_the_one_asked_for() -> Result<()> {
-        let w: Vec<f32> = (0..200).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0 + 0.01).collect();
+        let w: Vec<f32> = (0..200)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0 + 0.01)
+            .collect();
         for prune in [0.0, 0.25, 0.5, 0.9] {
             let q = quantize(&w, &[10, 20], prune, Granularity::PerTensor)?;
             let zeros = q.codes().iter().filter(|c| **c == 0).count();
@@ -156,7 +158,10 @@ mod tests {
             .iter()
             .all(|v| *v == 0.0));
         for bad in [-0.1, 1.0, f64::NAN] {
-            assert!(quantize(&w, &[2, 4], bad, Granularity::PerTensor).is_err(), "{bad}");
+            assert!(
+                quantize(&w, &[2, 4], bad, Granularity::PerTensor).is_err(),
+                "{bad}"
+            );
         }
         Ok(())
     }

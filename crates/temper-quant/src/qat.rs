@@ -89,9 +89,7 @@ impl QatParams {
                     _ => {
                         return Err(param(
                             "quantize",
-                            format!(
-                                "'{s}': '{opt}' is not per-tensor, per-channel or first-last=N|none"
-                            ),
+                            format!("'{s}': '{opt}' is not per-tensor, per-channel or first-last=N|none"),
                         ))
                     }
                 },
@@ -120,10 +118,7 @@ impl QatParams {
             ..QuantParams::new(self.scheme)
         }
         .check()?;
-        Ok(ValidQatParams {
-            params: self,
-            export,
-        })
+        Ok(ValidQatParams { params: self, export })
     }
 }
 
@@ -134,9 +129,7 @@ impl std::fmt::Display for QatParams {
             (_, WeightScheme::Uniform { bits, .. }) => bits.to_string(),
             (_, s) => s.label(),
         };
-        let edges = self
-            .first_last_bits
-            .map_or("none".to_string(), |b| b.to_string());
+        let edges = self.first_last_bits.map_or("none".to_string(), |b| b.to_string());
         write!(
             f,
             "{grid},{},first-last={edges}",
@@ -244,7 +237,8 @@ impl QatKernels {
         let Some(layer) = self.by_weight.get(&storage_key(weight)) else {
             return Ok(weight.clone());
         };
-        let fail = |e: crate::Error| temper_core::Error::param(format!("quantize {}", layer.name), e.to_string());
+        let fail =
+            |e: crate::Error| temper_core::Error::param(format!("quantize {}", layer.name), e.to_string());
         let values = weight.detach().flatten_all()?.to_vec1::<f32>()?;
         let q = self
             .method
@@ -283,7 +277,11 @@ impl Kernels for QatKernels {
 /// The quantized model of weights trained with [`QatKernels`]: `trained`'s float weights
 /// (architecture `config`) rounded as during training, BatchNorms kept in float. In eval mode
 /// it computes exactly what the trained network computed with the kernels installed.
-pub fn export(trained: &dyn Classifier, config: &ValidModelConfig, params: &ValidQatParams) -> Result<QuantModel> {
+pub fn export(
+    trained: &dyn Classifier,
+    config: &ValidModelConfig,
+    params: &ValidQatParams,
+) -> Result<QuantModel> {
     let [c, h, w] = trained.input_shape();
     let none = Tensor::zeros((0, c, h, w), candle_core::DType::F32, trained.device())?;
     quantize(trained, config, &none, &params.export)

@@ -182,7 +182,10 @@ pub fn quantize(
         let (weight, gpfq_error) = match &p.method {
             Method::Rtn | Method::PrunedTernary { .. } => {
                 let rounded = p.method.data_free(&w, &layer.weight_shape, scheme, p.granularity);
-                (rounded.ok_or_else(|| param("method", "needs calibration data"))??, None)
+                (
+                    rounded.ok_or_else(|| param("method", "needs calibration data"))??,
+                    None,
+                )
             }
             Method::Gpfq(gp) => {
                 let (xf, xq) = gpfq_inputs(&reference, &qnet, layer, calib, p.batch_size, gp.max_rows)?;

@@ -67,7 +67,10 @@ impl SweepParams {
             return Err(param("batch-size", "must be at least 1"));
         }
         if let Some(g) = self.groups.iter().find(|g| g.members.is_empty()) {
-            return Err(param("attacks", format!("the attack group '{}' has no attacks", g.name)));
+            return Err(param(
+                "attacks",
+                format!("the attack group '{}' has no attacks", g.name),
+            ));
         }
         Threat::new(self.threat.norm, self.threat.eps)?;
         Ok(ValidSweepParams(self))
@@ -195,7 +198,15 @@ pub fn sweep(
         Ok(())
     };
     let calib_images = if calib.elem_count() > 0 { calib.dim(0)? } else { 0 };
-    sweep_models(float, data, attacks, params, calib_images, &mut quantized, &mut report)
+    sweep_models(
+        float,
+        data,
+        attacks,
+        params,
+        calib_images,
+        &mut quantized,
+        &mut report,
+    )
 }
 
 /// Which images each attack group broke, gathered from [`evaluate_with`]'s batches.

@@ -70,10 +70,17 @@ fn straight_through_gradients_equal_pytorch() -> Result<()> {
         )?;
         let loss = temper_core::loss::cross_entropy_mean(&out, &y)?;
         let want_logits = get(&f, &format!("{case}.logits"))?;
-        assert!(rel(&out, want_logits)? < 1e-5, "{case}: logits {}", rel(&out, want_logits)?);
+        assert!(
+            rel(&out, want_logits)? < 1e-5,
+            "{case}: logits {}",
+            rel(&out, want_logits)?
+        );
         let want_loss = get(&f, &format!("{case}.loss"))?.to_vec1::<f32>()?[0];
         let got_loss = loss.to_scalar::<f32>()?;
-        assert!((got_loss - want_loss).abs() < 1e-5 * want_loss.abs().max(1.0), "{case}: {got_loss} {want_loss}");
+        assert!(
+            (got_loss - want_loss).abs() < 1e-5 * want_loss.abs().max(1.0),
+            "{case}: {got_loss} {want_loss}"
+        );
         let grads = loss.backward()?;
         for e in net.params().trainable() {
             let g = grads
@@ -92,7 +99,10 @@ fn straight_through_gradients_equal_pytorch() -> Result<()> {
             assert!(rel(&got, want)? < 1e-6, "{case}: quantized {} differs", l.name);
         }
         assert_eq!(q.layers().len(), 4);
-        let d = (logits(&net, &x)? - logits(&q, &x)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let d = (logits(&net, &x)? - logits(&q, &x)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
         assert_eq!(d, 0.0, "{case}: export changes the logits by {d}");
     }
     Ok(())
@@ -109,7 +119,12 @@ fn pruned_ternary_keeps_the_asked_sparsity_in_training_and_export() -> Result<()
         let zeros = l.weight.codes().iter().filter(|c| **c == 0).count();
         let n = l.weight.len();
         if l.name == "conv1" || l.name == "fc2" {
-            assert_eq!(l.weight.scheme(), temper_quant::WeightScheme::bits(8), "{}", l.name);
+            assert_eq!(
+                l.weight.scheme(),
+                temper_quant::WeightScheme::bits(8),
+                "{}",
+                l.name
+            );
         } else {
             assert_eq!(zeros, (0.7 * n as f64) as usize, "{}: {zeros} of {n}", l.name);
         }
@@ -136,7 +151,10 @@ fn batchnorm_models_export_to_what_training_computed() -> Result<()> {
     )?;
     let q = export(&net, &cfg, &params)?;
     assert!(q.quant_info().fold.folded.is_empty() && !q.quant_info().fold.kept.is_empty());
-    let d = (logits(&net, &x)? - logits(&q, &x)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    let d = (logits(&net, &x)? - logits(&q, &x)?)?
+        .abs()?
+        .max_all()?
+        .to_scalar::<f32>()?;
     assert_eq!(d, 0.0, "export changes the logits by {d}");
     // The packed file reloads to the same model.
     let back = temper_quant::export::load_bytes(
@@ -144,7 +162,10 @@ fn batchnorm_models_export_to_what_training_computed() -> Result<()> {
         "qat.safetensors".as_ref(),
         &Device::Cpu,
     )?;
-    let d = (logits(&back, &x)? - logits(&q, &x)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    let d = (logits(&back, &x)? - logits(&q, &x)?)?
+        .abs()?
+        .max_all()?
+        .to_scalar::<f32>()?;
     assert_eq!(d, 0.0);
     assert_eq!(back.info().name, "preact-resnet18");
     Ok(())

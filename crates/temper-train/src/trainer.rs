@@ -147,7 +147,9 @@ fn install_layer_kernels(cfg: &TrainConfig, model: &Network, opts: &RunOptions) 
             "quantize",
             format!(
                 "the configuration records {} but the kernels given are '{}'",
-                recorded.as_deref().map_or("no quantizer".to_string(), |s| format!("'{s}'")),
+                recorded
+                    .as_deref()
+                    .map_or("no quantizer".to_string(), |s| format!("'{s}'")),
                 given.unwrap_or_default()
             ),
         )),

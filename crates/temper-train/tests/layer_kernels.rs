@@ -30,7 +30,13 @@ impl Kernels for Counting {
         self.inner.as_ref()
     }
 
-    fn conv2d(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>, cfg: ConvCfg) -> temper_core::Result<Tensor> {
+    fn conv2d(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        cfg: ConvCfg,
+    ) -> temper_core::Result<Tensor> {
         // small-cnn has two convolutions: count the first one's inputs only.
         if w.dim(1)? == 1 {
             self.images.fetch_add(x.dim(0)? as u64, Ordering::Relaxed);
@@ -75,7 +81,12 @@ fn every_forward_pass_of_the_run_goes_through_the_kernels() -> Result<()> {
     let (k, images) = counting("counting");
     let mut o = opts(None);
     o.layer_kernels = Some(k);
-    let report = train(cfg.check()?, &dir.path().join("run"), &candle_core::Device::Cpu, o)?;
+    let report = train(
+        cfg.check()?,
+        &dir.path().join("run"),
+        &candle_core::Device::Cpu,
+        o,
+    )?;
     // Training (attack passes included) and validation forward passes, image by image.
     let seen = images.load(Ordering::Relaxed);
     let c = report.cost;
@@ -95,7 +106,10 @@ fn runs_without_the_recorded_kernels_are_refused_before_anything_is_written() ->
     cfg.quantize = Some("4,per-channel,first-last=8".into());
     for (given, says) in [
         (None, "no quantizer kernels were given"),
-        (Some("ternary,per-channel,first-last=8"), "kernels given are 'ternary"),
+        (
+            Some("ternary,per-channel,first-last=8"),
+            "kernels given are 'ternary",
+        ),
     ] {
         let run = dir.path().join("run");
         let mut o = opts(None);
@@ -113,10 +127,15 @@ fn runs_without_the_recorded_kernels_are_refused_before_anything_is_written() ->
     plain.quantize = None;
     let mut o = opts(None);
     o.layer_kernels = Some(counting("4,per-channel,first-last=8").0);
-    let e = train(plain.check()?, &dir.path().join("run"), &candle_core::Device::Cpu, o)
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let e = train(
+        plain.check()?,
+        &dir.path().join("run"),
+        &candle_core::Device::Cpu,
+        o,
+    )
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
     assert!(e.contains("records no quantizer"), "{e}");
     Ok(())
 }

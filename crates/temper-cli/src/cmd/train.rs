@@ -274,7 +274,10 @@ fn go(cfg: Option<TrainConfig>, r: &RunArgs, extra: &[(&'static str, bool)]) -> 
     } else {
         print_report(&report);
         if let Some(q) = &quantized {
-            println!("quantized:         {} (the weights as training saw them)", q.display());
+            println!(
+                "quantized:         {} (the weights as training saw them)",
+                q.display()
+            );
         }
     }
     Ok(())
