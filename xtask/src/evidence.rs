@@ -123,15 +123,20 @@ impl Runner {
             "--limit",
             limit,
         ])?;
-        let find = |key: &str| -> Result<f64> {
-            text.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().find(|w| w.ends_with('%')))
-                .and_then(|w| w.trim_end_matches('%').parse().ok())
-                .with_context(|| format!("no '{key}' in the output of temper attack:\n{text}"))
-        };
-        Ok((find("clean accuracy:")?, find("robust accuracy:")?))
+        accuracies(&text)
     }
+}
+
+/// Clean and robust accuracy (percent) from the output of `temper attack`.
+pub(crate) fn accuracies(text: &str) -> Result<(f64, f64)> {
+    let find = |key: &str| -> Result<f64> {
+        text.lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().find(|w| w.ends_with('%')))
+            .and_then(|w| w.trim_end_matches('%').parse().ok())
+            .with_context(|| format!("no '{key}' in the output of temper attack:\n{text}"))
+    };
+    Ok((find("clean accuracy:")?, find("robust accuracy:")?))
 }
 
 /// A number field of a run's `summary.json` (flat keys; the file is written by temper-train).

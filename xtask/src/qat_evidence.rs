@@ -16,7 +16,7 @@
 //! Each model is evaluated through its quantizer on the first N test digits (clean, PGD-20 and
 //! APGD-CE at eps 0.1). Finished runs and quantized files in OUT_DIR are reused. Never in CI.
 
-use crate::evidence::{cell, flag, Runner, THREAT};
+use crate::evidence::{accuracies, cell, flag, Runner, THREAT};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -25,10 +25,8 @@ const WIDTHS: &[&str] = &["4", "3", "2", "ternary"];
 /// Clean and robust accuracy (percent) of `weights` under `attack` at eps 0.1.
 fn accuracy(r: &Runner, weights: &Path, attack: &str, limit: &str) -> Result<(f64, f64)> {
     let w = weights.to_string_lossy();
-    let text = r.temper(&[
+    let mut args = vec![
         "attack",
-        "--model",
-        "small-cnn",
         "--weights",
         &w,
         "--dataset",
@@ -41,15 +39,12 @@ fn accuracy(r: &Runner, weights: &Path, attack: &str, limit: &str) -> Result<(f6
         "500",
         "--limit",
         limit,
-    ])?;
-    let find = |key: &str| -> Result<f64> {
-        text.lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().find(|w| w.ends_with('%')))
-            .and_then(|w| w.trim_end_matches('%').parse().ok())
-            .with_context(|| format!("no '{key}' in the output of temper attack:\n{text}"))
-    };
-    Ok((find("clean accuracy:")?, find("robust accuracy:")?))
+    ];
+    // A quantized file names its own architecture.
+    if !w.ends_with("quantized.safetensors") {
+        args.extend(["--model", "small-cnn"]);
+    }
+    accuracies(&r.temper(&args)?)
 }
 
 /// GPFQ of `float` at `width` into `OUT/name/quantized.safetensors`, unless it is there.
@@ -78,6 +73,33 @@ fn gpfq(r: &Runner, float: &Path, width: &str, name: &str) -> Result<PathBuf> {
         ])?;
     }
     Ok(file)
+}
+
+/// `temper finetune` of `weights` at the evidence's threat model, through the quantizer
+/// `quantize` when given.
+fn finetune<'a>(
+    weights: &'a str,
+    epochs: &'a str,
+    schedule: &'a str,
+    seed: &'a str,
+    quantize: Option<&'a str>,
+) -> Vec<&'a str> {
+    let mut a = vec![
+        "finetune",
+        "--weights",
+        weights,
+        "--epochs",
+        epochs,
+        "--lr-schedule",
+        schedule,
+        "--seed",
+        seed,
+    ];
+    a.extend(THREAT);
+    if let Some(q) = quantize {
+        a.extend(["--quantize", q]);
+    }
+    a
 }
 
 /// Clean, PGD-20 and APGD-CE accuracies of one table cell over its seeds.
@@ -129,36 +151,14 @@ pub fn qat_evidence(args: &[String]) -> Result<()> {
         .map(|w| (w.to_string(), Cell::default(), Cell::default(), Cell::default()))
         .collect();
     for seed in &seeds {
-        let mut ft = vec![
-            "finetune",
-            "--weights",
-            &natural,
-            "--epochs",
-            "2",
-            "--lr-schedule",
-            "ssfd",
-            "--seed",
-            seed,
-        ];
-        ft.extend(THREAT);
+        let ft = finetune(&natural, "2", "ssfd", seed, None);
         let robust = r
             .train(&format!("ft-{seed}"), &ft, 500)?
             .join("model.safetensors");
         let robust_s = robust.to_string_lossy().into_owned();
         float.add(&r, &robust, limit)?;
         // The equal-budget control: E more float epochs at the QAT learning rate.
-        let mut more = vec![
-            "finetune",
-            "--weights",
-            &robust_s,
-            "--epochs",
-            epochs,
-            "--lr-schedule",
-            qat_lr,
-            "--seed",
-            seed,
-        ];
-        more.extend(THREAT);
+        let more = finetune(&robust_s, epochs, qat_lr, seed, None);
         let longer = r
             .train(&format!("ft-more-{seed}"), &more, 500)?
             .join("model.safetensors");
@@ -167,20 +167,7 @@ pub fn qat_evidence(args: &[String]) -> Result<()> {
             ptq.add(&r, &p, limit)?;
             let p = gpfq(&r, &longer, w, &format!("ptq-more-{seed}-{w}"))?;
             ptq_more.add(&r, &p, limit)?;
-            let mut q = vec![
-                "finetune",
-                "--weights",
-                &robust_s,
-                "--epochs",
-                epochs,
-                "--lr-schedule",
-                qat_lr,
-                "--seed",
-                seed,
-                "--quantize",
-                w,
-            ];
-            q.extend(THREAT);
+            let q = finetune(&robust_s, epochs, qat_lr, seed, Some(w));
             let dir = r.train(&format!("qat-{seed}-{w}"), &q, 500)?;
             qat.add(&r, &dir.join("quantized.safetensors"), limit)?;
         }

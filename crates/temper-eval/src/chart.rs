@@ -127,26 +127,17 @@ impl Figure {
 
     /// The figure as PNG bytes.
     pub fn render_png(&self) -> Result<Vec<u8>> {
-        ensure_font()?;
         let name = if self.title.is_empty() {
             self.panels.first().map_or("chart", |p| p.title.as_str())
         } else {
             self.title.as_str()
         };
-        let fail = |reason: String| Error::Chart {
-            chart: name.to_string(),
-            reason,
-        };
-        let (w, h) = self.size();
-        let mut rgb = vec![255u8; w as usize * h as usize * 3];
-        {
-            let root = BitMapBackend::with_buffer(&mut rgb, (w, h)).into_drawing_area();
-            root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
+        render(name, self.size(), |root| {
             let body = if self.title.is_empty() {
                 root.clone()
             } else {
                 root.titled(&self.title, (FAMILY, 26).into_font().style(FontStyle::Bold))
-                    .map_err(|e| fail(e.to_string()))?
+                    .map_err(|e| e.to_string())?
             };
             let cols = self.columns.clamp(1, self.panels.len().max(1));
             let rows = self.panels.len().div_ceil(cols).max(1);
@@ -158,20 +149,10 @@ impl Figure {
                 0.0,
             );
             for (panel, area) in self.panels.iter().zip(body.split_evenly((rows, cols))) {
-                draw_panel(panel, &area, all_x).map_err(|e| fail(format!("panel '{}': {e}", panel.title)))?;
+                draw_panel(panel, &area, all_x).map_err(|e| format!("panel '{}': {e}", panel.title))?;
             }
-            root.present().map_err(|e| fail(e.to_string()))?;
-        }
-        let mut png = Vec::new();
-        image::ImageEncoder::write_image(
-            image::codecs::png::PngEncoder::new(&mut png),
-            &rgb,
-            w,
-            h,
-            image::ExtendedColorType::Rgb8,
-        )
-        .map_err(|e| fail(format!("PNG encoding: {e}")))?;
-        Ok(png)
+            Ok(())
+        })
     }
 
     /// Renders the figure and writes it to `path` atomically.
@@ -180,6 +161,38 @@ impl Figure {
         temper_core::fsutil::write_atomic(path, &png)?;
         Ok(())
     }
+}
+
+/// Draws an image of `size` pixels on white with `draw` and encodes it as PNG; `name` names
+/// the chart in errors.
+fn render(
+    name: &str,
+    size: (u32, u32),
+    draw: impl FnOnce(&DrawingArea<BitMapBackend<'_>, Shift>) -> std::result::Result<(), String>,
+) -> Result<Vec<u8>> {
+    ensure_font()?;
+    let fail = |reason: String| Error::Chart {
+        chart: name.to_string(),
+        reason,
+    };
+    let (w, h) = size;
+    let mut rgb = vec![255u8; w as usize * h as usize * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
+        draw(&root).map_err(fail)?;
+        root.present().map_err(|e| fail(e.to_string()))?;
+    }
+    let mut png = Vec::new();
+    image::ImageEncoder::write_image(
+        image::codecs::png::PngEncoder::new(&mut png),
+        &rgb,
+        w,
+        h,
+        image::ExtendedColorType::Rgb8,
+    )
+    .map_err(|e| fail(format!("PNG encoding: {e}")))?;
+    Ok(png)
 }
 
 /// Finite extent of a set of values, widened when it is a single value so that the axis has
@@ -509,36 +522,19 @@ impl HeatMap {
 
     /// The heat map as PNG bytes.
     pub fn render_png(&self) -> Result<Vec<u8>> {
-        ensure_font()?;
-        let fail = |reason: String| Error::Chart {
-            chart: self.title.clone(),
-            reason,
-        };
         if self.values.len() != self.rows.len() || self.values.iter().any(|r| r.len() != self.columns.len()) {
-            return Err(fail(format!(
-                "{} rows x {} columns of labels but values of another shape",
-                self.rows.len(),
-                self.columns.len()
-            )));
+            return Err(Error::Chart {
+                chart: self.title.clone(),
+                reason: format!(
+                    "{} rows x {} columns of labels but values of another shape",
+                    self.rows.len(),
+                    self.columns.len()
+                ),
+            });
         }
-        let (w, h) = self.size();
-        let mut rgb = vec![255u8; w as usize * h as usize * 3];
-        {
-            let root = BitMapBackend::with_buffer(&mut rgb, (w, h)).into_drawing_area();
-            root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
-            self.draw(&root).map_err(|e| fail(e.to_string()))?;
-            root.present().map_err(|e| fail(e.to_string()))?;
-        }
-        let mut png = Vec::new();
-        image::ImageEncoder::write_image(
-            image::codecs::png::PngEncoder::new(&mut png),
-            &rgb,
-            w,
-            h,
-            image::ExtendedColorType::Rgb8,
-        )
-        .map_err(|e| fail(format!("PNG encoding: {e}")))?;
-        Ok(png)
+        render(&self.title, self.size(), |root| {
+            self.draw(root).map_err(|e| e.to_string())
+        })
     }
 
     fn draw(&self, root: &DrawingArea<BitMapBackend<'_>, Shift>) -> DrawResult<()> {

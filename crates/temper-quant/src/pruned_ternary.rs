@@ -87,18 +87,7 @@ pub fn quantize(w: &[f32], shape: &[usize], prune: f64, granularity: Granularity
     let scale: Vec<f32> = w
         .chunks(per_group.max(1))
         .zip(codes.chunks(per_group.max(1)))
-        .map(|(g, c)| {
-            let (sum, kept) = g
-                .iter()
-                .zip(c)
-                .filter(|(_, c)| **c != 0)
-                .fold((0f64, 0usize), |(s, k), (v, _)| (s + f64::from(v.abs()), k + 1));
-            if kept > 0 && sum > 0.0 {
-                (sum / kept as f64) as f32
-            } else {
-                1.0
-            }
-        })
+        .map(|(g, c)| crate::ternary::kept_scale(g.iter().zip(c).filter(|(_, c)| **c != 0).map(|(v, _)| v)))
         .collect();
     QTensor::new(
         WeightScheme::Ternary,
