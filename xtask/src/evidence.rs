@@ -34,7 +34,7 @@ const NATURAL: &[&str] = &[
 ];
 
 /// The fine-tuning threat model: L-inf eps 0.1, PGD-10 with step 0.025.
-const THREAT: &[&str] = &["--eps", "0.1", "--alpha", "0.025", "--attack-steps", "10"];
+pub(crate) const THREAT: &[&str] = &["--eps", "0.1", "--alpha", "0.025", "--attack-steps", "10"];
 
 pub(crate) struct Runner {
     bin: PathBuf,
@@ -73,7 +73,7 @@ impl Runner {
     }
 
     /// Runs `temper ARGS --model small-cnn ... --out OUT/NAME` unless it already finished.
-    fn train(&self, name: &str, args: &[&str], val_size: usize) -> Result<PathBuf> {
+    pub(crate) fn train(&self, name: &str, args: &[&str], val_size: usize) -> Result<PathBuf> {
         let val = val_size.to_string();
         let mut a: Vec<&str> = args.to_vec();
         a.extend([
@@ -103,7 +103,7 @@ impl Runner {
         Ok(dir)
     }
 
-    fn natural(&self) -> Result<PathBuf> {
+    pub(crate) fn natural(&self) -> Result<PathBuf> {
         self.train("natural", NATURAL, 800)
     }
 
@@ -129,15 +129,20 @@ impl Runner {
             "--limit",
             limit,
         ])?;
-        let find = |key: &str| -> Result<f64> {
-            text.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().find(|w| w.ends_with('%')))
-                .and_then(|w| w.trim_end_matches('%').parse().ok())
-                .with_context(|| format!("no '{key}' in the output of temper attack:\n{text}"))
-        };
-        Ok((find("clean accuracy:")?, find("robust accuracy:")?))
+        accuracies(&text)
     }
+}
+
+/// Clean and robust accuracy (percent) from the output of `temper attack`.
+pub(crate) fn accuracies(text: &str) -> Result<(f64, f64)> {
+    let find = |key: &str| -> Result<f64> {
+        text.lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().find(|w| w.ends_with('%')))
+            .and_then(|w| w.trim_end_matches('%').parse().ok())
+            .with_context(|| format!("no '{key}' in the output of temper attack:\n{text}"))
+    };
+    Ok((find("clean accuracy:")?, find("robust accuracy:")?))
 }
 
 /// A number field of a run's `summary.json` (flat keys; the file is written by temper-train).

@@ -12,6 +12,8 @@
 //!   chose the defaults.
 //! - `hero-l2p-evidence`: issue 15's mnist10k experiments: HERO against SGD after post-training
 //!   quantization, Learn2Perturb against PGD-AT under `autoattack-rand`.
+//! - `qat-evidence`: issue 15's mnist10k experiment (quantization-aware robust fine-tuning
+//!   against post-training quantization of the robust model at 4, 3, 2 bits and ternary).
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -19,6 +21,7 @@ use std::process::Command;
 
 mod evidence;
 mod hero_l2p;
+mod qat_evidence;
 mod reproduce;
 
 fn root() -> PathBuf {
@@ -56,6 +59,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
             "temper-train",
             "temper-eval",
             "temper-quant",
+            "temper-harden",
             "temper-cli",
         ],
     ),
@@ -68,6 +72,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
             "temper-train",
             "temper-eval",
             "temper-quant",
+            "temper-harden",
             "temper-cli",
         ],
     ),
@@ -80,6 +85,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
             "temper-train",
             "temper-eval",
             "temper-quant",
+            "temper-harden",
             "temper-cli",
         ],
     ),
@@ -92,6 +98,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
             "temper-train",
             "temper-eval",
             "temper-quant",
+            "temper-harden",
             "temper-cli",
         ],
     ),
@@ -104,15 +111,26 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
             "temper-train",
             "temper-eval",
             "temper-quant",
+            "temper-harden",
             "temper-cli",
         ],
     ),
     (
         "temper-eval",
-        &["temper-train", "temper-sched", "temper-quant", "temper-cli"],
+        &[
+            "temper-train",
+            "temper-sched",
+            "temper-quant",
+            "temper-harden",
+            "temper-cli",
+        ],
     ),
-    ("temper-quant", &["temper-train", "temper-sched", "temper-cli"]),
-    ("temper-train", &["temper-quant", "temper-cli"]),
+    (
+        "temper-quant",
+        &["temper-train", "temper-sched", "temper-harden", "temper-cli"],
+    ),
+    ("temper-train", &["temper-quant", "temper-harden", "temper-cli"]),
+    ("temper-harden", &["temper-cli"]),
 ];
 
 fn invariants() -> Result<()> {
@@ -210,6 +228,7 @@ fn fixtures() -> Result<()> {
         // Imports the zoo's reference modules from models/make_fixtures.py.
         "tests/fixtures/hero/make_fixtures.py",
         "tests/fixtures/l2p/make_fixtures.py",
+        "tests/fixtures/qat/make_fixtures.py",
         // Needs the AutoAttack reference: AUTOATTACK_SRC=<checkout of fra31/auto-attack>.
         "tests/fixtures/autoattack/make_fixtures.py",
         "tests/fixtures/autoattack/make_norms.py",
@@ -260,9 +279,10 @@ fn main() -> Result<()> {
         Some("ssfd-sweep") => evidence::ssfd_sweep(&args[1..]),
         Some("reproduce") => reproduce::reproduce(&args[1..]),
         Some("hero-l2p-evidence") => hero_l2p::evidence(&args[1..]),
+        Some("qat-evidence") => qat_evidence::qat_evidence(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci|invariants|bench [data|attacks|steps ...]|fixtures|cuda-build [--cudnn]|evidence|ssfd-sweep|hero-l2p-evidence|reproduce cifar10 [--scale smoke|cpu|gpu]>"
+                "usage: cargo xtask <ci|invariants|bench [data|attacks|steps ...]|fixtures|cuda-build [--cudnn]|evidence|ssfd-sweep|hero-l2p-evidence|qat-evidence|reproduce cifar10 [--scale smoke|cpu|gpu]>"
             );
             std::process::exit(2)
         }

@@ -694,7 +694,7 @@ pub fn reproduce(args: &[String]) -> Result<()> {
         seeds.join(","),
         r.device,
         scale.width,
-        scale.train_size.map(|n| format!(" (first {n} of the training part)")).unwrap_or_default(),
+        scale.train_size.map(|n| format!(" ({n} images evenly spaced through the training part)")).unwrap_or_default(),
         scale.test_per_class,
         scale.val_split,
         scale.eval_points,

@@ -80,6 +80,13 @@ enum Command {
     /// inspect a quantized file.
     #[command(subcommand)]
     Quant(cmd::quant::QuantCmd),
+    /// Evaluate the models on the line between two checkpoints of one architecture (clean and
+    /// robust accuracy per alpha); writes interpolation.json, .md and the trade-off chart.
+    Interpolate(Box<cmd::interpolate::InterpolateArgs>),
+    /// From a pre-trained checkpoint to a robust, quantized model with its evidence:
+    /// adversarial fine-tuning, quantization per bit width (GPFQ or quantization-aware),
+    /// the robustness x bit-width matrix through each quantizer, report and packed files.
+    Harden(Box<cmd::harden::HardenArgs>),
 }
 
 fn main() -> std::process::ExitCode {
@@ -106,6 +113,8 @@ fn main() -> std::process::ExitCode {
         Command::Sched(c) => cmd::sched::run(c),
         Command::Quantize(a) => cmd::quantize::run(*a),
         Command::Quant(c) => cmd::quant::run(c),
+        Command::Interpolate(a) => cmd::interpolate::run(*a),
+        Command::Harden(a) => cmd::harden::run(*a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -27,6 +27,8 @@ const COMMANDS: &[&[&str]] = &[
     &["quant"],
     &["quant", "sweep"],
     &["quant", "inspect"],
+    &["interpolate"],
+    &["harden"],
 ];
 
 fn snapshot_dir() -> PathBuf {

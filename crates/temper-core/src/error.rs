@@ -105,6 +105,20 @@ pub enum Error {
         mismatch: Box<WeightMismatch>,
     },
 
+    /// Two parameter sets that should describe the same architecture do not (interpolation).
+    #[error(
+        "'{a}' and '{b}' are not the same architecture:\n{}",
+        describe_differences(a, b, mismatch)
+    )]
+    StoresDiffer {
+        /// The first set's name (usually its file).
+        a: String,
+        /// The second set's name.
+        b: String,
+        /// Keys only in `a` (`missing`), only in `b` (`unexpected`), and different shapes.
+        mismatch: Box<WeightMismatch>,
+    },
+
     /// A user-supplied parameter is out of range or malformed.
     #[error("invalid parameter `{name}`: {reason}")]
     InvalidParam {
@@ -131,6 +145,34 @@ pub enum Error {
         /// What is wrong with the input.
         reason: String,
     },
+}
+
+/// Every difference between two parameter sets, one per line, in their own names.
+fn describe_differences(a: &str, b: &str, m: &WeightMismatch) -> String {
+    let mut out = String::new();
+    for (keys, side) in [(&m.missing, a), (&m.unexpected, b)] {
+        if !keys.is_empty() {
+            out.push_str(&format!(
+                "  keys only in '{side}' ({}): {}\n",
+                keys.len(),
+                keys.join(", ")
+            ));
+        }
+    }
+    for s in &m.shape {
+        out.push_str(&format!(
+            "  '{}': {:?} in '{a}', {:?} in '{b}'{}\n",
+            s.key,
+            s.expected,
+            s.found,
+            if s.expected == s.found {
+                " (different dtypes)"
+            } else {
+                ""
+            }
+        ));
+    }
+    out
 }
 
 impl From<candle_core::Error> for Error {

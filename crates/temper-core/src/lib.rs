@@ -41,6 +41,7 @@ pub mod device;
 mod error;
 pub mod fsutil;
 pub mod hooks;
+pub mod interpolate;
 pub mod kernels;
 pub mod loss;
 mod model;

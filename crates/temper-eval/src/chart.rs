@@ -1,5 +1,5 @@
-//! PNG line charts drawn with plotters: robust accuracy against eps, training curves and
-//! learning-rate schedules.
+//! PNG charts drawn with plotters: line charts (robust accuracy against eps, training curves,
+//! learning-rate schedules) and heat maps (a robustness matrix: models by attacks).
 //!
 //! A [`Figure`] is a grid of [`Panel`]s, each a set of named [`Series`]; every panel has a
 //! title, axis labels and a legend, so a chart can be read without the code that made it.
@@ -127,26 +127,17 @@ impl Figure {
 
     /// The figure as PNG bytes.
     pub fn render_png(&self) -> Result<Vec<u8>> {
-        ensure_font()?;
         let name = if self.title.is_empty() {
             self.panels.first().map_or("chart", |p| p.title.as_str())
         } else {
             self.title.as_str()
         };
-        let fail = |reason: String| Error::Chart {
-            chart: name.to_string(),
-            reason,
-        };
-        let (w, h) = self.size();
-        let mut rgb = vec![255u8; w as usize * h as usize * 3];
-        {
-            let root = BitMapBackend::with_buffer(&mut rgb, (w, h)).into_drawing_area();
-            root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
+        render(name, self.size(), |root| {
             let body = if self.title.is_empty() {
                 root.clone()
             } else {
                 root.titled(&self.title, (FAMILY, 26).into_font().style(FontStyle::Bold))
-                    .map_err(|e| fail(e.to_string()))?
+                    .map_err(|e| e.to_string())?
             };
             let cols = self.columns.clamp(1, self.panels.len().max(1));
             let rows = self.panels.len().div_ceil(cols).max(1);
@@ -158,20 +149,10 @@ impl Figure {
                 0.0,
             );
             for (panel, area) in self.panels.iter().zip(body.split_evenly((rows, cols))) {
-                draw_panel(panel, &area, all_x).map_err(|e| fail(format!("panel '{}': {e}", panel.title)))?;
+                draw_panel(panel, &area, all_x).map_err(|e| format!("panel '{}': {e}", panel.title))?;
             }
-            root.present().map_err(|e| fail(e.to_string()))?;
-        }
-        let mut png = Vec::new();
-        image::ImageEncoder::write_image(
-            image::codecs::png::PngEncoder::new(&mut png),
-            &rgb,
-            w,
-            h,
-            image::ExtendedColorType::Rgb8,
-        )
-        .map_err(|e| fail(format!("PNG encoding: {e}")))?;
-        Ok(png)
+            Ok(())
+        })
     }
 
     /// Renders the figure and writes it to `path` atomically.
@@ -180,6 +161,38 @@ impl Figure {
         temper_core::fsutil::write_atomic(path, &png)?;
         Ok(())
     }
+}
+
+/// Draws an image of `size` pixels on white with `draw` and encodes it as PNG; `name` names
+/// the chart in errors.
+fn render(
+    name: &str,
+    size: (u32, u32),
+    draw: impl FnOnce(&DrawingArea<BitMapBackend<'_>, Shift>) -> std::result::Result<(), String>,
+) -> Result<Vec<u8>> {
+    ensure_font()?;
+    let fail = |reason: String| Error::Chart {
+        chart: name.to_string(),
+        reason,
+    };
+    let (w, h) = size;
+    let mut rgb = vec![255u8; w as usize * h as usize * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
+        draw(&root).map_err(fail)?;
+        root.present().map_err(|e| fail(e.to_string()))?;
+    }
+    let mut png = Vec::new();
+    image::ImageEncoder::write_image(
+        image::codecs::png::PngEncoder::new(&mut png),
+        &rgb,
+        w,
+        h,
+        image::ExtendedColorType::Rgb8,
+    )
+    .map_err(|e| fail(format!("PNG encoding: {e}")))?;
+    Ok(png)
 }
 
 /// Finite extent of a set of values, widened when it is a single value so that the axis has
@@ -454,6 +467,154 @@ pub fn lr_schedule(points: &[(f64, f64)], spec: &str) -> Figure {
     }
 }
 
+/// A table of percentages drawn as coloured cells with their values: one row per model (a
+/// bit width), one column per measure (clean accuracy, each attack). Empty cells (`None`) are
+/// grey and say so. The colours run from white at the scale's floor (the lowest value rounded
+/// down to a multiple of 10, so nearby values stay distinguishable) to dark blue at 100%; the
+/// image states the floor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeatMap {
+    /// Title above the table.
+    pub title: String,
+    /// A line under the title (settings), or empty.
+    pub subtitle: String,
+    /// Row labels, top to bottom.
+    pub rows: Vec<String>,
+    /// Column labels, left to right.
+    pub columns: Vec<String>,
+    /// `values[row][column]`, in percent (0 to 100).
+    pub values: Vec<Vec<Option<f64>>>,
+}
+
+/// The colour of a percentage: white at `floor`, through light blue, to dark blue at 100.
+fn heat_colour(v: f64, floor: f64) -> RGBColor {
+    let t = ((v - floor) / (100.0 - floor).max(1.0)).clamp(0.0, 1.0);
+    let lerp = |a: u8, b: u8| (f64::from(a) + (f64::from(b) - f64::from(a)) * t).round() as u8;
+    RGBColor(lerp(255, 8), lerp(255, 69), lerp(255, 148))
+}
+
+impl HeatMap {
+    const LABEL_W: u32 = 230;
+    const CELL_W: u32 = 150;
+    const CELL_H: u32 = 46;
+    const HEAD_H: u32 = 120;
+
+    /// Width and height of the image in pixels: wide enough for the grid and for the title
+    /// lines (about 13 and 8 pixels per character).
+    pub fn size(&self) -> (u32, u32) {
+        let text = (13 * self.title.chars().count()).max(8 * self.subtitle.chars().count()) as u32 + 28;
+        (
+            (Self::LABEL_W + Self::CELL_W * self.columns.len().max(1) as u32 + 20).max(text),
+            Self::HEAD_H + Self::CELL_H * self.rows.len().max(1) as u32 + 20,
+        )
+    }
+
+    /// The value that is white: the lowest value rounded down to a multiple of 10 (at most 90).
+    pub fn floor(&self) -> f64 {
+        let lo = self
+            .values
+            .iter()
+            .flatten()
+            .flatten()
+            .fold(100f64, |a, v| a.min(*v));
+        ((lo / 10.0).floor() * 10.0).clamp(0.0, 90.0)
+    }
+
+    /// The heat map as PNG bytes.
+    pub fn render_png(&self) -> Result<Vec<u8>> {
+        if self.values.len() != self.rows.len() || self.values.iter().any(|r| r.len() != self.columns.len()) {
+            return Err(Error::Chart {
+                chart: self.title.clone(),
+                reason: format!(
+                    "{} rows x {} columns of labels but values of another shape",
+                    self.rows.len(),
+                    self.columns.len()
+                ),
+            });
+        }
+        render(&self.title, self.size(), |root| {
+            self.draw(root).map_err(|e| e.to_string())
+        })
+    }
+
+    fn draw(&self, root: &DrawingArea<BitMapBackend<'_>, Shift>) -> DrawResult<()> {
+        let text = |size: u32, bold: bool, colour: RGBColor, h: HPos| {
+            let font = (FAMILY, size).into_font();
+            let font = if bold { font.style(FontStyle::Bold) } else { font };
+            font.color(&colour).pos(Pos::new(h, VPos::Center))
+        };
+        let black = RGBColor(20, 20, 20);
+        let floor = self.floor();
+        root.draw(&Text::new(
+            self.title.clone(),
+            (14, 24),
+            text(24, true, black, HPos::Left),
+        ))?;
+        let scale = format!("colour: white {floor:.0}% to dark blue 100%");
+        let grey = RGBColor(90, 90, 90);
+        root.draw(&Text::new(scale, (14, 84), text(14, false, grey, HPos::Left)))?;
+        if !self.subtitle.is_empty() {
+            let grey = RGBColor(90, 90, 90);
+            root.draw(&Text::new(
+                self.subtitle.clone(),
+                (14, 56),
+                text(15, false, grey, HPos::Left),
+            ))?;
+        }
+        let (lw, cw, ch, top) = (
+            Self::LABEL_W as i32,
+            Self::CELL_W as i32,
+            Self::CELL_H as i32,
+            Self::HEAD_H as i32,
+        );
+        for (j, c) in self.columns.iter().enumerate() {
+            let x = lw + cw * j as i32 + cw / 2;
+            root.draw(&Text::new(
+                c.clone(),
+                (x, top - 20),
+                text(16, true, black, HPos::Center),
+            ))?;
+        }
+        for (i, (label, row)) in self.rows.iter().zip(&self.values).enumerate() {
+            let y0 = top + ch * i as i32;
+            root.draw(&Text::new(
+                label.clone(),
+                (14, y0 + ch / 2),
+                text(17, true, black, HPos::Left),
+            ))?;
+            for (j, v) in row.iter().enumerate() {
+                let x0 = lw + cw * j as i32;
+                let fill = v.map_or(RGBColor(225, 225, 225), |p| heat_colour(p, floor));
+                root.draw(&Rectangle::new([(x0, y0), (x0 + cw, y0 + ch)], fill.filled()))?;
+                root.draw(&Rectangle::new(
+                    [(x0, y0), (x0 + cw, y0 + ch)],
+                    RGBColor(255, 255, 255).stroke_width(2),
+                ))?;
+                let (label, colour) = match v {
+                    Some(p) => {
+                        let dark = (p - floor) / (100.0 - floor).max(1.0) > 0.55;
+                        (format!("{p:.1}%"), if dark { WHITE } else { black })
+                    }
+                    None => ("n/a".to_string(), RGBColor(110, 110, 110)),
+                };
+                root.draw(&Text::new(
+                    label,
+                    (x0 + cw / 2, y0 + ch / 2),
+                    text(18, false, colour, HPos::Center),
+                ))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Renders the heat map and writes it to `path` atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let png = self.render_png()?;
+        temper_core::fsutil::write_atomic(path, &png)?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -465,6 +626,30 @@ mod tests {
         assert_eq!(tick(50.0, 100.0), "50");
         assert_eq!(tick(0.0314, 0.03), "0.031");
         assert_eq!(tick(0.0001, 0.0005), "1.0e-4");
+    }
+
+    #[test]
+    fn heat_maps_draw_and_refuse_ragged_values() -> Result<()> {
+        let mut m = HeatMap {
+            title: "Robustness by bit width".into(),
+            subtitle: "small-cnn, mnist10k".into(),
+            rows: vec!["float".into(), "4-bit".into()],
+            columns: vec!["clean".into(), "pgd-20".into()],
+            values: vec![vec![Some(98.0), Some(70.5)], vec![Some(97.0), None]],
+        };
+        let png = m.render_png()?;
+        assert!(png.starts_with(b"\x89PNG"));
+        let img = image::load_from_memory(&png).map_err(|e| Error::Chart {
+            chart: "test".into(),
+            reason: e.to_string(),
+        })?;
+        assert_eq!((img.width(), img.height()), m.size());
+        assert_eq!(m.floor(), 70.0);
+        assert_eq!(heat_colour(70.0, 70.0), RGBColor(255, 255, 255));
+        assert_eq!(heat_colour(100.0, 70.0), RGBColor(8, 69, 148));
+        m.values[1].pop();
+        assert!(m.render_png().is_err());
+        Ok(())
     }
 
     #[test]

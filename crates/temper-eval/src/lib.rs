@@ -11,6 +11,8 @@
 //!   seconds and images per second. Robust accuracy always refers to a [`Threat`] (norm and
 //!   eps): an adversarial example counts only inside it.
 //! - [`sweep`]: robust accuracy against eps for any attack spec.
+//! - [`interpolation`]: clean and robust accuracy of the models on the line between two
+//!   checkpoints, with the Pareto front of the trade-off.
 //! - [`masking`]: gradient-masking checks after AutoAttack and RobustBench (zero or
 //!   non-finite input gradients, accuracy rising with more steps or larger eps, noise beating
 //!   the attack, an unbounded attack failing), each a typed [`MaskingFlag`] with a message.
@@ -82,6 +84,7 @@
 pub mod chart;
 mod error;
 mod evaluate;
+pub mod interpolation;
 pub mod jsonl;
 pub mod masking;
 pub mod metrics;

@@ -9,7 +9,12 @@
 //! - **Before**: BatchNorm folded into the convolution before it ([`fold`]). **After**: bias
 //!   correction on calibration data ([`QuantParams::bias_correction`]).
 //! - **Methods**: round to nearest ([`rtn`]) or [`gpfq`], the greedy path-following
-//!   quantizer, which tracks the float network's layer outputs.
+//!   quantizer, which tracks the float network's layer outputs; for ternary weights also
+//!   pruning ternary quantization ([`pruned_ternary`]).
+//! - **Quantization-aware training** ([`qat`]): kernels that run every layer on its quantized
+//!   weights with straight-through gradients to the float ones, for a trainer to install; the
+//!   export is the same rounding of the trained weights, so the file computes what training
+//!   saw.
 //! - **Activations**: per-tensor grids calibrated by min-max, percentile or MSE ([`calib`]),
 //!   applied by kernels wrapped around the model's own ([`act`]), with a straight-through
 //!   gradient ([`ste`]).
@@ -66,6 +71,8 @@ pub mod mixed;
 mod model;
 pub mod pack;
 mod params;
+pub mod pruned_ternary;
+pub mod qat;
 mod qtensor;
 mod quantize;
 mod record;

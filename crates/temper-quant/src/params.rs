@@ -14,23 +14,86 @@ pub enum Method {
     Rtn,
     /// The greedy path-following quantizer, which needs calibration images.
     Gpfq(GpfqParams),
+    /// Pruning ternary quantization ([`crate::pruned_ternary`]) for ternary layers: the
+    /// fraction `prune` of the L2-normalized weights set to zero, the rest projected onto
+    /// `{-a, +a}`. Layers of other widths (the first and last at 8 bits) round to nearest.
+    PrunedTernary {
+        /// Fraction of each layer's weights set to zero, in `[0, 1)`.
+        prune: f64,
+    },
 }
 
 impl Method {
-    /// Parses `rtn` or `gpfq` (with `gpfq` settings for the latter).
+    /// Parses `rtn`, `gpfq` (with `gpfq` settings for the latter), or `ptq` /
+    /// `pruned-ternary`, optionally with its fraction: `ptq:prune=0.6` (default
+    /// [`crate::pruned_ternary::DEFAULT_PRUNE`]).
+    ///
+    /// ```
+    /// use temper_quant::{GpfqParams, Method};
+    /// assert_eq!(Method::parse("ptq:prune=0.7", GpfqParams::default())?, Method::PrunedTernary { prune: 0.7 });
+    /// assert!(Method::parse("ptq:prune=1", GpfqParams::default()).is_err());
+    /// # Ok::<(), temper_quant::Error>(())
+    /// ```
     pub fn parse(s: &str, gpfq: GpfqParams) -> Result<Self> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "rtn" | "round" | "nearest" => Ok(Method::Rtn),
-            "gpfq" => Ok(Method::Gpfq(gpfq)),
-            _ => Err(param("method", format!("'{s}' is not one of rtn, gpfq"))),
-        }
+        let t = s.trim().to_ascii_lowercase();
+        let (name, opts) = t.split_once(':').unwrap_or((t.as_str(), ""));
+        let method = match name {
+            "rtn" | "round" | "nearest" if opts.is_empty() => Method::Rtn,
+            "gpfq" if opts.is_empty() => Method::Gpfq(gpfq),
+            "ptq" | "pruned-ternary" => {
+                let prune = match opts {
+                    "" => crate::pruned_ternary::DEFAULT_PRUNE,
+                    o => o
+                        .strip_prefix("prune=")
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .ok_or_else(|| param("method", format!("'{s}': expected ptq or ptq:prune=F")))?,
+                };
+                crate::pruned_ternary::check_prune(prune)?;
+                Method::PrunedTernary { prune }
+            }
+            _ => {
+                return Err(param(
+                    "method",
+                    format!("'{s}' is not one of rtn, gpfq, ptq[:prune=F] (pruned ternary)"),
+                ))
+            }
+        };
+        Ok(method)
     }
 
-    /// `rtn` or `gpfq`.
+    /// `rtn`, `gpfq` or `ptq`.
     pub fn name(&self) -> &'static str {
         match self {
             Method::Rtn => "rtn",
             Method::Gpfq(_) => "gpfq",
+            Method::PrunedTernary { .. } => "ptq",
+        }
+    }
+
+    /// The method as [`Method::parse`] reads it back: `rtn`, `gpfq`, `ptq:prune=0.5`.
+    pub fn spec(&self) -> String {
+        match self {
+            Method::PrunedTernary { prune } => format!("ptq:prune={prune}"),
+            m => m.name().to_string(),
+        }
+    }
+
+    /// The weight of one layer on `scheme`'s grid without data: round to nearest, or, under
+    /// pruning ternary quantization, the pruned ternary weight for ternary layers. `None` for
+    /// GPFQ, which needs the layer's inputs.
+    pub fn data_free(
+        &self,
+        w: &[f32],
+        shape: &[usize],
+        scheme: WeightScheme,
+        granularity: Granularity,
+    ) -> Option<Result<crate::QTensor>> {
+        match (self, scheme) {
+            (Method::Gpfq(_), _) => None,
+            (Method::PrunedTernary { prune }, WeightScheme::Ternary) => {
+                Some(crate::pruned_ternary::quantize(w, shape, *prune, granularity))
+            }
+            _ => Some(crate::rtn::quantize(w, shape, scheme, granularity)),
         }
     }
 }
@@ -116,6 +179,15 @@ impl QuantParams {
             if let Precision::Quantized(s) = p {
                 s.check()
                     .map_err(|e| param(format!("layer {name}"), e.to_string()))?;
+            }
+        }
+        if let Method::PrunedTernary { prune } = self.method {
+            crate::pruned_ternary::check_prune(prune)?;
+            if scheme != WeightScheme::Ternary {
+                return Err(param(
+                    "method",
+                    format!("pruning ternary quantization makes ternary weights, not {scheme}"),
+                ));
             }
         }
         if let Method::Gpfq(g) = &self.method {

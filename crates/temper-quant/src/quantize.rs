@@ -10,7 +10,7 @@ use crate::im2col::{columns, conv_out, select_rows, unfold, ColMatrix};
 use crate::model::{QuantInfo, QuantModel, QuantizedLayer};
 use crate::params::{Method, Precision, ValidQuantParams};
 use crate::record::{record, Capture};
-use crate::{bias, gpfq, rtn, tensors, Result};
+use crate::{bias, gpfq, tensors, Result};
 use candle_core::Tensor;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -181,10 +181,13 @@ pub fn quantize(
         };
         let w = tensors::read(qnet.params(), &layer.weight_key())?;
         let (weight, gpfq_error) = match &p.method {
-            Method::Rtn => (
-                rtn::quantize(&w, &layer.weight_shape, scheme, p.granularity)?,
-                None,
-            ),
+            Method::Rtn | Method::PrunedTernary { .. } => {
+                let rounded = p.method.data_free(&w, &layer.weight_shape, scheme, p.granularity);
+                (
+                    rounded.ok_or_else(|| param("method", "needs calibration data"))??,
+                    None,
+                )
+            }
             Method::Gpfq(gp) => {
                 let (xf, xq) = gpfq_inputs(&reference, &qnet, layer, calib, p.batch_size, gp.max_rows)?;
                 let g = gpfq::quantize_layer(&w, &layer.weight_shape, &xf, &xq, scheme, p.granularity, gp)?;

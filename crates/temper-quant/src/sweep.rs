@@ -10,8 +10,8 @@
 
 use crate::error::param;
 use crate::export::{float_bytes, to_bytes};
-use crate::params::{ActParams, QuantParams};
-use crate::{eval, quantize, Granularity, Result, WeightScheme};
+use crate::params::{ActParams, Method, QuantParams};
+use crate::{eval, quantize, Granularity, QuantModel, Result, WeightScheme};
 use candle_core::{Device, Tensor};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,7 +19,7 @@ use temper_attacks::Attack;
 use temper_core::Classifier;
 use temper_data::Dataset;
 use temper_eval::chart::{Figure, LegendPosition, Panel, Series};
-use temper_eval::{evaluate, evaluate_with, AdversarialBatch, EvalParams, Threat};
+use temper_eval::{evaluate_with, AdversarialBatch, EvalParams, Threat};
 use temper_models::ValidModelConfig;
 
 /// Unchecked sweep settings.
@@ -34,6 +34,19 @@ pub struct SweepParams {
     /// The threat model robust accuracy refers to: an attack's example counts only inside
     /// this ball (as in `temper eval` and `temper attack`).
     pub threat: Threat,
+    /// Named groups of the attacks, each reported as the per-sample worst case over its
+    /// members (an image counts when no member broke it), e.g. `autoattack` for its
+    /// component attacks. Members are attack names of the list; empty for none.
+    pub groups: Vec<AttackGroup>,
+}
+
+/// A named group of attacks of a sweep's list.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AttackGroup {
+    /// The group's name, e.g. `autoattack`.
+    pub name: String,
+    /// The names of its attacks in the list, e.g. `apgd-ce`, `apgd-t`, `fab-t`, `square`.
+    pub members: Vec<String>,
 }
 
 impl SweepParams {
@@ -52,6 +65,12 @@ impl SweepParams {
         }
         if self.batch_size == 0 {
             return Err(param("batch-size", "must be at least 1"));
+        }
+        if let Some(g) = self.groups.iter().find(|g| g.members.is_empty()) {
+            return Err(param(
+                "attacks",
+                format!("the attack group '{}' has no attacks", g.name),
+            ));
         }
         Threat::new(self.threat.norm, self.threat.eps)?;
         Ok(ValidSweepParams(self))
@@ -84,6 +103,16 @@ pub struct SweepRow {
     pub robust: BTreeMap<String, f64>,
     /// Robust accuracy under each attack crafted on the float model, by attack name.
     pub transfer: BTreeMap<String, f64>,
+    /// Robust accuracy under each attack group (the per-sample worst case over its members,
+    /// run on this model), by group name.
+    #[serde(default)]
+    pub groups: BTreeMap<String, f64>,
+    /// The per-sample worst case over every attack run on this model.
+    #[serde(default)]
+    pub worst_case: Option<f64>,
+    /// How this row's model was quantized (`None` for the float model).
+    #[serde(default)]
+    pub quantization: Option<String>,
     /// Size of the model file in bytes (f32 safetensors for float, packed for the others).
     pub file_bytes: u64,
     /// Float file size over this file's size.
@@ -113,6 +142,9 @@ pub struct SweepReport {
     pub attacks: Vec<String>,
     /// The threat model of every robust accuracy.
     pub threat: Threat,
+    /// The attack groups whose worst cases the rows report.
+    #[serde(default)]
+    pub groups: Vec<AttackGroup>,
     /// The float model first, then one row per width.
     pub rows: Vec<SweepRow>,
 }
@@ -153,6 +185,91 @@ pub fn sweep(
     progress: &mut dyn FnMut(&SweepRow),
 ) -> Result<SweepReport> {
     let p = params.get();
+    let mut quantized = |i: usize| -> Result<QuantModel> {
+        let qp = QuantParams {
+            scheme: p.schemes[i],
+            ..p.quant.clone()
+        }
+        .check()?;
+        quantize(float, config, calib, &qp)
+    };
+    let mut report = |row: &SweepRow, _: Option<&QuantModel>| -> Result<()> {
+        progress(row);
+        Ok(())
+    };
+    let calib_images = if calib.elem_count() > 0 { calib.dim(0)? } else { 0 };
+    sweep_models(
+        float,
+        data,
+        attacks,
+        params,
+        calib_images,
+        &mut quantized,
+        &mut report,
+    )
+}
+
+/// Which images each attack group broke, gathered from [`evaluate_with`]'s batches.
+struct GroupTally<'g> {
+    groups: &'g [AttackGroup],
+    /// `broken[group][image]`.
+    broken: Vec<Vec<bool>>,
+}
+
+impl<'g> GroupTally<'g> {
+    fn new(groups: &'g [AttackGroup], n: usize) -> Self {
+        GroupTally {
+            groups,
+            broken: vec![vec![false; n]; groups.len()],
+        }
+    }
+
+    fn observe(&mut self, b: &AdversarialBatch<'_>) {
+        for (g, group) in self.groups.iter().enumerate() {
+            if group.members.iter().any(|m| m == b.name) {
+                for (row, &i) in b.indices.iter().enumerate() {
+                    self.broken[g][i] |= b.broken[row];
+                }
+            }
+        }
+    }
+
+    /// Robust accuracy per group: correct on the clean image, broken by no member.
+    fn accuracies(&self, clean_ok: &[bool]) -> BTreeMap<String, f64> {
+        self.groups
+            .iter()
+            .zip(&self.broken)
+            .map(|(g, broken)| {
+                let ok: Vec<bool> = broken.iter().map(|b| !b).collect();
+                (g.name.clone(), robust_fraction(clean_ok, &ok))
+            })
+            .collect()
+    }
+}
+
+/// [`sweep`] with the quantized models made by the caller: `quantized(i)` returns the model
+/// of row `i + 1`, at width `params.schemes[i]` (round to nearest, GPFQ, or weights trained
+/// through the quantizer); its label is the width's, or `ptq` for pruning ternary
+/// quantization. `progress` receives each finished row with its quantized model (to save
+/// it, for example); `calib_images` is only recorded.
+pub fn sweep_models(
+    float: &dyn Classifier,
+    data: &Dataset,
+    attacks: &[(String, Box<dyn Attack>)],
+    params: &ValidSweepParams,
+    calib_images: usize,
+    quantized: &mut dyn FnMut(usize) -> Result<QuantModel>,
+    progress: &mut dyn FnMut(&SweepRow, Option<&QuantModel>) -> Result<()>,
+) -> Result<SweepReport> {
+    let p = params.get();
+    for g in &p.groups {
+        if let Some(m) = g.members.iter().find(|m| !attacks.iter().any(|(n, _)| n == *m)) {
+            return Err(param(
+                "attacks",
+                format!("group '{}' names '{m}', which is not in the attack list", g.name),
+            ));
+        }
+    }
     let batch = p.batch_size;
     let labels = data.labels();
     let float_size = float_bytes(float)?;
@@ -162,10 +279,16 @@ pub fn sweep(
         ..EvalParams::new(p.threat.norm, p.threat.eps)
     }
     .check()?;
+    let correct = |model: &dyn Classifier| -> Result<Vec<bool>> {
+        let pred = eval::predict_dataset(model, data, batch)?;
+        Ok(pred.iter().zip(labels).map(|(a, b)| a == b).collect())
+    };
 
     // The float model's adversarial examples, per attack, batch by batch on the host.
     let mut sources: Vec<Vec<Tensor>> = attacks.iter().map(|_| Vec::new()).collect();
+    let mut tally = GroupTally::new(&p.groups, data.len());
     let mut keep = |b: AdversarialBatch<'_>| -> temper_eval::Result<()> {
+        tally.observe(&b);
         sources[b.attack].push(b.images.to_device(&Device::Cpu)?);
         Ok(())
     };
@@ -177,6 +300,9 @@ pub fn sweep(
         clean: e.clean.accuracy.accuracy,
         robust: BTreeMap::new(),
         transfer: BTreeMap::new(),
+        groups: tally.accuracies(&correct(float)?),
+        worst_case: e.worst_case.as_ref().map(|w| w.accuracy.accuracy),
+        quantization: None,
         file_bytes: float_size,
         ratio: 1.0,
     };
@@ -185,27 +311,34 @@ pub fn sweep(
         // The float model is the transfer source: its transfer accuracy is its own.
         float_row.transfer.insert(r.name.clone(), r.robust.accuracy);
     }
-    progress(&float_row);
+    progress(&float_row, None)?;
     let mut rows = vec![float_row];
 
-    for &scheme in &p.schemes {
-        let qp = QuantParams {
-            scheme,
-            ..p.quant.clone()
-        }
-        .check()?;
-        let q = quantize(float, config, calib, &qp)?;
-        let e = evaluate(&q, data, attacks, &eval_params, q.device())?;
-        let pred = eval::predict_dataset(&q, data, batch)?;
-        let q_ok: Vec<bool> = pred.iter().zip(labels).map(|(a, b)| a == b).collect();
+    for (i, &scheme) in p.schemes.iter().enumerate() {
+        let q = quantized(i)?;
+        let mut tally = GroupTally::new(&p.groups, data.len());
+        let mut sink = |b: AdversarialBatch<'_>| -> temper_eval::Result<()> {
+            tally.observe(&b);
+            Ok(())
+        };
+        let e = evaluate_with(&q, data, attacks, &eval_params, q.device(), &mut sink)?;
+        let q_ok = correct(&q)?;
         let bytes = to_bytes(&q)?.len() as u64;
+        let info = q.quant_info();
+        let label = match info.method {
+            Method::PrunedTernary { .. } => "ptq".to_string(),
+            _ => scheme.label(),
+        };
         let mut row = SweepRow {
-            label: scheme.label(),
+            label,
             scheme: Some(scheme),
             bits: scheme.effective_bits(),
             clean: e.clean.accuracy.accuracy,
             robust: BTreeMap::new(),
             transfer: BTreeMap::new(),
+            groups: tally.accuracies(&q_ok),
+            worst_case: e.worst_case.as_ref().map(|w| w.accuracy.accuracy),
+            quantization: Some(info.describe()),
             file_bytes: bytes,
             ratio: float_size as f64 / bytes.max(1) as f64,
         };
@@ -214,14 +347,14 @@ pub fn sweep(
             let t = replay(&q, advs, labels, batch)?;
             row.transfer.insert(r.name.clone(), robust_fraction(&q_ok, &t));
         }
-        progress(&row);
+        progress(&row, Some(&q))?;
         rows.push(row);
     }
     Ok(SweepReport {
         model: float.info().name.clone(),
         dataset: data.name().to_string(),
         images: data.len(),
-        calib_images: if calib.elem_count() > 0 { calib.dim(0)? } else { 0 },
+        calib_images,
         method: p.quant.method.name().to_string(),
         granularity: p.quant.granularity,
         first_last_bits: p.quant.first_last_bits,
@@ -231,6 +364,7 @@ pub fn sweep(
             .map(|(n, a)| format!("{n}: {}", a.name()))
             .collect(),
         threat: p.threat,
+        groups: p.groups.clone(),
         rows,
     })
 }
@@ -250,6 +384,13 @@ impl SweepReport {
         self.rows
             .first()
             .map(|r| r.robust.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn group_names(&self) -> Vec<String> {
+        self.rows
+            .first()
+            .map(|r| r.groups.keys().cloned().collect())
             .unwrap_or_default()
     }
 
@@ -292,13 +433,20 @@ impl SweepReport {
              gradients for rounded activations); *transfer* replays the adversarial images \
              crafted on the float model.\n\n",
         );
+        let groups = self.group_names();
         s.push_str("| weights | bits | clean |");
         for n in &names {
             s.push_str(&format!(" {n} through | {n} transfer |"));
         }
+        for g in &groups {
+            s.push_str(&format!(" {g} (worst case) through |"));
+        }
         s.push_str(" file | ratio |\n|---|---:|---:|");
         for _ in &names {
             s.push_str("---:|---:|");
+        }
+        for _ in &groups {
+            s.push_str("---:|");
         }
         s.push_str("---:|---:|\n");
         let pct = |v: f64| format!("{:.2}%", 100.0 * v);
@@ -314,6 +462,9 @@ impl SweepReport {
                     " {} | {t} |",
                     r.robust.get(n).map_or("-".into(), |v| pct(*v))
                 ));
+            }
+            for g in &groups {
+                s.push_str(&format!(" {} |", r.groups.get(g).map_or("-".into(), |v| pct(*v))));
             }
             s.push_str(&format!(" {} | {:.2}x |\n", human_bytes(r.file_bytes), r.ratio));
         }

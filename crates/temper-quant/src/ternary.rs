@@ -10,12 +10,18 @@ pub const THRESHOLD: f32 = 0.7;
 pub fn threshold_and_scale(w: &[f32]) -> (f32, f32) {
     let mean = w.iter().map(|v| v.abs()).sum::<f32>() / w.len().max(1) as f32;
     let t = THRESHOLD * mean;
-    let (sum, n) = w
-        .iter()
-        .filter(|v| v.abs() > t)
-        .fold((0f32, 0usize), |(s, n), v| (s + v.abs(), n + 1));
-    let scale = if n > 0 && sum > 0.0 { sum / n as f32 } else { 1.0 };
-    (t, scale)
+    (t, kept_scale(w.iter().filter(|v| v.abs() > t)))
+}
+
+/// The scale of a ternary group: the mean magnitude of its kept (non-zero) weights, which is
+/// the L2 projection of the weights onto their ternary pattern; 1 for a group with none.
+pub(crate) fn kept_scale<'a>(kept: impl Iterator<Item = &'a f32>) -> f32 {
+    let (sum, n) = kept.fold((0f32, 0usize), |(s, n), v| (s + v.abs(), n + 1));
+    if n > 0 && sum > 0.0 {
+        sum / n as f32
+    } else {
+        1.0
+    }
 }
 
 /// Ternary quantization: `sign(w) * a` where `|w| > 0.7 * mean|w|`, else 0, with `a` the mean

@@ -127,12 +127,25 @@ fn sweep_reports_clean_robust_and_transfer_accuracy() -> Result<()> {
         eps: 0.2,
         ..AttackSettings::default()
     };
-    let attacks = vec![("pgd-5".to_string(), AttackSpec::parse("pgd-5")?.build(&settings)?)];
+    let attacks = vec![
+        ("pgd-5".to_string(), AttackSpec::parse("pgd-5")?.build(&settings)?),
+        ("fgsm".to_string(), AttackSpec::parse("fgsm")?.build(&settings)?),
+    ];
     let params = SweepParams {
         schemes: WeightScheme::parse_list("8,ternary", true)?,
         quant: QuantParams::new(WeightScheme::bits(8)),
         batch_size: 100,
         threat: temper_eval::Threat::new(temper_attacks::Norm::Linf, 0.2)?,
+        groups: vec![
+            temper_quant::sweep::AttackGroup {
+                name: "both".into(),
+                members: vec!["pgd-5".into(), "fgsm".into()],
+            },
+            temper_quant::sweep::AttackGroup {
+                name: "pgd alone".into(),
+                members: vec!["pgd-5".into()],
+            },
+        ],
     }
     .check()?;
     let mut seen = 0;
@@ -148,6 +161,11 @@ fn sweep_reports_clean_robust_and_transfer_accuracy() -> Result<()> {
             r.robust["pgd-5"] <= r.clean && r.transfer["pgd-5"] <= r.clean,
             "{r:?}"
         );
+        // A group of one attack is that attack; a group of every attack is the evaluator's
+        // worst case, at most each member.
+        assert_eq!(r.groups["pgd alone"], r.robust["pgd-5"], "{r:?}");
+        assert_eq!(Some(r.groups["both"]), r.worst_case, "{r:?}");
+        assert!(r.groups["both"] <= r.robust["fgsm"].min(r.robust["pgd-5"]));
     }
     // The float model is not robust, and neither are its quantized versions, seen through
     // the quantizer.

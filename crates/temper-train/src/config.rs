@@ -149,6 +149,11 @@ pub struct TrainConfig {
     pub param_groups: Vec<ParamGroup>,
     /// Inner attack for `finetune`: `pgd` (default) or `fgsm-rs`.
     pub finetune_attack: String,
+    /// Quantization-aware training: the spec of the kernels the caller puts under every layer
+    /// ([`crate::hooks::LayerTransform`], e.g. `4,per-channel,first-last=8`), or `None` to train
+    /// the float model. The run refuses to start or resume without kernels of this spec.
+    #[serde(default)]
+    pub quantize: Option<String>,
     /// TRADES trade-off beta.
     pub trades_beta: f64,
     /// HERO's hyper-parameters.
@@ -218,6 +223,7 @@ impl TrainConfig {
             precision: temper_core::kernels::Precision::F32,
             param_groups: Vec::new(),
             finetune_attack: "pgd".to_string(),
+            quantize: None,
             trades_beta: 6.0,
             hero: HeroParams::default(),
             l2p: L2pParams::default(),

@@ -7,7 +7,7 @@ use crate::checkpoint::{self, BestByMetric, CheckpointPolicy, EveryIters, Loaded
 use crate::config::ValidTrainConfig;
 use crate::data::{self, Data};
 use crate::error::{io, param};
-use crate::hooks::GradHook;
+use crate::hooks::{GradHook, LayerTransform};
 use crate::metrics::{Accuracy, JsonlLog, MeanLoss, Metric, TrainCost};
 use crate::render::{IterInfo, Renderer};
 use crate::step::{StepBatch, StepCtx, TrainStep, Validation};
@@ -52,6 +52,9 @@ pub struct RunOptions {
     pub stop_after: Option<u64>,
     /// Run, in order, between each step's backward pass and the optimizer step.
     pub grad_hooks: Vec<Box<dyn GradHook>>,
+    /// Kernels under every layer for the whole run (quantization-aware training); required
+    /// exactly when the configuration's `quantize` is set, and with the same spec.
+    pub layer_transform: Option<Box<dyn LayerTransform>>,
 }
 
 impl RunOptions {
@@ -61,6 +64,7 @@ impl RunOptions {
             renderer,
             stop_after: None,
             grad_hooks: Vec::new(),
+            layer_transform: None,
         }
     }
 }
@@ -126,6 +130,33 @@ fn prepare(v: &ValidTrainConfig, device: &Device) -> Result<Setup> {
     })
 }
 
+/// Installs the caller's layer kernels on the model when the configuration asks for them
+/// (`quantize`), refusing a run given none, other ones, or kernels it does not record.
+fn install_layer_transform(cfg: &TrainConfig, model: &Network, opts: &RunOptions) -> Result<()> {
+    let given = opts.layer_transform.as_ref().map(|k| k.spec());
+    match (&cfg.quantize, &opts.layer_transform, given) {
+        (None, None, _) => Ok(()),
+        (Some(spec), Some(k), Some(g)) if *spec == g => {
+            model.add_hook(k.hook(model)?);
+            Ok(())
+        }
+        (Some(spec), None, _) => Err(param(
+            "quantize",
+            format!("the run trains through the quantizer '{spec}', but no quantizer kernels were given"),
+        )),
+        (recorded, _, given) => Err(param(
+            "quantize",
+            format!(
+                "the configuration records {} but the kernels given are '{}'",
+                recorded
+                    .as_deref()
+                    .map_or("no quantizer".to_string(), |s| format!("'{s}'")),
+                given.unwrap_or_default()
+            ),
+        )),
+    }
+}
+
 /// Removes temporary files that an interrupted atomic write of one of the run's files left
 /// behind (`fsutil::write_atomic` names them `.<file>.tmp-<pid>`).
 fn clean_stale_temps(run_dir: &Path) -> Result<()> {
@@ -158,6 +189,7 @@ pub fn train(
         });
     }
     let setup = prepare(&cfg, device)?;
+    install_layer_transform(&setup.cfg, &setup.model, &opts)?;
     let created = !run_dir.exists();
     std::fs::create_dir_all(run_dir).map_err(|e| io("cannot create", run_dir, e))?;
     clean_stale_temps(run_dir)?;
@@ -183,6 +215,7 @@ pub fn resume(run_dir: &Path, device: &Device, mut opts: RunOptions) -> Result<T
     let text = std::fs::read_to_string(&cpath).map_err(|e| io("cannot read", &cpath, e))?;
     let v = TrainConfig::from_toml(&text, &cpath)?.check()?;
     let setup = prepare(&v, device)?;
+    install_layer_transform(&setup.cfg, &setup.model, &opts)?;
     clean_stale_temps(run_dir)?;
     let ckpt_path = run_dir.join(files::CHECKPOINT);
     let loaded = if ckpt_path.exists() {
@@ -304,10 +337,14 @@ fn save_weights(model: &Network, path: &Path, cfg: &TrainConfig) -> Result<()> {
             reason: format!("refusing to save weights: '{name}' is not finite"),
         });
     }
-    let meta = HashMap::from([
+    let mut meta = HashMap::from([
         ("temper.model".to_string(), cfg.model.kind.name().to_string()),
         ("temper.method".to_string(), cfg.method.name().to_string()),
     ]);
+    if let Some(q) = &cfg.quantize {
+        // The float weights of a quantization-aware run: what they were trained through.
+        meta.insert("temper.quantize".to_string(), q.clone());
+    }
     // The model's configuration (normalisation included) goes into the metadata, so the file
     // loads back into the same model without flags.
     temper_models::save(model, &cfg.model.clone().check()?, path, DType::F32, &meta)?;

@@ -106,6 +106,7 @@ fn run_sweep(a: SweepArgs) -> Result<()> {
         quant: a.quant.params(WeightScheme::bits(8), a.batch_size)?,
         batch_size: a.batch_size,
         threat: temper_eval::Threat::new(settings.norm, settings.eps)?,
+        groups: Vec::new(),
     }
     .check()?;
     let calib_set = a.quant.calibration(&a.data)?;

@@ -71,6 +71,13 @@ pub struct RunArgs {
     /// Metrics line every N iterations.
     #[arg(long)]
     log_every: Option<u64>,
+    /// Quantization-aware training: run every layer on its quantized weights (straight-through
+    /// gradients to the float ones), so the method trains through the quantizer. A width of
+    /// 2-8 bits, ternary (TWN), binary or ptq[:prune=F] (pruning ternary quantization), then
+    /// optionally ,per-tensor and ,first-last=N|none (default per-channel, first and last
+    /// layer 8-bit). The run also writes quantized.safetensors.
+    #[arg(long, value_name = "BITS|ternary|ptq")]
+    quantize: Option<String>,
     /// Print the run's summary (as in summary.json) on stdout as JSON; progress stays on
     /// stderr.
     #[arg(long)]
@@ -234,6 +241,9 @@ fn config(method: Method, weights: Option<PathBuf>, r: &RunArgs) -> Result<Train
     if let Some(v) = r.log_every {
         cfg.log_every = v;
     }
+    if let Some(q) = &r.quantize {
+        cfg.quantize = Some(temper_harden::qat::Qat::parse(q)?.0.get().to_string());
+    }
     Ok(cfg)
 }
 
@@ -266,6 +276,7 @@ fn ignored_by_resume(r: &RunArgs, extra: &[(&'static str, bool)]) -> Vec<&'stati
         ("--augment", r.augment.is_some()),
         ("--checkpoint-every", r.checkpoint_every.is_some()),
         ("--log-every", r.log_every.is_some()),
+        ("--quantize", r.quantize.is_some()),
         ("--seed", r.device.seed != 0),
         ("--precision", r.precision.precision != "f32"),
     ];
@@ -291,9 +302,13 @@ fn go(cfg: Option<TrainConfig>, r: &RunArgs, extra: &[(&'static str, bool)]) -> 
                     ignored.join(", ")
                 );
             }
-            let opts = RunOptions::new(temper_train::render::default_renderer(0, 0, log_every));
+            let recorded = temper_harden::qat::run_config(dir)?;
+            let opts = with_quantizer(
+                RunOptions::new(temper_train::render::default_renderer(0, 0, log_every)),
+                &recorded,
+            )?;
             eprintln!("resuming {}", dir.display());
-            temper_train::resume(dir, &device, opts)?
+            (temper_train::resume(dir, &device, opts)?, recorded)
         }
         (None, Some(cfg)) => {
             let out = r.out.clone().context("--out RUN_DIR is required")?;
@@ -316,17 +331,46 @@ fn go(cfg: Option<TrainConfig>, r: &RunArgs, extra: &[(&'static str, bool)]) -> 
                      `temper eval --attacks autoattack-rand`"
                 );
             }
-            let opts = RunOptions::new(temper_train::render::default_renderer(0, 0, log_every));
-            temper_train::train(valid, &out, &device, opts)?
+            if let Some(q) = &c.quantize {
+                eprintln!("quantization-aware: every layer runs through the quantizer {q}");
+            }
+            let opts = with_quantizer(
+                RunOptions::new(temper_train::render::default_renderer(0, 0, log_every)),
+                c,
+            )?;
+            let recorded = c.clone();
+            (temper_train::train(valid, &out, &device, opts)?, recorded)
         }
         (None, None) => anyhow::bail!("nothing to run"),
     };
+    let (report, recorded) = report;
+    let quantized = if report.files.iter().any(|f| f == temper_train::files::LAST) {
+        temper_harden::qat::save_run_export(&report.run_dir, &recorded, &device)?
+    } else {
+        None
+    };
     if r.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let mut v = serde_json::to_value(&report)?;
+        if let Some(q) = &quantized {
+            v["quantized"] = serde_json::json!(q);
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print_report(&report);
+        if let Some(q) = &quantized {
+            println!(
+                "quantized:         {} (the weights as training saw them)",
+                q.display()
+            );
+        }
     }
     Ok(())
+}
+
+/// `opts` with the quantizer kernels the configuration records, if any.
+fn with_quantizer(mut opts: RunOptions, cfg: &TrainConfig) -> Result<RunOptions> {
+    opts.layer_transform = temper_harden::qat::Qat::for_config(cfg)?;
+    Ok(opts)
 }
 
 /// Prints a finished run's numbers.
