@@ -63,11 +63,14 @@ const EVAL: ForwardOpts = ForwardOpts {
 
 /// Records (name, kind, weight shape, input id, output id) of every call.
 #[derive(Debug, Default)]
-struct Log(Mutex<Vec<(String, LayerKind, Vec<usize>, bool)>>);
+struct Log(Mutex<Vec<Seen>>);
+
+/// (name, kind, weight shape, has bias) of one call.
+type Seen = (String, LayerKind, Vec<usize>, bool);
 
 impl LayerHook for Log {
     fn output(&self, call: &LayerCall<'_>, _x: &Tensor, _y: &Tensor) -> temper_core::Result<()> {
-        self.0.lock().unwrap().push((
+        self.0.lock().expect("log lock").push((
             call.name.to_string(),
             call.kind,
             call.weight_shape.to_vec(),
@@ -94,7 +97,7 @@ fn hooks_see_every_layer_by_its_parameter_name_in_order() -> Result<()> {
     let hook: Arc<dyn LayerHook> = log.clone();
     n.add_hook(hook.clone());
     n.forward_opts(&input(2)?, EVAL)?;
-    let calls = log.0.lock().unwrap().clone();
+    let calls = log.0.lock().expect("log lock").clone();
     let names: Vec<&str> = calls.iter().map(|c| c.0.as_str()).collect();
     assert_eq!(names, ["features.0", "features.1", "head"]);
     assert_eq!(calls[0].2, [6, 3, 3, 3]);
@@ -112,7 +115,7 @@ fn hooks_see_every_layer_by_its_parameter_name_in_order() -> Result<()> {
     assert!(n.remove_hook(&hook));
     assert!(!n.remove_hook(&hook));
     n.forward_opts(&input(2)?, EVAL)?;
-    assert_eq!(log.0.lock().unwrap().len(), 3);
+    assert_eq!(log.0.lock().expect("log lock").len(), 3);
     Ok(())
 }
 
@@ -135,14 +138,25 @@ fn a_weight_hook_changes_the_weight_the_layer_computes_with_and_its_gradient() -
         param_grads: true,
     };
     let base = n.forward_opts(&x, opts)?;
-    let w = n.params().get("head.weight").unwrap().var.as_tensor().clone();
-    let g0 = base.sum_all()?.backward()?.get(&w).unwrap().clone();
+    let w = n
+        .params()
+        .get("head.weight")
+        .expect("head.weight")
+        .var
+        .as_tensor()
+        .clone();
+    let g0 = base
+        .sum_all()?
+        .backward()?
+        .get(&w)
+        .expect("weight gradient")
+        .clone();
     n.add_hook(Arc::new(ScaleWeight("head", 2.0)));
     let scaled = n.forward_opts(&x, opts)?;
     let bias = n
         .params()
         .get("head.bias")
-        .unwrap()
+        .expect("head.bias")
         .var
         .as_tensor()
         .unsqueeze(0)?;
@@ -150,7 +164,12 @@ fn a_weight_hook_changes_the_weight_the_layer_computes_with_and_its_gradient() -
     let want = ((base.clone() * 2.0)?.broadcast_sub(&bias))?;
     assert!(scaled.sub(&want)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-5);
     // The gradient reaches the float weight through the transform (chain rule: 2x).
-    let g1 = scaled.sum_all()?.backward()?.get(&w).unwrap().clone();
+    let g1 = scaled
+        .sum_all()?
+        .backward()?
+        .get(&w)
+        .expect("weight gradient")
+        .clone();
     let d = g1.sub(&(g0 * 2.0)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
     assert!(d < 1e-5, "{d}");
     Ok(())
@@ -167,7 +186,7 @@ fn hooks_survive_a_change_of_kernels() -> Result<()> {
     let bias = n
         .params()
         .get("head.bias")
-        .unwrap()
+        .expect("head.bias")
         .var
         .as_tensor()
         .unsqueeze(0)?;
@@ -196,7 +215,9 @@ fn precision_names_parse_and_reject_unknown_values() -> Result<()> {
         assert_eq!(Precision::parse(p.name())?, p);
         assert_eq!(Precision::parse(&p.name().to_uppercase())?, p);
     }
-    let err = Precision::parse("fp8").unwrap_err().to_string();
+    let err = Precision::parse("fp8")
+        .expect_err("fp8 is not a precision")
+        .to_string();
     assert!(err.contains("precision") && err.contains("fp8"), "{err}");
     assert_eq!(Precision::default(), Precision::F32);
     Ok(())
