@@ -207,7 +207,7 @@ impl Square {
         let mut delta = (best - x)?;
         let frac = square_p(it, c.queries, c.p_init, c.rescale_schedule);
         let mut s = ((frac * (ch * h * w) as f64 / ch as f64).sqrt().round() as usize).max(3);
-        if s % 2 == 0 {
+        if s.is_multiple_of(2) {
             s += 1;
         }
         let s = s.min(h.min(w));
