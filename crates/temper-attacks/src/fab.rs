@@ -540,6 +540,13 @@ mod tests {
         d
     }
 
+    /// `m` rows of `d` values `f(row, column, u)`, `u` uniform in `[0, 1)`.
+    fn random(rng: &mut Rng, (m, d): (usize, usize), f: impl Fn(usize, usize, f32) -> f32) -> Vec<Vec<f32>> {
+        (0..m)
+            .map(|i| (0..d).map(|j| f(i, j, rng.random::<f32>())).collect())
+            .collect()
+    }
+
     fn rows(v: &[Vec<f32>]) -> Result<Tensor> {
         let d = v[0].len();
         Ok(Tensor::from_vec(v.concat(), (v.len(), d), &Device::Cpu)?)
@@ -573,22 +580,14 @@ mod tests {
     fn linf_projection_equals_the_per_point_search() -> Result<()> {
         let mut rng = temper_core::seed::rng_with(1, "fab-proj");
         let (m, d) = (24, 37);
-        let t: Vec<Vec<f32>> = (0..m)
-            .map(|_| (0..d).map(|_| rng.random::<f32>()).collect())
-            .collect();
-        let w: Vec<Vec<f32>> = (0..m)
-            .map(|i| {
-                (0..d)
-                    .map(|j| {
-                        if (i + j) % 7 == 0 {
-                            0.0
-                        } else {
-                            rng.random::<f32>() * 2.0 - 1.0
-                        }
-                    })
-                    .collect()
-            })
-            .collect();
+        let t = random(&mut rng, (m, d), |_, _, u| u);
+        let w = random(&mut rng, (m, d), |i, j, u| {
+            if (i + j) % 7 == 0 {
+                0.0
+            } else {
+                u * 2.0 - 1.0
+            }
+        });
         let b: Vec<f32> = (0..m).map(|_| rng.random::<f32>() * 6.0 - 3.0).collect();
         let got = projection_linf(
             &rows(&t)?,
@@ -616,16 +615,10 @@ mod tests {
     fn l2_projection_is_the_closest_point_of_the_hyperplane_in_the_box() -> Result<()> {
         let mut rng = temper_core::seed::rng_with(2, "fab-proj-l2");
         let (m, d) = (16, 20);
-        let t: Vec<Vec<f32>> = (0..m)
-            .map(|_| (0..d).map(|_| rng.random::<f32>()).collect())
-            .collect();
-        let w: Vec<Vec<f32>> = (0..m)
-            .map(|_| (0..d).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect())
-            .collect();
+        let t = random(&mut rng, (m, d), |_, _, u| u);
+        let w = random(&mut rng, (m, d), |_, _, u| u * 2.0 - 1.0);
         // A target value reachable inside the box: that of another point of the box.
-        let other: Vec<Vec<f32>> = (0..m)
-            .map(|_| (0..d).map(|_| rng.random::<f32>()).collect())
-            .collect();
+        let other = random(&mut rng, (m, d), |_, _, u| u);
         let b: Vec<f32> = (0..m)
             .map(|i| (0..d).map(|j| w[i][j] * other[i][j]).sum())
             .collect();

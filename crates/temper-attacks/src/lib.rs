@@ -4,8 +4,8 @@
 //! [`Fgsm`] (optionally with the uniform random start of Fast-AT), [`Pgd`] (L-inf and L2,
 //! random start, restarts keeping the per-sample worst case, targeted or untargeted,
 //! cross-entropy, CW-margin or DLR loss, per-sample early stop), [`CarliniWagner`] L2, and
-//! AutoAttack: [`Apgd`] (APGD-CE, APGD-DLR, APGD-T, with EOT), [`Fab`] (FAB-T), [`Square`]
-//! and the [`AutoAttack`] ensemble.
+//! AutoAttack: [`Apgd`] (APGD-CE, APGD-DLR, APGD-T; L-inf, L2, L1; with EOT), [`Fab`] (FAB and
+//! FAB-T; L-inf, L2), [`Square`] (L-inf, L2) and the [`AutoAttack`] ensemble.
 //!
 //! Conventions, shared with torchattacks: inputs are pixels in `[0, 1]`, eps is in pixel
 //! units (`8/255`), the model is put in eval mode for the attack and restored afterwards,

@@ -289,20 +289,6 @@ fn run_on(
 /// A recorded run, as [`run_on`] would have returned it; `x` gives the shape and device of
 /// the adversarial rows (the clean rows when the record holds no images).
 fn replay(rec: &AttackRecord, x: &Tensor, rows: &[usize], path: &Path) -> Result<Ran> {
-    let xs = select(x, rows)?;
-    let adv = match &rec.images {
-        Some(img) => {
-            let flat: Vec<f32> = img.iter().flatten().copied().collect();
-            if img.len() != rows.len() || flat.len() != xs.elem_count() {
-                return Err(Error::BadState {
-                    path: path.to_path_buf(),
-                    reason: "a recorded batch's adversarial images do not fit it".into(),
-                });
-            }
-            Tensor::from_vec(flat, xs.shape(), x.device())?
-        }
-        None => xs,
-    };
     if rec.outcomes.len() != rows.len() {
         return Err(Error::BadState {
             path: path.to_path_buf(),
@@ -313,6 +299,25 @@ fn replay(rec: &AttackRecord, x: &Tensor, rows: &[usize], path: &Path) -> Result
             ),
         });
     }
+    // No row attacked: the adversarial rows are never read (see `scatter_rows`).
+    let xs = if rows.is_empty() {
+        x.clone()
+    } else {
+        select(x, rows)?
+    };
+    let adv = match &rec.images {
+        Some(img) if !rows.is_empty() => {
+            let flat: Vec<f32> = img.iter().flatten().copied().collect();
+            if img.len() != rows.len() || flat.len() != xs.elem_count() {
+                return Err(Error::BadState {
+                    path: path.to_path_buf(),
+                    reason: "a recorded batch's adversarial images do not fit it".into(),
+                });
+            }
+            Tensor::from_vec(flat, xs.shape(), x.device())?
+        }
+        _ => xs,
+    };
     Ok(Ran {
         outcomes: rec.outcomes.clone(),
         cost: rec.cost,
@@ -462,7 +467,8 @@ fn evaluate_inner(
                             cost: Cost::default(),
                             seconds: 0.0,
                             notes: Vec::new(),
-                            adv: select(&batch.images, &rows)?,
+                            // Never read: no row to scatter (see `scatter_rows`).
+                            adv: batch.images.clone(),
                         }
                     } else {
                         run_on(
@@ -476,10 +482,12 @@ fn evaluate_inner(
                         )?
                     };
                     if let Some(r) = resume.as_mut() {
-                        let images = if sink.is_some() {
-                            Some(ran.adv.flatten_from(1)?.to_vec2::<f32>()?)
-                        } else {
+                        let images = if sink.is_none() {
                             None
+                        } else if rows.is_empty() {
+                            Some(Vec::new())
+                        } else {
+                            Some(ran.adv.flatten_from(1)?.to_vec2::<f32>()?)
                         };
                         r.record(
                             b,
