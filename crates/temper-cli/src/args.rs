@@ -479,6 +479,18 @@ pub fn check_randomized(model: &dyn temper_core::Classifier, specs: &[AttackSpec
     Ok(())
 }
 
+/// Refuses to quantize a model with noise modules: the quantizer's checks compare passes
+/// that the noise makes differ, and nothing in Temper has measured such a model quantized.
+pub fn check_quantizable(model: &dyn temper_core::Classifier) -> Result<()> {
+    if temper_core::noise::is_randomized(model.params()) {
+        anyhow::bail!(
+            "{} has noise modules (Learn2Perturb); quantizing a randomized model is not supported",
+            model.info().name
+        );
+    }
+    Ok(())
+}
+
 /// Checks that a data set fits a model: same channels and class count.
 pub fn check_fit(model: &dyn temper_core::Classifier, data: &temper_data::Dataset) -> Result<()> {
     let [c, h, w] = data.shape();

@@ -98,6 +98,26 @@ fn l2p_trains_and_is_evaluated_only_with_eot_attacks() {
     let o = eval("apgd-ce-10-eot2");
     assert!(o.status.success(), "{}", text(&o));
     assert!(report.join("report.json").is_file());
+    // Quantizing a randomized model is refused with a reason, not a failed internal check.
+    let mut args = vec!["quant", "sweep", "-w", w.to_str().unwrap_or_default()];
+    args.extend_from_slice(MODEL);
+    args.extend([
+        "--bits",
+        "4",
+        "--attacks",
+        "apgd-ce-5-eot2",
+        "--limit",
+        "8",
+        "--out",
+    ]);
+    args.push(report.to_str().unwrap_or_default());
+    let o = temper(&args);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("quantizing a randomized model is not supported"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]

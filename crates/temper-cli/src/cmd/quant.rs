@@ -1,7 +1,8 @@
 //! `temper quant`: robustness of quantized models across bit widths, and quantized files.
 
 use crate::args::{
-    check_fit, check_randomized, load_model, AttackOpts, DataArgs, DeviceArgs, ModelArgs, WeightsArgs,
+    check_fit, check_quantizable, check_randomized, load_model, AttackOpts, DataArgs, DeviceArgs, ModelArgs,
+    WeightsArgs,
 };
 use crate::cmd::quantize::{calibration_tensor, layers_text, QuantOpts};
 use anyhow::{Context, Result};
@@ -95,6 +96,7 @@ fn run_sweep(a: SweepArgs) -> Result<()> {
     let cfg = a.model.config()?;
     let weights = a.weights.required()?.to_path_buf();
     let model = load_model(&cfg, Some(&weights), a.weights.strictness(), &device)?;
+    check_quantizable(&model)?;
     let (cfg, _) = temper_models::config_for_file(&cfg, &weights)?;
     let data = a.data.load()?;
     check_fit(&model, &data)?;

@@ -1,6 +1,6 @@
 //! `temper quantize`: post-training quantization of a model to a packed safetensors file.
 
-use crate::args::{check_fit, load_model, DataArgs, DeviceArgs, ModelArgs, WeightsArgs};
+use crate::args::{check_fit, check_quantizable, load_model, DataArgs, DeviceArgs, ModelArgs, WeightsArgs};
 use anyhow::{Context, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -188,6 +188,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     let cfg = a.model.config()?;
     let weights = a.weights.required()?.to_path_buf();
     let model = load_model(&cfg, Some(&weights), a.weights.strictness(), &device)?;
+    check_quantizable(&model)?;
     // The file's recorded normalisation, if any, is part of the configuration quantized.
     let (cfg, _) = temper_models::config_for_file(&cfg, &weights)?;
     let data = a.data.load()?;
