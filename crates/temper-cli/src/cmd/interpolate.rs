@@ -130,15 +130,5 @@ pub fn run(a: InterpolateArgs) -> Result<()> {
     let files = report
         .write(&a.out)
         .with_context(|| format!("cannot write the report into '{}'", a.out.display()))?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!();
-        print!("{}", report.to_markdown());
-    }
-    say!(json, "");
-    for f in files {
-        say!(json, "wrote {}", f.display());
-    }
-    Ok(())
+    crate::cmd::print_written(json, &report, &report.to_markdown(), &files)
 }

@@ -161,17 +161,7 @@ fn run_sweep(a: SweepArgs) -> Result<()> {
     let files = report
         .write(&a.out)
         .with_context(|| format!("cannot write the report to '{}'", a.out.display()))?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!();
-        print!("{}", report.to_markdown());
-    }
-    say!(json, "");
-    for f in files {
-        say!(json, "wrote {}", f.display());
-    }
-    Ok(())
+    crate::cmd::print_written(json, &report, &report.to_markdown(), &files)
 }
 
 fn run_inspect(a: InspectArgs) -> Result<()> {
