@@ -65,6 +65,10 @@ enum Command {
     /// inspect a quantized file.
     #[command(subcommand)]
     Quant(cmd::quant::QuantCmd),
+    /// Check a device backend where it runs: every kernel and whole models against the CPU,
+    /// and a benchmark beside PyTorch; one JSON document (used by `cargo xtask gpu-check`).
+    #[command(hide = true)]
+    GpuCheck(Box<cmd::gpu_check::GpuCheckArgs>),
 }
 
 fn main() -> std::process::ExitCode {
@@ -91,6 +95,7 @@ fn main() -> std::process::ExitCode {
         Command::Sched(c) => cmd::sched::run(c),
         Command::Quantize(a) => cmd::quantize::run(*a),
         Command::Quant(c) => cmd::quant::run(c),
+        Command::GpuCheck(a) => cmd::gpu_check::run(*a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

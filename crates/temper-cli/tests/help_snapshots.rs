@@ -27,6 +27,8 @@ const COMMANDS: &[&[&str]] = &[
     &["quant"],
     &["quant", "sweep"],
     &["quant", "inspect"],
+    // Hidden from `temper --help`; run by `cargo xtask gpu-check`'s run.sh.
+    &["gpu-check"],
 ];
 
 fn snapshot_dir() -> PathBuf {

@@ -38,6 +38,7 @@
 //! ```
 
 pub mod attack_bn;
+pub mod bench;
 pub mod checkpoint;
 mod config;
 mod data;
