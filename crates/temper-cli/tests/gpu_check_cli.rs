@@ -11,7 +11,7 @@ fn temper() -> Command {
 #[test]
 fn gpu_check_on_the_cpu_writes_every_part() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let out = dir.path().join("check.json");
+    let out = dir.path().join("check");
     // A Python that does not exist: the PyTorch side is reported as absent, not as an error.
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../temper-train/examples/bench_steps.py");
     let res = temper()
@@ -37,7 +37,8 @@ fn gpu_check_on_the_cpu_writes_every_part() {
     let printed: serde_json::Value =
         serde_json::from_slice(&res.stdout).unwrap_or_else(|e| panic!("stdout is not JSON: {e}"));
     let written: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&out).unwrap_or_else(|e| panic!("{}: {e}", out.display())),
+        &std::fs::read_to_string(out.join("gpu-check.json"))
+            .unwrap_or_else(|e| panic!("{}: {e}", out.display())),
     )
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(printed, written);
@@ -45,6 +46,7 @@ fn gpu_check_on_the_cpu_writes_every_part() {
     assert_eq!(v["check"], "temper.gpu-check.v1");
     assert_eq!(v["device"], "cpu");
     assert_eq!(v["kernels"], "fast-cpu");
+    assert_eq!(v["reference_kernels"], "candle-reference");
     assert_eq!(v["failed"].as_array().map(Vec::len), Some(0), "{v}");
 
     // (a) Every kernel against the CPU reference.

@@ -304,6 +304,14 @@ pub trait Kernels: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// `y + bias` with `bias` of shape `(C,)` broadcast over an NCHW `y`: a convolution's bias.
+fn add_channel_bias(y: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    match bias {
+        Some(b) => Ok(y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?)?),
+        None => Ok(y),
+    }
+}
+
 /// Reference kernels written with candle's differentiable operations; correct on every
 /// device.
 ///
@@ -413,10 +421,7 @@ impl Kernels for CandleKernels {
     ) -> Result<Tensor> {
         let (x, weight) = (precision.operand(x)?, precision.operand(weight)?);
         let y = x.conv2d(&weight, cfg.padding, cfg.stride, cfg.dilation, cfg.groups)?;
-        match bias {
-            Some(b) => Ok(y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?)?),
-            None => Ok(y),
-        }
+        add_channel_bias(y, bias)
     }
 
     fn linear(

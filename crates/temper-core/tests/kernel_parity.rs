@@ -1,5 +1,6 @@
 //! `kernels::parity`, the check `temper gpu-check` runs on a GPU, run here on the CPU: the
-//! fast CPU kernels pass it at every precision, and a backend with a wrong kernel fails it.
+//! fast CPU kernels pass it against the candle reference at every precision, and a backend
+//! with a wrong kernel fails it.
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
@@ -9,7 +10,13 @@ use temper_core::kernels::{CandleKernels, ConvCfg, FastCpuKernels, Kernels, Prec
 
 #[test]
 fn fast_cpu_kernels_pass_the_parity_check_at_every_precision() -> Result<()> {
-    let rows = check_kernels(&FastCpuKernels, &Device::Cpu, &Precision::ALL, Scale::Small, 0)?;
+    let rows = check_kernels(
+        (&FastCpuKernels, &Device::Cpu),
+        &CandleKernels,
+        &Precision::ALL,
+        Scale::Small,
+        0,
+    )?;
     let failed: Vec<_> = rows.iter().filter(|r| !r.pass).collect();
     assert!(failed.is_empty(), "{failed:#?}");
     let ops: BTreeSet<&str> = rows.iter().map(|r| r.op.as_str()).collect();

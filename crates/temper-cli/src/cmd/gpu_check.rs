@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use std::path::PathBuf;
 use std::time::Instant;
-use temper_core::kernels::{default_kernels, parity, Precision};
+use temper_core::kernels::{default_kernels, parity, select_kernels, Precision};
 use temper_models::ModelKind;
 use temper_train::bench::{self, TorchReference, WORKLOADS};
 
@@ -44,6 +44,10 @@ pub struct GpuCheckArgs {
     /// Python interpreter for --torch-script.
     #[arg(long, default_value = "python3")]
     python: String,
+    /// Kernels of the CPU reference: fast-cpu (the CPU's default, itself tested against
+    /// direct loops and candle) or candle (candle's operations: slow on large shapes).
+    #[arg(long, default_value = "fast-cpu")]
+    reference_kernels: String,
     /// Small kernel cases (seconds on a CPU) instead of model-sized ones.
     #[arg(long)]
     small: bool,
@@ -51,8 +55,8 @@ pub struct GpuCheckArgs {
     /// as skipped).
     #[arg(long)]
     deadline_s: Option<f64>,
-    /// Also write the JSON to this file.
-    #[arg(long)]
+    /// Folder to write gpu-check.json into (created).
+    #[arg(long, short = 'o')]
     out: Option<PathBuf>,
     /// Print the JSON on stdout; progress goes to stderr.
     #[arg(long)]
@@ -88,6 +92,8 @@ pub fn run(a: GpuCheckArgs) -> Result<()> {
         "--parity-batch must be at least 2 (train-mode BatchNorm)"
     );
     let kernels = default_kernels(&device)?;
+    let reference = select_kernels(Some(&a.reference_kernels), &candle_core::Device::Cpu)
+        .context("--reference-kernels")?;
     let start = Instant::now();
     let mut doc = serde_json::json!({
         "check": "temper.gpu-check.v1",
@@ -95,14 +101,16 @@ pub fn run(a: GpuCheckArgs) -> Result<()> {
         "features": temper_core::device::compiled_features(),
         "device": dev_name,
         "kernels": kernels.name(),
+        "reference_kernels": reference.name(),
         "threads": candle_core::utils::get_num_threads(),
     });
     let mut failed = Vec::new();
     if parts.iter().any(|p| p == "kernels") {
         say!(
             a.json,
-            "kernels: {} on {dev_name} against candle-reference on cpu ...",
-            kernels.name()
+            "kernels: {} on {dev_name} against {} on cpu ...",
+            kernels.name(),
+            reference.name()
         );
         let scale = if a.small {
             parity::Scale::Small
@@ -110,7 +118,13 @@ pub fn run(a: GpuCheckArgs) -> Result<()> {
             parity::Scale::Full
         };
         let t = Instant::now();
-        let rows = parity::check_kernels(kernels.as_ref(), &device, &precisions, scale, a.device.seed)?;
+        let rows = parity::check_kernels(
+            (kernels.as_ref(), &device),
+            reference.as_ref(),
+            &precisions,
+            scale,
+            a.device.seed,
+        )?;
         let bad: Vec<_> = rows.iter().filter(|r| !r.pass).collect();
         for r in &bad {
             say!(
@@ -225,8 +239,10 @@ pub fn run(a: GpuCheckArgs) -> Result<()> {
     doc["seconds"] = serde_json::json!(start.elapsed().as_secs_f64());
     doc["failed"] = serde_json::json!(failed);
     let text = serde_json::to_string_pretty(&doc)?;
-    if let Some(path) = &a.out {
-        temper_core::fsutil::write_atomic(path, text.as_bytes())
+    if let Some(dir) = &a.out {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create '{}'", dir.display()))?;
+        let path = dir.join("gpu-check.json");
+        temper_core::fsutil::write_atomic(&path, text.as_bytes())
             .with_context(|| format!("cannot write '{}'", path.display()))?;
     }
     if a.json {

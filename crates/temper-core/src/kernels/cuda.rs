@@ -47,7 +47,7 @@ use candle_core::cuda_backend::cudarc::cudnn::{
     ConvBackwardData, ConvBackwardFilter, ConvDescriptor, ConvForward, Cudnn, CudnnDataType,
     FilterDescriptor, TensorDescriptor,
 };
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, DeviceSlice};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr};
 use candle_core::cuda_backend::{CudaDType, DeviceId};
 use candle_core::{CpuStorage, CudaDevice, CudaStorage, CustomOp2, DType, Layout, Shape, Tensor, WithDType};
 use std::any::Any;
@@ -110,7 +110,11 @@ impl Kernels for CudaKernels {
         if !covers(x, weight, cfg) {
             return CandleKernels.conv2d(x, weight, bias, cfg, precision);
         }
-        let op = ConvOp { cfg, precision };
+        let op = ConvCall {
+            cfg,
+            precision,
+            dir: Dir::Forward,
+        };
         let y = match precision {
             Precision::Bf16 => {
                 let xb = x.to_dtype(DType::BF16)?.contiguous()?;
@@ -119,16 +123,7 @@ impl Kernels for CudaKernels {
             }
             Precision::F32 | Precision::Tf32 => x.contiguous()?.apply_op2(&weight.contiguous()?, op)?,
         };
-        if y.elem_count() > i32::MAX as usize {
-            return Err(crate::Error::param(
-                "conv2d",
-                format!("output {:?} too large for cuDNN", y.dims()),
-            ));
-        }
-        match bias {
-            Some(b) => Ok(y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?)?),
-            None => Ok(y),
-        }
+        super::add_channel_bias(y, bias)
     }
 }
 
@@ -177,6 +172,13 @@ impl Key {
         }
         // The output size per group is that of one dense convolution over the group.
         let g = Geometry::new(&[n, ci, h, wd], &[o, ci, kh, kw], ConvCfg { groups: 1, ..cfg })?;
+        if n * o * g.oh * g.ow > i32::MAX as usize {
+            candle_core::bail!(
+                "cudnn conv2d: output {n}x{o}x{}x{} too large for cuDNN",
+                g.oh,
+                g.ow
+            )
+        }
         Ok(Key {
             device: dev.id(),
             dtype,
@@ -324,142 +326,110 @@ fn output<T: Elem>(dev: &CudaDevice, len: usize) -> candle_core::Result<CudaSlic
     unsafe { dev.alloc::<T>(len) }
 }
 
-fn scale<T: Elem>() -> (T, T) {
-    (T::from_f64(1.0), T::from_f64(0.0))
+/// What one cuDNN call computes, and from which operands.
+#[derive(Debug, Clone, Copy)]
+enum Dir {
+    /// `y = conv(x, w)` on `(x, w)`.
+    Forward,
+    /// The input gradient `dx` (of shape `x`) on `(dy, w)`.
+    Data { x: [usize; 4] },
+    /// The weight gradient `dw` (of shape `w`) on `(x, dy)`.
+    Filter { w: [usize; 4] },
 }
 
-/// Forward: `y = conv(x, w)`.
-fn forward<T: Elem>(
+/// One cuDNN convolution call as a candle op. The forward call's backward makes the two
+/// gradient calls; the gradient calls have no backward of their own (no double backward).
+#[derive(Debug, Clone, Copy)]
+struct ConvCall {
     cfg: ConvCfg,
     precision: Precision,
-    (xs, xl): (&CudaStorage, &Layout),
-    (ws, wl): (&CudaStorage, &Layout),
+    dir: Dir,
+}
+
+/// Runs `call` on two contiguous operands of element type `T`.
+fn launch<T: Elem>(
+    call: &ConvCall,
+    (s1, l1): (&CudaStorage, &Layout),
+    (s2, l2): (&CudaStorage, &Layout),
 ) -> candle_core::Result<(CudaStorage, Shape)> {
-    let dev = &xs.device;
-    let key = Key::new(dev, T::DTYPE, xl.dims(), wl.dims(), cfg, precision)?;
-    let plan = plan::<T>(dev, &key)?;
-    let (x, w) = (view::<T>(xs, xl)?, view::<T>(ws, wl)?);
-    let mut y = output::<T>(dev, key.y.iter().product())?;
-    let op = ConvForward {
-        conv: &plan.conv,
-        x: &plan.x,
-        w: &plan.w,
-        y: &plan.y,
+    let dev = &s1.device;
+    let (x_dims, w_dims, dy_dims) = match &call.dir {
+        Dir::Forward => (l1.dims(), l2.dims(), None),
+        Dir::Data { x } => (&x[..], l2.dims(), Some(l1.dims())),
+        Dir::Filter { w } => (l1.dims(), &w[..], Some(l2.dims())),
     };
-    let (algo, bytes) = choose(
-        &plan.fwd,
-        || Ok(op.pick_algorithm()?),
-        |a| Ok(op.get_workspace_size(a)?),
-    )?;
-    with_workspace(dev, bytes, |work| {
-        // SAFETY: `x`, `w` and `y` are contiguous NCHW buffers of exactly the shapes and the
-        // element type `T` of the plan's descriptors (the plan is keyed by both), on the
-        // device whose stream the handle uses; the workspace holds at least the size cuDNN
-        // asked for this algorithm.
-        unsafe { op.launch(algo, work, scale::<T>(), &x, &w, &mut y) }?;
-        Ok(())
-    })?;
-    Ok((
-        CudaStorage::wrap_cuda_slice(y, dev.clone()),
-        Shape::from(key.y.to_vec()),
-    ))
-}
-
-/// Input gradient: `dx = conv_backward_data(w, dy)`, for an input of shape `x_dims`.
-fn backward_data<T: Elem>(
-    cfg: ConvCfg,
-    precision: Precision,
-    x_dims: [usize; 4],
-    (dys, dyl): (&CudaStorage, &Layout),
-    (ws, wl): (&CudaStorage, &Layout),
-) -> candle_core::Result<(CudaStorage, Shape)> {
-    let dev = &dys.device;
-    let key = Key::new(dev, T::DTYPE, &x_dims, wl.dims(), cfg, precision)?;
-    if dyl.dims() != key.y {
-        candle_core::bail!(
-            "cudnn conv2d backward: gradient {:?}, expected {:?}",
-            dyl.dims(),
-            key.y
-        )
+    let key = Key::new(dev, T::DTYPE, x_dims, w_dims, call.cfg, call.precision)?;
+    if let Some(d) = dy_dims.filter(|d| *d != key.y) {
+        candle_core::bail!("cudnn conv2d backward: gradient {d:?}, expected {:?}", key.y)
     }
     let plan = plan::<T>(dev, &key)?;
-    let (dy, w) = (view::<T>(dys, dyl)?, view::<T>(ws, wl)?);
-    let mut dx = output::<T>(dev, x_dims.iter().product())?;
-    let op = ConvBackwardData {
-        conv: &plan.conv,
-        dx: &plan.x,
-        w: &plan.w,
-        dy: &plan.y,
+    let (a, b) = (view::<T>(s1, l1)?, view::<T>(s2, l2)?);
+    let out_dims = match call.dir {
+        Dir::Forward => key.y,
+        Dir::Data { .. } => key.x,
+        Dir::Filter { .. } => key.w,
     };
-    let (algo, bytes) = choose(
-        &plan.data,
-        || Ok(op.pick_algorithm()?),
-        |a| Ok(op.get_workspace_size(a)?),
-    )?;
-    with_workspace(dev, bytes, |work| {
-        // SAFETY: as in `forward`: `dy`, `w` and `dx` are contiguous buffers of the plan's
-        // shapes and element type, and the workspace is at least the size cuDNN asked for.
-        unsafe { op.launch(algo, work, scale::<T>(), &mut dx, &w, &dy) }?;
-        Ok(())
-    })?;
-    Ok((
-        CudaStorage::wrap_cuda_slice(dx, dev.clone()),
-        Shape::from(x_dims.to_vec()),
-    ))
-}
-
-/// Weight gradient: `dw = conv_backward_filter(x, dy)`, for a weight of shape `w_dims`.
-fn backward_filter<T: Elem>(
-    cfg: ConvCfg,
-    precision: Precision,
-    w_dims: [usize; 4],
-    (xs, xl): (&CudaStorage, &Layout),
-    (dys, dyl): (&CudaStorage, &Layout),
-) -> candle_core::Result<(CudaStorage, Shape)> {
-    let dev = &xs.device;
-    let key = Key::new(dev, T::DTYPE, xl.dims(), &w_dims, cfg, precision)?;
-    if dyl.dims() != key.y {
-        candle_core::bail!(
-            "cudnn conv2d backward: gradient {:?}, expected {:?}",
-            dyl.dims(),
-            key.y
-        )
-    }
-    let plan = plan::<T>(dev, &key)?;
-    let (x, dy) = (view::<T>(xs, xl)?, view::<T>(dys, dyl)?);
-    let mut dw = output::<T>(dev, w_dims.iter().product())?;
-    let op = ConvBackwardFilter {
-        conv: &plan.conv,
-        x: &plan.x,
-        dw: &plan.w,
-        dy: &plan.y,
-    };
-    let (algo, bytes) = choose(
-        &plan.filter,
-        || Ok(op.pick_algorithm()?),
-        |a| Ok(op.get_workspace_size(a)?),
-    )?;
-    with_workspace(dev, bytes, |work| {
-        // SAFETY: as in `forward`: `x`, `dy` and `dw` are contiguous buffers of the plan's
-        // shapes and element type, and the workspace is at least the size cuDNN asked for.
-        unsafe { op.launch(algo, work, scale::<T>(), &x, &mut dw, &dy) }?;
-        Ok(())
-    })?;
-    Ok((
-        CudaStorage::wrap_cuda_slice(dw, dev.clone()),
-        Shape::from(w_dims.to_vec()),
-    ))
-}
-
-/// Runs `$f::<T>` for the element type of `$storage` (f32 or bf16).
-macro_rules! by_dtype {
-    ($storage:expr, $f:ident ( $($arg:expr),* )) => {
-        match $storage.dtype() {
-            DType::F32 => $f::<f32>($($arg),*),
-            DType::BF16 => $f::<half::bf16>($($arg),*),
-            other => candle_core::bail!("cudnn conv2d: unsupported dtype {other:?}"),
+    let mut out = output::<T>(dev, out_dims.iter().product())?;
+    let one_zero = (T::from_f64(1.0), T::from_f64(0.0));
+    // SAFETY (each `launch` below): the operands and the output are contiguous NCHW buffers
+    // of exactly the shapes and the element type `T` of the plan's descriptors (the plan is
+    // keyed by both, and the gradient's shape was checked above), on the device whose stream
+    // the plan's handle uses; the workspace holds at least the size cuDNN asked for the
+    // algorithm; beta is 0, so the output is written, never read.
+    match call.dir {
+        Dir::Forward => {
+            let op = ConvForward {
+                conv: &plan.conv,
+                x: &plan.x,
+                w: &plan.w,
+                y: &plan.y,
+            };
+            let (algo, bytes) = choose(
+                &plan.fwd,
+                || Ok(op.pick_algorithm()?),
+                |a| Ok(op.get_workspace_size(a)?),
+            )?;
+            with_workspace(dev, bytes, |work| {
+                Ok(unsafe { op.launch(algo, work, one_zero, &a, &b, &mut out) }?)
+            })?;
         }
-    };
+        Dir::Data { .. } => {
+            let op = ConvBackwardData {
+                conv: &plan.conv,
+                dx: &plan.x,
+                w: &plan.w,
+                dy: &plan.y,
+            };
+            let (algo, bytes) = choose(
+                &plan.data,
+                || Ok(op.pick_algorithm()?),
+                |a| Ok(op.get_workspace_size(a)?),
+            )?;
+            with_workspace(dev, bytes, |work| {
+                Ok(unsafe { op.launch(algo, work, one_zero, &mut out, &b, &a) }?)
+            })?;
+        }
+        Dir::Filter { .. } => {
+            let op = ConvBackwardFilter {
+                conv: &plan.conv,
+                x: &plan.x,
+                dw: &plan.w,
+                dy: &plan.y,
+            };
+            let (algo, bytes) = choose(
+                &plan.filter,
+                || Ok(op.pick_algorithm()?),
+                |a| Ok(op.get_workspace_size(a)?),
+            )?;
+            with_workspace(dev, bytes, |work| {
+                Ok(unsafe { op.launch(algo, work, one_zero, &a, &mut out, &b) }?)
+            })?;
+        }
+    }
+    Ok((
+        CudaStorage::wrap_cuda_slice(out, dev.clone()),
+        Shape::from(out_dims.to_vec()),
+    ))
 }
 
 fn dims4(d: &[usize]) -> candle_core::Result<[usize; 4]> {
@@ -467,20 +437,13 @@ fn dims4(d: &[usize]) -> candle_core::Result<[usize; 4]> {
         .map_err(|_| candle_core::Error::msg(format!("cudnn conv2d: expected 4 dims, got {d:?}")))
 }
 
-fn cpu_unsupported(name: &str) -> candle_core::Result<(CpuStorage, Shape)> {
-    candle_core::bail!("{name}: cuDNN operation on CPU tensors")
-}
-
-/// The convolution on `(x, weight)`, with the cuDNN backward.
-#[derive(Debug, Clone, Copy)]
-struct ConvOp {
-    cfg: ConvCfg,
-    precision: Precision,
-}
-
-impl CustomOp2 for ConvOp {
+impl CustomOp2 for ConvCall {
     fn name(&self) -> &'static str {
-        "temper-cudnn-conv2d"
+        match self.dir {
+            Dir::Forward => "temper-cudnn-conv2d",
+            Dir::Data { .. } => "temper-cudnn-conv2d-backward-data",
+            Dir::Filter { .. } => "temper-cudnn-conv2d-backward-filter",
+        }
     }
 
     fn cpu_fwd(
@@ -490,7 +453,7 @@ impl CustomOp2 for ConvOp {
         _: &CpuStorage,
         _: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        cpu_unsupported(self.name())
+        candle_core::bail!("{}: cuDNN operation on CPU tensors", self.name())
     }
 
     fn cuda_fwd(
@@ -500,7 +463,11 @@ impl CustomOp2 for ConvOp {
         s2: &CudaStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
-        by_dtype!(s1, forward(self.cfg, self.precision, (s1, l1), (s2, l2)))
+        match s1.dtype() {
+            DType::F32 => launch::<f32>(self, (s1, l1), (s2, l2)),
+            DType::BF16 => launch::<half::bf16>(self, (s1, l1), (s2, l2)),
+            other => candle_core::bail!("cudnn conv2d: unsupported dtype {other:?}"),
+        }
     }
 
     fn bwd(
@@ -510,101 +477,28 @@ impl CustomOp2 for ConvOp {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        if !matches!(self.dir, Dir::Forward) {
+            candle_core::bail!("{}: no double backward through cuDNN convolutions", self.name())
+        }
         // A tensor that tracks no gradient (a detached weight in an attack, the data at the
         // first layer) gets none, and its cuDNN call is skipped.
         let (need_dx, need_dw) = (x.track_op(), weight.track_op());
         let dy = grad_res.detach().contiguous()?;
+        let call = |dir| ConvCall { dir, ..*self };
         let dx = if need_dx {
-            let op = BackwardData {
-                conv: *self,
-                x_dims: dims4(x.dims())?,
-            };
-            Some(dy.apply_op2_no_bwd(&weight.detach(), &op)?)
+            let op = call(Dir::Data { x: dims4(x.dims())? });
+            Some(dy.apply_op2_no_bwd(&weight.detach().contiguous()?, &op)?)
         } else {
             None
         };
         let dw = if need_dw {
-            let op = BackwardFilter {
-                conv: *self,
-                w_dims: dims4(weight.dims())?,
-            };
-            Some(x.detach().apply_op2_no_bwd(&dy, &op)?)
+            let op = call(Dir::Filter {
+                w: dims4(weight.dims())?,
+            });
+            Some(x.detach().contiguous()?.apply_op2_no_bwd(&dy, &op)?)
         } else {
             None
         };
         Ok((dx, dw))
-    }
-}
-
-/// The input gradient on `(dy, weight)`. Its own backward is not defined (no double
-/// backward through cuDNN convolutions).
-struct BackwardData {
-    conv: ConvOp,
-    x_dims: [usize; 4],
-}
-
-impl CustomOp2 for BackwardData {
-    fn name(&self) -> &'static str {
-        "temper-cudnn-conv2d-backward-data"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        cpu_unsupported(self.name())
-    }
-
-    fn cuda_fwd(
-        &self,
-        s1: &CudaStorage,
-        l1: &Layout,
-        s2: &CudaStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CudaStorage, Shape)> {
-        let c = self.conv;
-        by_dtype!(
-            s1,
-            backward_data(c.cfg, c.precision, self.x_dims, (s1, l1), (s2, l2))
-        )
-    }
-}
-
-/// The weight gradient on `(x, dy)`.
-struct BackwardFilter {
-    conv: ConvOp,
-    w_dims: [usize; 4],
-}
-
-impl CustomOp2 for BackwardFilter {
-    fn name(&self) -> &'static str {
-        "temper-cudnn-conv2d-backward-filter"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        cpu_unsupported(self.name())
-    }
-
-    fn cuda_fwd(
-        &self,
-        s1: &CudaStorage,
-        l1: &Layout,
-        s2: &CudaStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CudaStorage, Shape)> {
-        let c = self.conv;
-        by_dtype!(
-            s1,
-            backward_filter(c.cfg, c.precision, self.w_dims, (s1, l1), (s2, l2))
-        )
     }
 }
