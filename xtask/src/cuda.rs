@@ -243,7 +243,14 @@ pub fn gpu_check(args: &[String]) -> Result<()> {
             "--parts",
             "kernels,models",
         ])
-        .args(["--models", "small-cnn", "--precisions", "f32,bf16", "--reference-kernels", "candle"])
+        .args([
+            "--models",
+            "small-cnn",
+            "--precisions",
+            "f32,bf16",
+            "--reference-kernels",
+            "candle",
+        ])
         .env("LD_LIBRARY_PATH", &libs))?;
     let mut total = 0.0;
     for e in std::fs::read_dir(&dir)? {

@@ -26,6 +26,8 @@ fn gpu_check_on_the_cpu_writes_every_part() {
             "--parity-batch",
             "4",
         ])
+        // The device under test is the CPU with its fast kernels: compare with candle's.
+        .args(["--reference-kernels", "candle"])
         .arg("--torch-script")
         .arg(&script)
         .args(["--python", "/nonexistent/python3", "--json", "--out"])
@@ -93,6 +95,7 @@ fn gpu_check_rejects_unknown_parts_and_precisions() {
         ("--parts", "kernels,speed"),
         ("--precisions", "fp8"),
         ("--batches", "0"),
+        ("--reference-kernels", "gpu"),
     ] {
         let res = temper()
             .args(["gpu-check", "--device", "cpu", flag, value])

@@ -11,7 +11,8 @@ use temper_core::kernels::{CandleKernels, ConvCfg, FastCpuKernels, Kernels, Prec
 #[test]
 fn fast_cpu_kernels_pass_the_parity_check_at_every_precision() -> Result<()> {
     let rows = check_kernels(
-        (&FastCpuKernels, &Device::Cpu),
+        &FastCpuKernels,
+        &Device::Cpu,
         &CandleKernels,
         &Precision::ALL,
         Scale::Small,
@@ -78,6 +79,7 @@ fn a_wrong_kernel_fails_the_check_at_the_precisions_it_is_wrong_for() -> Result<
     let rows = check_kernels(
         &Skewed,
         &Device::Cpu,
+        &FastCpuKernels,
         &[Precision::F32, Precision::Bf16],
         Scale::Small,
         1,

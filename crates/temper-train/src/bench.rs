@@ -322,18 +322,19 @@ fn forward_backward(
 }
 
 /// `kind` (the benchmark's configuration) with the same weights on `device` (with its
-/// default kernels) and on the CPU with the reference kernels ([`CandleKernels`]), both at
-/// `precision`: logits, input gradients and, in train mode, the first convolution's weight
-/// gradient, compared in eval mode and then in train mode on one random batch.
+/// default kernels) and on the CPU with `reference` kernels, both at `precision`: logits,
+/// input gradients and, in train mode, the first convolution's weight gradient, compared in
+/// eval mode and then in train mode on one random batch.
 pub fn model_parity(
     kind: ModelKind,
     device: &Device,
+    reference: Arc<dyn Kernels>,
     precision: Precision,
     batch: usize,
 ) -> Result<Vec<ModelParity>> {
     let cfg = bench_config(kind)?;
     let cpu = build(&cfg, &Device::Cpu)?;
-    cpu.set_kernels(std::sync::Arc::new(CandleKernels));
+    cpu.set_kernels(reference);
     let dev = build_zeroed(&cfg, device)?;
     for (a, b) in cpu.params().entries().iter().zip(dev.params().entries()) {
         b.var.set(&a.var.as_tensor().to_device(device)?)?;

@@ -119,7 +119,8 @@ pub fn run(a: GpuCheckArgs) -> Result<()> {
         };
         let t = Instant::now();
         let rows = parity::check_kernels(
-            (kernels.as_ref(), &device),
+            kernels.as_ref(),
+            &device,
             reference.as_ref(),
             &precisions,
             scale,
@@ -165,7 +166,7 @@ pub fn run(a: GpuCheckArgs) -> Result<()> {
                     "models: {} [{p}] on {dev_name} against cpu ...",
                     kind.name()
                 );
-                for r in bench::model_parity(kind, &device, p, a.parity_batch)? {
+                for r in bench::model_parity(kind, &device, reference.clone(), p, a.parity_batch)? {
                     say!(
                         a.json,
                         "  {} {}: logits {:.2e}, input grad {:.2e}{} (tolerance {:.0e})",

@@ -458,7 +458,8 @@ fn compare(
 /// each of `precisions`, every other operation once in f32. Cases are drawn from `seed`.
 /// A case that fails to run is a failed row with its error, not an error of the whole check.
 pub fn check_kernels(
-    (kernels, device): (&dyn Kernels, &Device),
+    kernels: &dyn Kernels,
+    device: &Device,
     reference: &dyn Kernels,
     precisions: &[Precision],
     scale: Scale,
