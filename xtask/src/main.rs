@@ -5,7 +5,10 @@
 //! - `invariants`: check the dependency boundaries of docs/ARCHITECTURE.md.
 //! - `bench`: the speed benchmarks, each a ratio against a reference measured in the same run.
 //! - `fixtures`: regenerate the PyTorch fixtures (needs python3 with torch, torchvision, timm).
-//! - `cuda-build`: build the `cuda` feature as described in ../shared/cuda.md.
+//! - `cuda-build`: the stripped, xz-compressed CUDA binary (`cudnn` feature), installing the
+//!   CUDA 13 toolkit and cuDNN 9 from PyPI where missing (../shared/cuda.md).
+//! - `gpu-check`: a folder to copy to a GPU machine and run there as one command (binary,
+//!   PyTorch reference, run script): kernel and model parity, benchmark, demo.
 //! - `evidence`: the mnist10k experiments of issue 5 (natural, PGD-AT, fine-tuning with
 //!   three schedules over several seeds), evaluated with PGD-20; writes a Markdown table.
 //! - `ssfd-sweep`: the grid over the SSFD constants, judged on the validation split, that
@@ -19,6 +22,7 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod cuda;
 mod evidence;
 mod hero_l2p;
 mod qat_evidence;
@@ -238,35 +242,6 @@ fn fixtures() -> Result<()> {
     Ok(())
 }
 
-fn cuda_build() -> Result<()> {
-    let home = std::env::var("HOME").context("HOME is not set")?;
-    let c = format!("{home}/.local/cuda13/nvidia/cu13");
-    if !Path::new(&c).join("bin/nvcc").exists() {
-        bail!("no CUDA 13 toolkit at {c}; install it as ../shared/cuda.md section 1 describes");
-    }
-    let features = std::env::args().any(|a| a == "--cudnn");
-    let path = format!("{c}/bin:{}", std::env::var("PATH").unwrap_or_default());
-    run(cargo()
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "temper-cli",
-            "--features",
-            if features { "cudnn" } else { "cuda" },
-        ])
-        .args(["--target-dir", "target/cuda"])
-        .env("CUDA_PATH", &c)
-        .env("CUDA_ROOT", &c)
-        .env("PATH", path)
-        .env("LIBRARY_PATH", format!("{c}/lib"))
-        .env("CUDA_COMPUTE_CAP", "90"))?;
-    run(Command::new("strip").args(["-o", "target/cuda/temper-cuda", "target/cuda/release/temper"]))?;
-    run(Command::new("xz").args(["-9", "-f", "target/cuda/temper-cuda"]))?;
-    eprintln!("built target/cuda/temper-cuda.xz; see ../shared/cuda.md section 3 to run it");
-    Ok(())
-}
-
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
@@ -274,7 +249,8 @@ fn main() -> Result<()> {
         Some("invariants") => invariants(),
         Some("bench") => bench(&args[1..]),
         Some("fixtures") => fixtures(),
-        Some("cuda-build") => cuda_build(),
+        Some("cuda-build") => cuda::build(&args[1..]).map(|_| ()),
+        Some("gpu-check") => cuda::gpu_check(&args[1..]),
         Some("evidence") => evidence::evidence(&args[1..]),
         Some("ssfd-sweep") => evidence::ssfd_sweep(&args[1..]),
         Some("reproduce") => reproduce::reproduce(&args[1..]),
@@ -282,7 +258,7 @@ fn main() -> Result<()> {
         Some("qat-evidence") => qat_evidence::qat_evidence(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci|invariants|bench [data|attacks|steps ...]|fixtures|cuda-build [--cudnn]|evidence|ssfd-sweep|hero-l2p-evidence|qat-evidence|reproduce cifar10 [--scale smoke|cpu|gpu]>"
+                "usage: cargo xtask <ci|invariants|bench [data|attacks|steps ...]|fixtures|cuda-build [--no-cudnn]|gpu-check [--no-build]|evidence|ssfd-sweep|hero-l2p-evidence|qat-evidence|reproduce cifar10 [--scale smoke|cpu|gpu]>"
             );
             std::process::exit(2)
         }

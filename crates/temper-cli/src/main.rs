@@ -87,6 +87,10 @@ enum Command {
     /// adversarial fine-tuning, quantization per bit width (GPFQ or quantization-aware),
     /// the robustness x bit-width matrix through each quantizer, report and packed files.
     Harden(Box<cmd::harden::HardenArgs>),
+    /// Check a device backend where it runs: every kernel and whole models against the CPU,
+    /// and a benchmark beside PyTorch; one JSON document (used by `cargo xtask gpu-check`).
+    #[command(hide = true)]
+    GpuCheck(Box<cmd::gpu_check::GpuCheckArgs>),
 }
 
 fn main() -> std::process::ExitCode {
@@ -115,6 +119,7 @@ fn main() -> std::process::ExitCode {
         Command::Quant(c) => cmd::quant::run(c),
         Command::Interpolate(a) => cmd::interpolate::run(*a),
         Command::Harden(a) => cmd::harden::run(*a),
+        Command::GpuCheck(a) => cmd::gpu_check::run(*a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -29,6 +29,8 @@ const COMMANDS: &[&[&str]] = &[
     &["quant", "inspect"],
     &["interpolate"],
     &["harden"],
+    // Hidden from `temper --help`; run by `cargo xtask gpu-check`'s run.sh.
+    &["gpu-check"],
 ];
 
 fn snapshot_dir() -> PathBuf {

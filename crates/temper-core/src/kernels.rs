@@ -9,18 +9,25 @@
 //! [`Network::set_kernels`](crate::Network::set_kernels) without touching any model.
 //!
 //! [`FastCpuKernels`] is such an implementation: an im2col + gemm convolution with its own
-//! backward, which skips the weight gradient when the weight is detached (attacks). A
-//! [`Network`](crate::Network) starts with [`default_kernels`] for its device:
-//! [`FastCpuKernels`] on CPU, [`CandleKernels`] elsewhere. The environment variable
-//! `TEMPER_KERNELS` overrides the choice for debugging: `candle` forces the reference,
-//! `fast-cpu` the fast kernels (which still fall back to the reference off the CPU).
+//! backward, which skips the weight gradient when the weight is detached (attacks).
+//! `CudaKernels` (feature `cudnn`) is another: convolutions through cuDNN in both directions.
+//! A [`Network`](crate::Network) starts with [`default_kernels`] for its device:
+//! [`FastCpuKernels`] on CPU, `CudaKernels` on CUDA devices in builds with the `cudnn`
+//! feature, [`CandleKernels`] elsewhere. The environment variable `TEMPER_KERNELS` overrides
+//! the choice for debugging: `candle` forces the reference, `fast-cpu` the fast CPU kernels
+//! and `cudnn` the cuDNN kernels (each still falls back to the reference off its device).
 
 pub mod alloc;
+#[cfg(feature = "cudnn")]
+mod cuda;
 mod fast_act;
 mod fast_bn;
 mod fast_cpu;
 mod fast_depthwise;
+pub mod parity;
 
+#[cfg(feature = "cudnn")]
+pub use cuda::CudaKernels;
 pub use fast_cpu::FastCpuKernels;
 
 use crate::Result;
@@ -38,23 +45,52 @@ pub fn default_kernels(device: &Device) -> Result<Arc<dyn Kernels>> {
 }
 
 /// Kernels by name: `candle` (or `candle-reference`) for [`CandleKernels`], `fast-cpu` (or
-/// `fast`) for [`FastCpuKernels`], and `None` or an empty name for the device's default
-/// ([`FastCpuKernels`] on CPU, [`CandleKernels`] elsewhere).
+/// `fast`) for [`FastCpuKernels`], `cudnn` for `CudaKernels` (in builds with the `cudnn`
+/// feature), and `None` or an empty name for the device's default ([`FastCpuKernels`] on
+/// CPU; on CUDA devices `CudaKernels` with the `cudnn` feature, [`CandleKernels`] without;
+/// [`CandleKernels`] elsewhere).
 pub fn select_kernels(name: Option<&str>, device: &Device) -> Result<Arc<dyn Kernels>> {
     match name.map(str::trim).unwrap_or("") {
         "" if device.is_cpu() => Ok(Arc::new(FastCpuKernels)),
+        "" if device.is_cuda() && cfg!(feature = "cudnn") => cudnn_kernels(),
         "" => Ok(Arc::new(CandleKernels)),
         "candle" | "candle-reference" => Ok(Arc::new(CandleKernels)),
         "fast-cpu" | "fast" => Ok(Arc::new(FastCpuKernels)),
+        "cudnn" => cudnn_kernels(),
         other => Err(crate::Error::param(
             KERNELS_ENV,
-            format!("unknown kernels '{other}': expected 'candle' or 'fast-cpu'"),
+            format!("unknown kernels '{other}': expected 'candle', 'fast-cpu' or 'cudnn'"),
         )),
     }
 }
 
+/// The name of the kernels a model on a CUDA device starts with in this build (without
+/// opening a device): `cudnn` with the `cudnn` feature, `candle-reference` otherwise.
+pub fn cuda_default_name() -> &'static str {
+    if cfg!(feature = "cudnn") {
+        "cudnn"
+    } else {
+        CandleKernels.name_static()
+    }
+}
+
+/// `CudaKernels`, or an error saying the build lacks the `cudnn` feature.
+fn cudnn_kernels() -> Result<Arc<dyn Kernels>> {
+    #[cfg(feature = "cudnn")]
+    {
+        Ok(Arc::new(CudaKernels))
+    }
+    #[cfg(not(feature = "cudnn"))]
+    {
+        Err(crate::Error::param(
+            KERNELS_ENV,
+            "kernels 'cudnn' need a build with `--features cudnn`",
+        ))
+    }
+}
+
 /// Geometry of a 2-D convolution, as in `torch.nn.Conv2d`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConvCfg {
     /// Stride in both directions.
     pub stride: usize,
@@ -114,7 +150,7 @@ pub struct BatchStats {
 /// The arithmetic of the products (convolutions and linear layers) in a forward pass, as
 /// PyTorch's TF32 switch and bf16 autocast: inputs rounded to the format, products
 /// accumulated in f32, outputs, BatchNorm statistics, losses and master weights in f32.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Precision {
     /// Full f32 products.
@@ -425,6 +461,14 @@ impl<W: KernelsWrapper> Kernels for Wrapped<W> {
     }
 }
 
+/// `y + bias` with `bias` of shape `(C,)` broadcast over an NCHW `y`: a convolution's bias.
+fn add_channel_bias(y: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    match bias {
+        Some(b) => Ok(y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?)?),
+        None => Ok(y),
+    }
+}
+
 /// Reference kernels written with candle's differentiable operations; correct on every
 /// device.
 ///
@@ -534,10 +578,7 @@ impl Kernels for CandleKernels {
     ) -> Result<Tensor> {
         let (x, weight) = (precision.operand(x)?, precision.operand(weight)?);
         let y = x.conv2d(&weight, cfg.padding, cfg.stride, cfg.dilation, cfg.groups)?;
-        match bias {
-            Some(b) => Ok(y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?)?),
-            None => Ok(y),
-        }
+        add_channel_bias(y, bias)
     }
 
     fn linear(

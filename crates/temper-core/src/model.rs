@@ -263,8 +263,9 @@ impl std::fmt::Debug for Network {
 
 impl Network {
     /// Assembles a network. It starts in eval mode with the device's
-    /// [`default_kernels`](crate::kernels::default_kernels) (fast CPU kernels on CPU, the
-    /// candle reference elsewhere; `TEMPER_KERNELS=candle` forces the reference).
+    /// [`default_kernels`](crate::kernels::default_kernels) (fast CPU kernels on CPU, cuDNN
+    /// convolutions on CUDA with the `cudnn` feature, the candle reference elsewhere;
+    /// `TEMPER_KERNELS=candle` forces the reference).
     pub fn new(
         info: ModelInfo,
         store: ParamStore,

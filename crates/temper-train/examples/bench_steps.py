@@ -1,17 +1,32 @@
-"""PyTorch side of `bench_steps`: the same four workloads on the same architectures, batch
-and thread count, timed the same way (median of `reps` runs after one warm-up run).
+"""PyTorch side of `bench_steps` and of `temper gpu-check`: the same four workloads on the
+same architectures, batch and thread count, timed the same way (median of `reps` runs after
+one warm-up run; on a GPU each run ends with a synchronisation).
 
-usage: python3 bench_steps.py MODEL BATCH THREADS REPS   (prints one JSON line, images/s)
+usage: python3 bench_steps.py MODEL BATCH THREADS REPS [--device cpu|cuda]
+                              [--precision f32|tf32|bf16]        (prints one JSON line, images/s)
+
+Precisions, as PyTorch users run them: f32 with TF32 off (cuDNN and matmul), tf32 (cuDNN and
+matmul TF32 on: PyTorch's default for convolutions), bf16 (autocast to bfloat16 with the model
+and inputs in channels-last). cudnn.benchmark stays at PyTorch's default (off).
 """
-import json, statistics, sys, time
+import argparse, json, statistics, time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-name, bs, threads, reps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+ap = argparse.ArgumentParser()
+ap.add_argument("model"); ap.add_argument("batch", type=int)
+ap.add_argument("threads", type=int); ap.add_argument("reps", type=int)
+ap.add_argument("--device", default="cpu"); ap.add_argument("--precision", default="f32", choices=["f32", "tf32", "bf16"])
+a = ap.parse_args()
+name, bs, threads, reps, prec = a.model, a.batch, a.threads, a.reps, a.precision
+dev = torch.device(a.device)
 torch.set_num_threads(threads)
 torch.manual_seed(0)
+if dev.type == "cuda":
+    torch.backends.cudnn.allow_tf32 = prec == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = prec == "tf32"
 
 
 class SmallCnn(nn.Module):
@@ -70,22 +85,32 @@ elif name == "mobilenet-v2":
     m = Norm(torchvision.models.mobilenet_v2(num_classes=10), [0.4914, 0.4822, 0.4465], [0.2471, 0.2435, 0.2616])
     x = torch.rand(bs, 3, 32, 32)
 else:
-    sys.exit(f"unknown model {name}")
+    raise SystemExit(f"unknown model {name}")
 y = torch.randint(0, 10, (bs,))
+m, x, y = m.to(dev), x.to(dev), y.to(dev)
+if prec == "bf16":
+    m, x = m.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+
+
+def autocast():
+    """bf16 autocast for --precision bf16; otherwise nothing."""
+    return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=prec == "bf16")
 opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
 eps, alpha = 8 / 255, 2 / 255
 
 
 def forward():
     m.eval()
-    with torch.no_grad():
+    with torch.no_grad(), autocast():
         m(x)
 
 
 def pgd_step(x0, xa):
     """One L-inf PGD step in eval mode with the parameters detached, as attacks run."""
     a = xa.clone().requires_grad_(True)
-    g, = torch.autograd.grad(F.cross_entropy(m(a), y, reduction="sum"), a)
+    with autocast():
+        loss = F.cross_entropy(m(a), y, reduction="sum")
+    g, = torch.autograd.grad(loss, a)
     return (x0 + (a.detach() + alpha * g.sign() - x0).clamp(-eps, eps)).clamp(0, 1)
 
 
@@ -101,7 +126,9 @@ def pgd_only():
 def train_step(xb):
     m.train()
     opt.zero_grad(set_to_none=True)
-    F.cross_entropy(m(xb), y).backward()
+    with autocast():
+        loss = F.cross_entropy(m(xb), y)
+    loss.backward()
     opt.step()
 
 
@@ -117,11 +144,16 @@ def at_iter():
     train_step(xa)
 
 
+def sync():
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def median(f):
-    f()
+    f(); sync()
     t = []
-    for _ in range(reps):
-        s = time.perf_counter(); f(); t.append(time.perf_counter() - s)
+    for _ in range(max(reps, 1)):
+        s = time.perf_counter(); f(); sync(); t.append(time.perf_counter() - s)
     return statistics.median(t)
 
 

@@ -61,6 +61,15 @@ pub enum Error {
     /// A schedule or optimizer failed.
     #[error(transparent)]
     Sched(#[from] temper_sched::Error),
+    /// A reference implementation run beside Temper (the PyTorch side of a benchmark)
+    /// failed.
+    #[error("reference '{script}' {reason}")]
+    Reference {
+        /// The reference's script.
+        script: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
     /// A tensor operation failed.
     #[error("tensor operation failed: {0}")]
     Candle(#[from] candle_core::Error),

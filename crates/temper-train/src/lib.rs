@@ -40,6 +40,7 @@
 //! ```
 
 pub mod attack_bn;
+pub mod bench;
 pub mod checkpoint;
 mod config;
 mod data;

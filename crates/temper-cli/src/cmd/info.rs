@@ -14,10 +14,10 @@ pub struct InfoArgs {
 pub fn run(args: InfoArgs) -> Result<()> {
     let features = temper_core::device::compiled_features();
     let devices = temper_core::device::available();
-    // What a model on the CPU runs with (TEMPER_KERNELS may override it); models on a GPU
-    // use the candle reference kernels (candle's or cuDNN's convolution).
+    // What a model on the CPU runs with (TEMPER_KERNELS may override it), and what a model
+    // on a CUDA device runs with in this build (cuDNN convolutions with `--features cudnn`).
     let cpu_kernels = temper_core::kernels::default_kernels(&candle_core::Device::Cpu)?;
-    let gpu_kernels = temper_core::kernels::CandleKernels.name_static();
+    let gpu_kernels = temper_core::kernels::cuda_default_name();
     if args.json {
         let v = serde_json::json!({
             "version": env!("CARGO_PKG_VERSION"),

@@ -4,6 +4,7 @@ pub mod attack;
 pub mod data;
 pub mod demo;
 pub mod eval;
+pub mod gpu_check;
 pub mod harden;
 pub mod info;
 pub mod interpolate;

@@ -96,10 +96,7 @@ impl Kernels for FastCpuKernels {
         } else {
             return CandleKernels.conv2d(x, weight, bias, cfg, Precision::F32);
         };
-        match bias {
-            Some(b) => Ok(y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?)?),
-            None => Ok(y),
-        }
+        super::add_channel_bias(y, bias)
     }
 
     fn batch_norm_train(
