@@ -27,6 +27,8 @@ const CUDA_PACKAGES: &[&str] = &[
     "nvidia-cuda-crt==13.0.*",
     "nvidia-cublas==13.1.*",
     "nvidia-curand",
+    // candle links cudarc's NVRTC (`-lnvrtc`); the nvcc wheel does not ship it.
+    "nvidia-cuda-nvrtc==13.0.*",
 ];
 
 /// cuDNN 9 for CUDA 13, installed into its own target directory.
@@ -48,13 +50,22 @@ fn python() -> String {
     std::env::var("TEMPER_PYTHON").unwrap_or_else(|_| "python3".into())
 }
 
-/// `pip install --no-deps --target dir packages...`.
+/// `pip install --no-deps --target` into a fresh folder, then merged into `dir`: pip will not
+/// add files to a `--target` whose top-level folder (`nvidia/`) exists, and `--upgrade` would
+/// replace it whole.
 fn pip_install(dir: &Path, packages: &[&str]) -> Result<()> {
     eprintln!("installing {} into {}", packages.join(" "), dir.display());
+    let staging = dir.with_extension("pip-staging");
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).with_context(|| format!("cannot clear {}", staging.display()))?;
+    }
     run(Command::new(python())
         .args(["-m", "pip", "install", "--no-deps", "--target"])
-        .arg(dir)
-        .args(packages))
+        .arg(&staging)
+        .args(packages))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    run(Command::new("cp").arg("-a").arg(staging.join(".")).arg(dir))?;
+    std::fs::remove_dir_all(&staging).with_context(|| format!("cannot remove {}", staging.display()))
 }
 
 /// Makes `link` a symbolic link to `target` (as `ln -sf`), unless it already is one.
@@ -73,14 +84,16 @@ fn symlink(target: &Path, link: &Path) -> Result<()> {
 fn toolkit(cudnn: bool) -> Result<PathBuf> {
     let base = home()?.join(".local/cuda13");
     let c = base.join("nvidia/cu13");
-    if !c.join("bin/nvcc").exists() {
+    // One file of each package: whatever is missing is installed (pip skips the rest).
+    let needed = ["bin/nvcc", "lib/libnvrtc.so.13", "lib/libcublas.so.13", "lib/libcurand.so.10"];
+    if needed.iter().any(|f| !c.join(f).exists()) {
         pip_install(&base, CUDA_PACKAGES)?;
     }
-    if !c.join("bin/nvcc").exists() {
-        bail!("no nvcc at {} after installing the CUDA toolkit", c.display());
+    if let Some(f) = needed.iter().find(|f| !c.join(f).exists()) {
+        bail!("no {} under {} after installing the CUDA toolkit", f, c.display());
     }
     let lib = c.join("lib");
-    for n in ["cublas", "cublasLt", "cudart"] {
+    for n in ["cublas", "cublasLt", "cudart", "nvrtc"] {
         symlink(
             Path::new(&format!("lib{n}.so.13")),
             &lib.join(format!("lib{n}.so")),
@@ -226,9 +239,11 @@ pub fn gpu_check(args: &[String]) -> Result<()> {
     std::fs::write(&bin, &unpacked.stdout)?;
     std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     let c = toolkit(true)?;
+    // cuDNN 9 lives in its own folder and opens its sub-libraries from the library path.
     let libs = format!(
-        "{}:{}",
+        "{}:{}:{}",
         c.join("lib").display(),
+        home()?.join(".local/cudnn/nvidia/cudnn/lib").display(),
         std::env::var("LD_LIBRARY_PATH").unwrap_or_default()
     );
     run(Command::new(&bin)

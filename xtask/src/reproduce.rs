@@ -76,8 +76,9 @@ const SCALES: [Scale; 3] = [
         aa_points: 20,
         seeds: "0",
     },
-    // The 2-core development machine, in about two hours: an eighth-width PreActResNet-18 on
-    // 6,000 images (5,000 trained on, 1,000 for validation). Budgets are whole fine-tuning
+    // The 2-core development machine, in about two hours: an eighth-width PreActResNet-18
+    // trained on 6,000 images (evenly spaced through the training part, after the 1,000
+    // validation images are held out of it). Budgets are whole fine-tuning
     // epochs, so with 10 PGD-AT epochs the 1/8 and 1/10 budgets are both one epoch (the
     // table's cost column gives the true fraction). AutoAttack on 500 of the 1,000 test
     // points: on 1,000 it alone would take over an hour.

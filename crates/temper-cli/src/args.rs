@@ -431,7 +431,7 @@ pub fn load_any(
             let q = temper_quant::export::load(w, device)?;
             if model.model.is_some() {
                 let asked = model.config()?;
-                if asked != *q.config() {
+                if !asked.same_model(q.config()) {
                     anyhow::bail!(
                         "'{}' holds a quantized {} ({:?}), not the model of --model and its options ({:?}); leave out --model to take the file's",
                         w.display(),

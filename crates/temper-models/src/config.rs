@@ -300,6 +300,16 @@ impl ValidModelConfig {
         &self.0
     }
 
+    /// Whether both describe the same model once each normalisation is resolved (a
+    /// configuration that leaves it to the default equals one that spells the default out).
+    pub fn same_model(&self, other: &ValidModelConfig) -> bool {
+        let resolve = |c: &ValidModelConfig| ModelConfig {
+            normalization: Some(c.normalization()),
+            ..c.0.clone()
+        };
+        resolve(self) == resolve(other)
+    }
+
     /// The normalisation to use: the configured one, or the model's default (CIFAR-10
     /// statistics for 3-channel CIFAR models, ImageNet statistics for 3-channel ImageNet-stem
     /// models, the identity otherwise).
