@@ -85,7 +85,12 @@ fn toolkit(cudnn: bool) -> Result<PathBuf> {
     let base = home()?.join(".local/cuda13");
     let c = base.join("nvidia/cu13");
     // One file of each package: whatever is missing is installed (pip skips the rest).
-    let needed = ["bin/nvcc", "lib/libnvrtc.so.13", "lib/libcublas.so.13", "lib/libcurand.so.10"];
+    let needed = [
+        "bin/nvcc",
+        "lib/libnvrtc.so.13",
+        "lib/libcublas.so.13",
+        "lib/libcurand.so.10",
+    ];
     if needed.iter().any(|f| !c.join(f).exists()) {
         pip_install(&base, CUDA_PACKAGES)?;
     }

@@ -31,6 +31,12 @@ pub struct EvalParams {
     /// A state file recording every finished attack on every batch, written atomically after
     /// each; an evaluation given a file that exists continues from it (see [`evaluate`]).
     pub state: Option<PathBuf>,
+    /// AutoAttack's cascade: each attack runs only on the samples the attacks before it left
+    /// robust, and an attack's robust accuracy is the accuracy after the cascade through it
+    /// (the reference's "robust accuracy after X"). Otherwise (the default) each attack runs
+    /// on every clean-correct sample and reports its own robust accuracy; the worst case is
+    /// the same either way, the cascade costs less.
+    pub cascade: bool,
 }
 
 impl EvalParams {
@@ -41,6 +47,7 @@ impl EvalParams {
             threat: Threat { norm, eps },
             masking: Some(MaskingParams::default()),
             state: None,
+            cascade: false,
         }
     }
 
@@ -56,6 +63,7 @@ impl EvalParams {
             threat,
             masking,
             state: self.state,
+            cascade: self.cascade,
         })
     }
 }
@@ -67,6 +75,7 @@ pub struct ValidEvalParams {
     threat: Threat,
     masking: Option<ValidMaskingParams>,
     state: Option<PathBuf>,
+    cascade: bool,
 }
 
 impl ValidEvalParams {
@@ -88,6 +97,11 @@ impl ValidEvalParams {
     /// The state file, if any.
     pub fn state(&self) -> Option<&Path> {
         self.state.as_deref()
+    }
+
+    /// Whether the attacks run as AutoAttack's cascade (see [`EvalParams::cascade`]).
+    pub fn cascade(&self) -> bool {
+        self.cascade
     }
 }
 
@@ -185,6 +199,10 @@ pub struct Evaluation {
     pub clean: CleanResult,
     /// One entry per attack, in the order given.
     pub attacks: Vec<AttackResult>,
+    /// The attacks ran as AutoAttack's cascade: each only on the samples the ones before it
+    /// left robust, each entry's robust accuracy being the accuracy after it.
+    #[serde(default)]
+    pub cascade: bool,
     /// The worst case over all attacks, `None` when the list is empty.
     pub worst_case: Option<WorstCase>,
     /// Gradient-masking checks, `None` when they were not asked for.
@@ -355,7 +373,8 @@ fn scatter_rows(x: &Tensor, rows: &[usize], adv: &Tensor, keep: &[bool]) -> Resu
 ///   list, and every command that uses this function gives the same number for the same
 ///   model, data, attack, threat, batch size and seed.
 ///
-/// Each attack runs on every clean-correct sample. The worst case counts a sample as robust
+/// Each attack runs on every clean-correct sample (unless `params.cascade()`: then only on
+/// those the attacks before it left robust, AutoAttack's way). The worst case counts a sample as robust
 /// when no attack broke it, which is what the AutoAttack-style cascade (each attack only on
 /// the samples the attacks before it left correct) computes; the cascade's steps and cost are
 /// reported from the same runs (an attack's cost on a batch is attributed to the cascade in
@@ -431,6 +450,7 @@ fn evaluate_inner(
                 batch_size: params.batch_size,
                 seed: temper_core::seed::seed(),
                 images: sink.is_some(),
+                cascade: params.cascade,
             },
         )?),
         None => None,
@@ -452,6 +472,13 @@ fn evaluate_inner(
         let mut alive = vec![true; chunk.len()];
         let mut worst_pred = pred.clone();
         for (a, (name, attack)) in attacks.iter().enumerate() {
+            // The rows this attack runs on: every clean-correct one, or in the cascade those
+            // the attacks before it left.
+            let rows: Vec<usize> = if params.cascade {
+                rows.iter().copied().filter(|&r| alive[r]).collect()
+            } else {
+                rows.clone()
+            };
             let ran = match resume.as_ref().and_then(|r| r.recorded(b, a).map(|rec| (r, rec))) {
                 Some((r, rec)) => {
                     rngs[a] = rec.rng.restore().ok_or_else(|| Error::BadState {
@@ -517,6 +544,7 @@ fn evaluate_inner(
             // The cascade: this attack's share of the samples the attacks before it left.
             let step = &mut acc.cascade;
             let still = rows.iter().filter(|&&r| alive[r]).count();
+            // (In the cascade every row it ran on was still alive: the whole cost is its share.)
             step.attacked += still;
             if !rows.is_empty() {
                 let share = |c: u64| c * still as u64 / rows.len() as u64;
@@ -563,16 +591,15 @@ fn evaluate_inner(
         for (a, acc) in accs.iter_mut().enumerate() {
             for i in 0..chunk.len() {
                 let o = outcomes[a][i];
-                let broken = o.is_some_and(|o| o.broken);
-                broken_all[a].push(broken);
-                per_attack_cm[a].add(
-                    labels[i],
-                    if broken {
-                        o.map_or(pred[i], |o| o.pred)
-                    } else {
-                        pred[i]
-                    },
-                );
+                // In the cascade an attack's entry is the state after it: broken by it or by
+                // an attack before it (which it then never ran on).
+                let by = if params.cascade {
+                    (0..=a).find_map(|e| outcomes[e][i].filter(|o| o.broken))
+                } else {
+                    o.filter(|o| o.broken)
+                };
+                broken_all[a].push(by.is_some());
+                per_attack_cm[a].add(labels[i], by.map_or(pred[i], |o| o.pred));
                 if let Some(o) = o {
                     acc.attacked += 1;
                     acc.norms.add(o.linf, o.l2, o.l1);
@@ -651,6 +678,7 @@ fn evaluate_inner(
         total += m.cost.passes();
     }
     Ok(Evaluation {
+        cascade: params.cascade,
         samples: n,
         threat,
         classes: class_names(data, k),

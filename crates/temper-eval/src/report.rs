@@ -418,10 +418,17 @@ impl Report {
         let _ = writeln!(
             s,
             "Robust accuracy counts a sample when it is classified correctly and the attack finds \
-             no adversarial example inside the threat model. Perturbation sizes are over the \
-             attacked (clean-correct) samples. The worst case runs each attack only on the samples \
-             the attacks before it left correct (AutoAttack-style); its pass counts are for that \
-             cascade alone.\n"
+             no adversarial example inside the threat model. {}\n",
+            if e.cascade {
+                "The attacks ran as AutoAttack's cascade: each only on the samples the attacks \
+                 before it left robust, so each row is the robust accuracy after that attack (the \
+                 last is the worst case), and its perturbation sizes and passes are over the \
+                 samples it attacked."
+            } else {
+                "Perturbation sizes are over the attacked (clean-correct) samples. The worst case \
+                 runs each attack only on the samples the attacks before it left correct \
+                 (AutoAttack-style); its pass counts are for that cascade alone."
+            }
         );
         if e.attacks.iter().any(|r| r.outside_threat > 0) {
             for r in e.attacks.iter().filter(|r| r.outside_threat > 0) {

@@ -34,6 +34,9 @@ pub(crate) struct Setup {
     /// Whether the adversarial images are recorded (an evaluation that hands them out needs
     /// them to replay a batch).
     pub images: bool,
+    /// AutoAttack's cascade (each attack only on what the ones before it left).
+    #[serde(default)]
+    pub cascade: bool,
 }
 
 /// One attack's outcome on one attacked row.
@@ -121,6 +124,7 @@ fn differences(was: &Setup, now: &Setup) -> Vec<String> {
         was.images.to_string(),
         now.images.to_string(),
     );
+    cmp("cascade", was.cascade.to_string(), now.cascade.to_string());
     out
 }
 

@@ -370,3 +370,55 @@ fn an_attack_gives_one_number_wherever_it_is_run() -> Result<()> {
     assert_eq!(wrong, data.len() - pgd.correct);
     Ok(())
 }
+
+/// AutoAttack's cascade: each attack only on what the attacks before it left, each entry the
+/// robust accuracy after it; the last entry is the worst case, and each attack attacks
+/// exactly the samples still robust before it.
+#[test]
+fn the_cascade_attacks_only_the_survivors_and_reports_the_accuracy_after_each_attack() -> Result<()> {
+    let model = trained_mnist()?;
+    let data = mnist_test(120)?;
+    let list = attacks("fgsm,pgd-10,pgd-20", 0.1)?;
+    let p = |cascade: bool| -> Result<temper_eval::ValidEvalParams> {
+        Ok(EvalParams {
+            batch_size: 50,
+            masking: None,
+            cascade,
+            ..EvalParams::new(Norm::Linf, 0.1)
+        }
+        .check()?)
+    };
+    let all = evaluate(&model, &data, &list, &p(false)?, &Device::Cpu)?;
+    let cas = evaluate(&model, &data, &list, &p(true)?, &Device::Cpu)?;
+    assert!(!all.cascade && cas.cascade);
+    let clean = cas.clean.accuracy.correct;
+    let mut before = clean;
+    for a in &cas.attacks {
+        assert!(a.robust.correct <= before, "{}: accuracy after it rose", a.name);
+        // It ran on exactly the samples still robust before it, and broke the difference.
+        assert_eq!(a.perturbation.count, before, "{}", a.name);
+        assert_eq!(a.cascade.attacked, before, "{}", a.name);
+        assert_eq!(before - a.robust.correct, a.cascade.broken, "{}", a.name);
+        let per_class: usize = a.per_class.iter().map(|c| c.correct).sum();
+        assert_eq!(per_class, a.robust.correct);
+        before = a.robust.correct;
+    }
+    let worst = cas.worst_case.as_ref().map(|w| w.accuracy.correct);
+    assert_eq!(worst, Some(before), "the last entry is the worst case");
+    // FGSM runs on the same rows with the same stream either way.
+    assert_eq!(cas.attacks[0].robust, all.attacks[0].robust);
+    // Later attacks see fewer samples: less work than every attack on every sample.
+    let passes = |e: &Evaluation| e.attacks.iter().map(|a| a.cost.forward).sum::<u64>();
+    assert!(
+        passes(&cas) < passes(&all),
+        "{} vs {}",
+        passes(&cas),
+        passes(&all)
+    );
+    let w_all = all.worst_case.as_ref().map_or(0, |w| w.accuracy.correct) as i64;
+    assert!(
+        (before as i64 - w_all).abs() <= 3,
+        "the worst cases differ only by the attacks' random starts: {before} vs {w_all}"
+    );
+    Ok(())
+}

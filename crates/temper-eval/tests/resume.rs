@@ -17,10 +17,15 @@ use temper_eval::{evaluate, evaluate_with, AdversarialBatch, EvalParams, Evaluat
 const LIST: &str = "pgd-3,apgd-ce-8,square-40";
 
 fn params(eps: f64, state: Option<&Path>) -> Result<temper_eval::ValidEvalParams> {
+    params_cascade(eps, state, false)
+}
+
+fn params_cascade(eps: f64, state: Option<&Path>, cascade: bool) -> Result<temper_eval::ValidEvalParams> {
     Ok(EvalParams {
         batch_size: 20,
         masking: None,
         state: state.map(Path::to_path_buf),
+        cascade,
         ..EvalParams::new(Norm::Linf, eps)
     }
     .check()?)
@@ -44,6 +49,15 @@ fn run(
     state: Option<&Path>,
     stop_after: Option<usize>,
 ) -> Result<(temper_eval::Result<Evaluation>, Vec<Vec<Tensor>>)> {
+    run_cascade(data, state, stop_after, false)
+}
+
+fn run_cascade(
+    data: &Dataset,
+    state: Option<&Path>,
+    stop_after: Option<usize>,
+    cascade: bool,
+) -> Result<(temper_eval::Result<Evaluation>, Vec<Vec<Tensor>>)> {
     let model = trained_mnist()?;
     let list = attacks(LIST, 0.15)?;
     let mut images: Vec<Vec<Tensor>> = list.iter().map(|_| Vec::new()).collect();
@@ -63,7 +77,7 @@ fn run(
         &model,
         data,
         &list,
-        &params(0.15, state)?,
+        &params_cascade(0.15, state, cascade)?,
         &Device::Cpu,
         &mut sink,
     );
@@ -194,5 +208,27 @@ fn a_state_file_of_another_evaluation_is_refused_by_name() -> Result<()> {
         "garbage",
     );
     assert!(msg.contains("not an evaluation state file"), "{msg}");
+    Ok(())
+}
+
+#[test]
+fn an_interrupted_cascade_continues_to_the_uninterrupted_result_and_is_not_mixed_with_a_full_run(
+) -> Result<()> {
+    temper_core::seed::set_seed(5);
+    let data = mnist_test(60)?;
+    let (whole, whole_images) = run_cascade(&data, None, None, true)?;
+    let whole = timeless(whole?);
+    assert!(whole.cascade);
+    let dir = tempfile::tempdir()?;
+    let state = dir.path().join("cascade.json");
+    let (cut, _) = run_cascade(&data, Some(&state), Some(4), true)?;
+    assert!(cut.is_err(), "the simulated interruption must stop the run");
+    let (resumed, resumed_images) = run_cascade(&data, Some(&state), None, true)?;
+    assert_eq!(timeless(resumed?), whole);
+    same_images(&whole_images, &resumed_images)?;
+    // The same file for an evaluation that runs every attack on every sample: refused.
+    let (mixed, _) = run_cascade(&data, Some(&state), None, false)?;
+    let err = mixed.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("cascade") && err.contains("cascade.json"), "{err}");
     Ok(())
 }

@@ -17,9 +17,15 @@ fn a_default_normalization_equals_the_same_one_spelled_out() -> anyhow::Result<(
         mean: vec![0.5],
         std: vec![0.5],
     });
-    assert!(!implicit.same_model(&other.check()?), "a different normalization is another model");
+    assert!(
+        !implicit.same_model(&other.check()?),
+        "a different normalization is another model"
+    );
     let mut wider = ModelConfig::new(ModelKind::SmallCnn, 10);
     wider.width = 2.0;
-    assert!(!implicit.same_model(&wider.check()?), "another width is another model");
+    assert!(
+        !implicit.same_model(&wider.check()?),
+        "another width is another model"
+    );
     Ok(())
 }

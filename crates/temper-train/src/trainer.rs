@@ -266,6 +266,7 @@ pub(crate) fn validate(
         },
         masking: None,
         state: None,
+        cascade: false,
     }
     .check()?;
     // The evaluator draws its attack starts from the global seed's `eval` stream.

@@ -38,6 +38,7 @@ fn accuracy(model: &dyn Classifier, cfg: &TrainConfig) -> Result<(f64, f64)> {
         },
         masking: None,
         state: None,
+        cascade: false,
     }
     .check()?;
     temper_core::seed::set_seed(cfg.seed);

@@ -43,6 +43,7 @@ fn validation_equals_the_evaluator() -> Result<()> {
         },
         masking: None,
         state: None,
+        cascade: false,
     }
     .check()?;
     temper_core::seed::set_seed(cfg.seed);

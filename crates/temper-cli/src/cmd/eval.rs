@@ -54,6 +54,13 @@ pub struct EvalArgs {
     /// Batch size.
     #[arg(long, default_value_t = 250)]
     batch_size: usize,
+    /// AutoAttack's cascade: each attack runs only on the points the attacks before it left
+    /// robust, and its row is the robust accuracy after it (the worst case is the same, the
+    /// cost lower). auto: on when every name in --attacks is an AutoAttack version
+    /// (autoattack, autoattack-plus, autoattack-rand); off: each attack on every
+    /// clean-correct point, with its own robust accuracy
+    #[arg(long, value_enum, default_value_t = Cascade::Auto)]
+    cascade: Cascade,
     #[command(flatten)]
     device: DeviceArgs,
     #[command(flatten)]
@@ -66,6 +73,31 @@ pub struct EvalArgs {
     /// Print the report as JSON (report.json's content) instead of the table.
     #[arg(long)]
     json: bool,
+}
+
+/// When `temper eval` runs its attacks as AutoAttack's cascade.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cascade {
+    /// When the list names only AutoAttack versions.
+    Auto,
+    /// Always.
+    On,
+    /// Never: every attack on every clean-correct point.
+    Off,
+}
+
+impl Cascade {
+    /// Whether the attack list `list` runs as a cascade.
+    fn resolve(self, list: &str) -> bool {
+        match self {
+            Cascade::On => true,
+            Cascade::Off => false,
+            Cascade::Auto => list.split(',').all(|p| {
+                temper_attacks::spec::AttackSpec::parse(p)
+                    .is_ok_and(|s| matches!(s.kind, temper_attacks::spec::AttackKind::AutoAttack(_)))
+            }),
+        }
+    }
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
@@ -85,6 +117,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             ..MaskingParams::default()
         }),
         state: a.state.state.clone(),
+        cascade: a.cascade.resolve(&a.attacks),
         ..EvalParams::new(norm, settings.eps)
     }
     .check()?;
@@ -118,11 +151,16 @@ pub fn run(a: EvalArgs) -> Result<()> {
     }
     say!(
         a.json,
-        "evaluating {} on {} ({} images) under {} at {} eps {} ...",
+        "evaluating {} on {} ({} images) under {}{} at {} eps {} ...",
         model.info().name,
         data.name(),
         data.len(),
         a.attacks,
+        if params.cascade() {
+            " (cascade: each attack on what the ones before it left)"
+        } else {
+            ""
+        },
         norm.name(),
         temper_eval::fmt_eps(settings.eps)
     );
