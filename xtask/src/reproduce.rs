@@ -118,6 +118,9 @@ const SCALES: [Scale; 3] = [
 /// Fine-tuning budgets as fractions of PGD-AT's passes: (label, numerator, denominator).
 const BUDGETS: [(&str, usize, usize); 3] = [("1/4", 1, 4), ("1/8", 1, 8), ("1/10", 1, 10)];
 
+/// The heading of the hand-written part of docs/reproduction*.md, kept by reruns.
+const CONCLUSIONS: &str = "## Conclusions";
+
 const EPS: &str = "8/255";
 const ALPHA: &str = "2/255";
 
@@ -758,10 +761,23 @@ pub fn reproduce(args: &[String]) -> Result<()> {
         out.strip_prefix(root()).unwrap_or(&out).display()
     );
     std::fs::write(out.join("reproduction.md"), &md)?;
-    match scale.name {
-        "cpu" => std::fs::write(root().join("docs/reproduction.md"), &md)?,
-        "gpu" => std::fs::write(root().join("docs/reproduction-gpu.md"), &md)?,
-        _ => {}
+    let doc = match scale.name {
+        "cpu" => Some(root().join("docs/reproduction.md")),
+        "gpu" => Some(root().join("docs/reproduction-gpu.md")),
+        _ => None,
+    };
+    if let Some(doc) = doc {
+        // The conclusions are written by a person reading the numbers: a rerun keeps them.
+        let kept = std::fs::read_to_string(&doc)
+            .ok()
+            .and_then(|old| old.find(CONCLUSIONS).map(|i| old[i..].to_string()));
+        let text = match kept {
+            Some(c) => format!("{md}\n{c}"),
+            None => md.clone(),
+        };
+        let tmp = doc.with_extension("md.tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, &doc)?;
     }
     println!("{md}");
     Ok(())
