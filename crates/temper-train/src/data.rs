@@ -54,8 +54,11 @@ pub(crate) fn load(cfg: &TrainConfig) -> Result<Data> {
         }
         .check(full.len())?;
         let (t, v) = split.split_dataset(&full)?;
+        // Evenly spaced through the hold-out, not its first rows: the hold-out is stratified
+        // and in data order, so for a class-sorted image folder the first rows are the first
+        // classes only.
         let v = if cfg.val_size < v.len() {
-            v.subset(&(0..cfg.val_size).collect::<Vec<_>>())?
+            v.subset(&evenly_spaced(v.len(), cfg.val_size))?
         } else {
             v
         };
@@ -66,10 +69,7 @@ pub(crate) fn load(cfg: &TrainConfig) -> Result<Data> {
     let train = match cfg.train_size {
         // Evenly spaced, not the first k: image folders are sorted by class, and every class
         // must stay. The same images for every seed, so runs compare on equal data.
-        Some(k) if k < train.len() => {
-            let n = train.len();
-            train.subset(&(0..k).map(|i| i * n / k).collect::<Vec<_>>())?
-        }
+        Some(k) if k < train.len() => train.subset(&evenly_spaced(train.len(), k))?,
         _ => train,
     };
     let mut loader = Loader::new(
@@ -94,4 +94,26 @@ pub(crate) fn load(cfg: &TrainConfig) -> Result<Data> {
         ));
     }
     Ok(Data { loader, val })
+}
+
+/// `k` indices of `0..n` spread evenly through it (every class of a class-sorted data set
+/// keeps its share).
+pub(crate) fn evenly_spaced(n: usize, k: usize) -> Vec<usize> {
+    (0..k).map(|i| i * n / k.max(1)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    /// A stratified hold-out of a class-sorted folder is class-sorted too: the rows taken
+    /// from it must cover every class in proportion, not the first classes.
+    #[test]
+    fn evenly_spaced_rows_keep_every_class_of_a_sorted_set() {
+        let mut per_class = [0usize; 10];
+        for i in super::evenly_spaced(1000, 50) {
+            per_class[i / 100] += 1;
+        }
+        assert_eq!(per_class, [5; 10]);
+        let all = super::evenly_spaced(7, 7);
+        assert_eq!(all, (0..7).collect::<Vec<_>>());
+    }
 }
