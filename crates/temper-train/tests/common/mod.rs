@@ -42,7 +42,9 @@ pub fn val_set(cfg: &TrainConfig) -> Result<Dataset> {
     }
     .check(full.len())?;
     let (_, v) = split.split_dataset(&full)?;
-    Ok(v.subset(&(0..cfg.val_size.min(v.len())).collect::<Vec<_>>())?)
+    // The trainer's rule: `val_size` rows evenly spaced through the hold-out.
+    let (n, k) = (v.len(), cfg.val_size.min(v.len()));
+    Ok(v.subset(&(0..k).map(|i| i * n / k).collect::<Vec<_>>())?)
 }
 
 /// Every tensor of a safetensors file as bits, sorted by name.
