@@ -273,9 +273,19 @@ impl Reproduction {
 }
 
 /// The weights a run leaves: its best-validation checkpoint where it kept one (early
-/// stopping), else its final weights.
+/// stopping on robust accuracy), else its final weights. A natural run gives its final
+/// weights: its best.safetensors is chosen by validation robust accuracy too, which for a
+/// naturally trained model is noise (it picked the first epoch, at 20% clean accuracy,
+/// against 50% at the end).
 fn weights_of(run: &Path) -> Result<PathBuf> {
-    for name in ["best.safetensors", "model.safetensors"] {
+    let natural = std::fs::read_to_string(run.join("config.toml"))
+        .is_ok_and(|c| c.lines().any(|l| l.trim() == "method = \"natural\""));
+    let names: &[&str] = if natural {
+        &["model.safetensors"]
+    } else {
+        &["best.safetensors", "model.safetensors"]
+    };
+    for name in names {
         let p = run.join(name);
         if p.exists() {
             return Ok(p);
