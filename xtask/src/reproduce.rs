@@ -129,6 +129,9 @@ struct Reproduction {
     out: PathBuf,
     scale: Scale,
     data: PathBuf,
+    /// The AutoAttack points: the first `aa_points / 10` held-out test images of each class
+    /// (the test part is class-sorted, so its first N images would be its first classes).
+    aa_data: PathBuf,
     device: String,
 }
 
@@ -158,6 +161,11 @@ impl Reproduction {
     }
 
     fn common(&self) -> Vec<String> {
+        self.common_on(&self.data)
+    }
+
+    /// [`Reproduction::common`] on the data folder `data`.
+    fn common_on(&self, data: &Path) -> Vec<String> {
         let s = self.scale;
         let mut a = vec![
             "--model".into(),
@@ -167,7 +175,7 @@ impl Reproduction {
             "--dataset".into(),
             "image-folder".into(),
             "--data-dir".into(),
-            self.data.to_string_lossy().into_owned(),
+            data.to_string_lossy().into_owned(),
             "--device".into(),
             self.device.clone(),
         ];
@@ -220,7 +228,7 @@ impl Reproduction {
 
     /// Runs `temper eval --attacks ATTACKS` on the held-out test points into RUN/DIR unless
     /// done, and returns its report.
-    fn eval_report(&self, run: &Path, dir: &str, attacks: &str, points: usize) -> Result<(Value, PathBuf)> {
+    fn eval_report(&self, run: &Path, dir: &str, attacks: &str, data: &Path, points: usize) -> Result<(Value, PathBuf)> {
         let report = run.join(dir).join("report.json");
         if !report.exists() {
             let mut a: Vec<String> = vec![
@@ -238,7 +246,7 @@ impl Reproduction {
                 "--out".into(),
                 run.join(dir).to_string_lossy().into_owned(),
             ];
-            a.extend(self.common());
+            a.extend(self.common_on(data));
             self.temper(&a)?;
         }
         Ok((read_json(&report)?, report))
@@ -248,8 +256,14 @@ impl Reproduction {
     /// (AutoAttack's: the per-point worst case over its four attacks, a report of its own),
     /// and the run's cost.
     fn evaluate(&self, run: &Path) -> Result<Result1> {
-        let (pgd, pgd_path) = self.eval_report(run, "eval-pgd20", "pgd-20", self.scale.eval_points)?;
-        let (aa, aa_path) = self.eval_report(run, "eval-autoattack", "autoattack", self.scale.aa_points)?;
+        let (pgd, pgd_path) = self.eval_report(run, "eval-pgd20", "pgd-20", &self.data, self.scale.eval_points)?;
+        let (aa, aa_path) = self.eval_report(
+            run,
+            "eval-autoattack",
+            "autoattack",
+            &self.aa_data,
+            self.scale.aa_points,
+        )?;
         let acc = |r: &Value, key: &str, path: &Path| -> Result<f64> {
             r["evaluation"][key]["accuracy"]["accuracy"]
                 .as_f64()
@@ -300,6 +314,43 @@ fn weights_of(run: &Path) -> Result<PathBuf> {
 fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))
+}
+
+/// `SPLIT-first<per_class>/test/<class>/`: the first `per_class` test images (by name) of each
+/// class of `split`, linked; the same folder as `split` when it holds no more than that.
+fn balanced_test(split: &Path, per_class: usize) -> Result<PathBuf> {
+    let name = split.file_name().context("data folder without a name")?.to_string_lossy();
+    let out = split.with_file_name(format!("{name}-first{per_class}"));
+    if out.join("done").exists() {
+        return Ok(out);
+    }
+    if out.exists() {
+        std::fs::remove_dir_all(&out)?;
+    }
+    let test = split.join("test");
+    let mut classes: Vec<PathBuf> = std::fs::read_dir(&test)
+        .with_context(|| format!("cannot list {}", test.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    classes.sort();
+    for class in &classes {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(class)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
+            .collect();
+        files.sort();
+        let dir = out.join("test").join(class.file_name().context("class folder without a name")?);
+        std::fs::create_dir_all(&dir)?;
+        for f in files.iter().take(per_class) {
+            let target = dir.join(f.file_name().context("file without a name")?);
+            std::fs::hard_link(f, &target)
+                .or_else(|_| std::fs::copy(f, &target).map(|_| ()))
+                .with_context(|| format!("cannot link {} to {}", f.display(), target.display()))?;
+        }
+    }
+    std::fs::write(out.join("done"), "")?;
+    Ok(out)
 }
 
 /// Unpacks the CIFAR-10 training JPEGs once and links them into `train/` and `test/` class
@@ -521,11 +572,13 @@ pub fn reproduce(args: &[String]) -> Result<()> {
         }
     };
     let data = prepare_data(&out, scale.test_per_class)?;
+    let aa_data = balanced_test(&data, scale.aa_points / 10)?;
     let r = Reproduction {
         bin,
         out: out.clone(),
         scale,
         data,
+        aa_data,
         device,
     };
     let s = |v: &str| v.to_string();
@@ -722,8 +775,8 @@ pub fn reproduce(args: &[String]) -> Result<()> {
          PreActResNet-18 at width {} (1 = published), CIFAR-10 training JPEGs{}; {} held-out test \
          images per class (never trained on or used for a choice), {} validation images held out \
          of training for every choice; L-inf eps 8/255, PGD-10 step 2/255 for training. \
-         Evaluation on the first {} held-out test images (clean and PGD-20) and the first {} of them \
-         (standard AutoAttack at the reference's strength). \
+         Evaluation on the {} held-out test images (clean and PGD-20) and on {} of them, the \
+         first tenth of each class (standard AutoAttack at the reference's strength, as its cascade). \
          Cost: forward + backward image passes of training, relative to PGD-AT from scratch, and wall seconds.\n\n\
          Chosen SSFD setting (validation PGD-10 at the 1/8 budget, seed 0): `{ssfd}`.\n\n\
          | run | seeds | cost (PGD-AT = 1) | wall s | clean % | PGD-20 % | AutoAttack % |\n|---|---|---|---|---|---|---|\n",
