@@ -710,19 +710,23 @@ pub fn reproduce(args: &[String]) -> Result<()> {
         },
     ];
     let pgd_passes = rows[1].results[0].passes;
-    let mut done_epochs = Vec::new();
+    // Budgets that round to distinct whole epochs.
+    let mut budgets: Vec<(&str, usize)> = Vec::new();
     for (label, num, den) in BUDGETS {
         let epochs = ft_epochs(num, den);
-        if done_epochs.contains(&epochs) {
+        if budgets.iter().any(|b| b.1 == epochs) {
             eprintln!("budget {label} rounds to {epochs} epoch(s), already run: skipped");
-            continue;
+        } else {
+            budgets.push((label, epochs));
         }
-        done_epochs.push(epochs);
-        for (kind, sched) in [
-            ("ssfd", ssfd.as_str()),
-            ("step", "step:lr=0.05,milestones=0.5/0.75"),
-            ("constant", "constant:lr=0.01"),
-        ] {
+    }
+    // SSFD at every budget first (the claim), then the schedules it is compared with.
+    for (kind, sched) in [
+        ("ssfd", ssfd.as_str()),
+        ("step", "step:lr=0.05,milestones=0.5/0.75"),
+        ("constant", "constant:lr=0.01"),
+    ] {
+        for &(label, epochs) in &budgets {
             let mut row = Row {
                 label: format!("fine-tune {kind}, {label} budget ({epochs} ep)"),
                 results: Vec::new(),
