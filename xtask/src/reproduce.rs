@@ -228,7 +228,14 @@ impl Reproduction {
 
     /// Runs `temper eval --attacks ATTACKS` on the held-out test points into RUN/DIR unless
     /// done, and returns its report.
-    fn eval_report(&self, run: &Path, dir: &str, attacks: &str, data: &Path, points: usize) -> Result<(Value, PathBuf)> {
+    fn eval_report(
+        &self,
+        run: &Path,
+        dir: &str,
+        attacks: &str,
+        data: &Path,
+        points: usize,
+    ) -> Result<(Value, PathBuf)> {
         let report = run.join(dir).join("report.json");
         if !report.exists() {
             let mut a: Vec<String> = vec![
@@ -256,7 +263,8 @@ impl Reproduction {
     /// (AutoAttack's: the per-point worst case over its four attacks, a report of its own),
     /// and the run's cost.
     fn evaluate(&self, run: &Path) -> Result<Result1> {
-        let (pgd, pgd_path) = self.eval_report(run, "eval-pgd20", "pgd-20", &self.data, self.scale.eval_points)?;
+        let (pgd, pgd_path) =
+            self.eval_report(run, "eval-pgd20", "pgd-20", &self.data, self.scale.eval_points)?;
         let (aa, aa_path) = self.eval_report(
             run,
             "eval-autoattack",
@@ -317,9 +325,12 @@ fn read_json(path: &Path) -> Result<Value> {
 }
 
 /// `SPLIT-first<per_class>/test/<class>/`: the first `per_class` test images (by name) of each
-/// class of `split`, linked; the same folder as `split` when it holds no more than that.
+/// class of `split`, linked (all of a class that holds fewer).
 fn balanced_test(split: &Path, per_class: usize) -> Result<PathBuf> {
-    let name = split.file_name().context("data folder without a name")?.to_string_lossy();
+    let name = split
+        .file_name()
+        .context("data folder without a name")?
+        .to_string_lossy();
     let out = split.with_file_name(format!("{name}-first{per_class}"));
     if out.join("done").exists() {
         return Ok(out);
@@ -340,7 +351,9 @@ fn balanced_test(split: &Path, per_class: usize) -> Result<PathBuf> {
             .filter(|p| p.is_file())
             .collect();
         files.sort();
-        let dir = out.join("test").join(class.file_name().context("class folder without a name")?);
+        let dir = out
+            .join("test")
+            .join(class.file_name().context("class folder without a name")?);
         std::fs::create_dir_all(&dir)?;
         for f in files.iter().take(per_class) {
             let target = dir.join(f.file_name().context("file without a name")?);
