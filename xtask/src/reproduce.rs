@@ -324,6 +324,27 @@ fn read_json(path: &Path) -> Result<Value> {
     serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))
 }
 
+/// The entries of `dir` that pass `keep` (`Path::is_dir`, `Path::is_file`), sorted by name.
+fn sorted_entries(dir: &Path, keep: fn(&Path) -> bool) -> Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| keep(p))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Hard-links `file` into `dir` (created if needed) under its own name; copies it where a
+/// link cannot be made.
+fn link_into(file: &Path, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let target = dir.join(file.file_name().context("file without a name")?);
+    std::fs::hard_link(file, &target)
+        .or_else(|_| std::fs::copy(file, &target).map(|_| ()))
+        .with_context(|| format!("cannot link {} to {}", file.display(), target.display()))
+}
+
 /// `SPLIT-first<per_class>/test/<class>/`: the first `per_class` test images (by name) of each
 /// class of `split`, linked (all of a class that holds fewer).
 fn balanced_test(split: &Path, per_class: usize) -> Result<PathBuf> {
@@ -338,28 +359,12 @@ fn balanced_test(split: &Path, per_class: usize) -> Result<PathBuf> {
     if out.exists() {
         std::fs::remove_dir_all(&out)?;
     }
-    let test = split.join("test");
-    let mut classes: Vec<PathBuf> = std::fs::read_dir(&test)
-        .with_context(|| format!("cannot list {}", test.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir())
-        .collect();
-    classes.sort();
-    for class in &classes {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(class)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file())
-            .collect();
-        files.sort();
+    for class in sorted_entries(&split.join("test"), Path::is_dir)? {
         let dir = out
             .join("test")
             .join(class.file_name().context("class folder without a name")?);
-        std::fs::create_dir_all(&dir)?;
-        for f in files.iter().take(per_class) {
-            let target = dir.join(f.file_name().context("file without a name")?);
-            std::fs::hard_link(f, &target)
-                .or_else(|_| std::fs::copy(f, &target).map(|_| ()))
-                .with_context(|| format!("cannot link {} to {}", f.display(), target.display()))?;
+        for f in sorted_entries(&class, Path::is_file)?.iter().take(per_class) {
+            link_into(f, &dir)?;
         }
     }
     std::fs::write(out.join("done"), "")?;
@@ -392,11 +397,7 @@ fn prepare_data(out: &Path, per_class: usize) -> Result<PathBuf> {
     if split.exists() {
         std::fs::remove_dir_all(&split)?;
     }
-    let mut classes: Vec<PathBuf> = std::fs::read_dir(&train_root)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir())
-        .collect();
-    classes.sort();
+    let classes = sorted_entries(&train_root, Path::is_dir)?;
     if classes.len() != 10 {
         bail!(
             "{} holds {} class folders, expected CIFAR-10's 10",
@@ -406,23 +407,14 @@ fn prepare_data(out: &Path, per_class: usize) -> Result<PathBuf> {
     }
     for class in &classes {
         let name = class.file_name().context("class folder without a name")?;
-        let mut files: Vec<PathBuf> = std::fs::read_dir(class)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file())
-            .collect();
-        files.sort();
+        let files = sorted_entries(class, Path::is_file)?;
         if files.len() <= per_class {
             bail!("class {} has only {} images", class.display(), files.len());
         }
         let cut = files.len() - per_class;
         for (i, f) in files.iter().enumerate() {
             let part = if i < cut { "train" } else { "test" };
-            let dir = split.join(part).join(name);
-            std::fs::create_dir_all(&dir)?;
-            let target = dir.join(f.file_name().context("file without a name")?);
-            std::fs::hard_link(f, &target)
-                .or_else(|_| std::fs::copy(f, &target).map(|_| ()))
-                .with_context(|| format!("cannot link {} to {}", f.display(), target.display()))?;
+            link_into(f, &split.join(part).join(name))?;
         }
     }
     std::fs::write(split.join("done"), "")?;
