@@ -456,6 +456,39 @@ fn large_batch_is_processed_in_chunks_and_still_matches() -> Result<()> {
 }
 
 #[test]
+fn weight_gradient_is_the_same_on_every_run() -> Result<()> {
+    // The weight gradient is summed over chunks of images computed on several threads; the
+    // partial sums are added in a fixed order, so two runs agree to the bit.
+    let case = Case {
+        n: 24,
+        c: 8,
+        o: 6,
+        h: 20,
+        w: 20,
+        kh: 3,
+        kw: 3,
+        cfg: ConvCfg {
+            stride: 2,
+            padding: 1,
+            dilation: 1,
+            groups: 1,
+        },
+        layout: Layout::Contiguous,
+        bias: false,
+    };
+    let first = run(&FastCpuKernels, &case, true, true)?;
+    for _ in 0..3 {
+        let again = run(&FastCpuKernels, &case, true, true)?;
+        for (a, b) in [(&first.1, &again.1), (&first.2, &again.2)] {
+            let (a, b) = (a.as_ref().context("gradient")?, b.as_ref().context("gradient")?);
+            let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            ensure!(diff == 0.0, "gradients differ between runs by {diff}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
 fn kernel_larger_than_input_is_an_error() -> Result<()> {
     let dev = Device::Cpu;
     let x = Tensor::zeros((1, 1, 3, 3), DType::F32, &dev)?;

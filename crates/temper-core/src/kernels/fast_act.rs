@@ -53,15 +53,11 @@ impl CustomOp1 for ClampOp {
         y.par_chunks_mut(GRAIN)
             .zip(x.par_chunks(GRAIN))
             .for_each(|(out, inp)| {
+                // Branch-free selects (`|`, not `||`), so the loop vectorises. NaN keeps
+                // itself (`v > hi` is false for it), as in PyTorch.
                 for (o, &v) in out.iter_mut().zip(inp) {
-                    // NaN stays NaN, as in PyTorch.
-                    *o = if v > 0.0 {
-                        v.min(hi)
-                    } else if v.is_nan() {
-                        v
-                    } else {
-                        0.0
-                    };
+                    let pos = if v > hi { hi } else { v };
+                    *o = if (v > 0.0) | v.is_nan() { pos } else { 0.0 };
                 }
             });
         Ok((CpuStorage::F32(y), l.shape().clone()))
@@ -77,8 +73,9 @@ impl CustomOp1 for ClampOp {
                 dx.par_chunks_mut(GRAIN)
                     .zip(xv.par_chunks(GRAIN).zip(dyv.par_chunks(GRAIN)))
                     .for_each(|(out, (xs, ds))| {
+                        // `&` rather than `&&`: no branch, so the loop vectorises.
                         for ((o, &v), &d) in out.iter_mut().zip(xs).zip(ds) {
-                            *o = if v > 0.0 && v < hi { d } else { 0.0 };
+                            *o = if (v > 0.0) & (v < hi) { d } else { 0.0 };
                         }
                     });
                 Ok(dx)

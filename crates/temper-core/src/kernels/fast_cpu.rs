@@ -226,83 +226,273 @@ impl Geometry {
     }
 }
 
-/// Unfolds images `first..first + nb` of `x` (NCHW, contiguous) into a `(K, nb * L)` matrix.
-fn im2col(x: &[f32], g: &Geometry, first: usize, nb: usize) -> Vec<f32> {
+/// Unfolds images `first..first + nb` of `x` (NCHW, contiguous) into `cols`, a `(K, nb * L)`
+/// matrix, writing every element (padding as zeros), so `cols` may hold anything before.
+fn im2col(x: &[f32], g: &Geometry, first: usize, nb: usize, cols: &mut [f32]) {
     let (l, hw, kk) = (g.l(), g.h * g.w, g.kh * g.kw);
-    let mut cols = vec![0f32; g.k() * nb * l];
-    if cols.is_empty() {
-        return cols;
+    if nb * l == 0 {
+        return;
     }
-    cols.par_chunks_mut(nb * l)
-        .enumerate()
-        .with_min_len(min_items(nb * l))
-        .for_each(|(row, dst)| {
-            let (c, i, j) = (row / kk, (row % kk) / g.kw, row % g.kw);
-            let (r_lo, r_hi) = g.valid(g.oh, g.h, i * g.dilation);
-            let (q_lo, q_hi) = g.valid(g.ow, g.w, j * g.dilation);
-            for (b, seg) in dst.chunks_mut(l).enumerate() {
-                let plane = &x[((first + b) * g.c + c) * hw..][..hw];
-                for r in r_lo..r_hi {
-                    let src = &plane[(r * g.stride + i * g.dilation - g.padding) * g.w..][..g.w];
-                    let out = &mut seg[r * g.ow..][..g.ow];
-                    let col0 = j * g.dilation; // Input column of q = 0, before removing padding.
-                    if q_lo == q_hi {
-                        continue;
-                    }
-                    if g.stride == 1 {
-                        let start = q_lo + col0 - g.padding;
-                        out[q_lo..q_hi].copy_from_slice(&src[start..start + (q_hi - q_lo)]);
-                    } else {
-                        for (q, o) in out.iter_mut().enumerate().take(q_hi).skip(q_lo) {
-                            *o = src[q * g.stride + col0 - g.padding];
-                        }
+    for (row, dst) in cols.chunks_mut(nb * l).enumerate() {
+        let (c, i, j) = (row / kk, (row % kk) / g.kw, row % g.kw);
+        let (r_lo, r_hi) = g.valid(g.oh, g.h, i * g.dilation);
+        let (q_lo, q_hi) = g.valid(g.ow, g.w, j * g.dilation);
+        let col0 = j * g.dilation; // Input column of q = 0, before removing padding.
+        for (b, seg) in dst.chunks_mut(l).enumerate() {
+            let plane = &x[((first + b) * g.c + c) * hw..][..hw];
+            seg[..r_lo * g.ow].fill(0.0);
+            seg[r_hi * g.ow..].fill(0.0);
+            for r in r_lo..r_hi {
+                let out = &mut seg[r * g.ow..][..g.ow];
+                out[..q_lo].fill(0.0);
+                out[q_hi..].fill(0.0);
+                if q_lo == q_hi {
+                    continue;
+                }
+                let src = &plane[(r * g.stride + i * g.dilation - g.padding) * g.w..][..g.w];
+                if g.stride == 1 {
+                    let start = q_lo + col0 - g.padding;
+                    out[q_lo..q_hi].copy_from_slice(&src[start..start + (q_hi - q_lo)]);
+                } else {
+                    for (q, o) in out.iter_mut().enumerate().take(q_hi).skip(q_lo) {
+                        *o = src[q * g.stride + col0 - g.padding];
                     }
                 }
             }
-        });
-    cols
+        }
+    }
 }
 
-/// Folds a `(K, nb * L)` matrix back onto images `0..nb` of `dx` (NCHW), adding every column
-/// entry onto the input pixel it was unfolded from: the adjoint of [`im2col`].
+/// Folds a `(K, nb * L)` matrix onto `dx`, images `0..nb` (NCHW), overwriting it: every
+/// column entry is added onto the input pixel it was unfolded from (the adjoint of
+/// [`im2col`]).
 fn col2im(cols: &[f32], g: &Geometry, nb: usize, dx: &mut [f32]) {
     let (l, hw) = (g.l(), g.h * g.w);
+    dx.fill(0.0);
     if hw == 0 {
         return;
     }
-    dx.par_chunks_mut(hw)
-        .enumerate()
-        .with_min_len(min_items(hw * g.kh * g.kw))
-        .for_each(|(plane_idx, plane)| {
-            let (b, c) = (plane_idx / g.c, plane_idx % g.c);
-            for i in 0..g.kh {
-                let (r_lo, r_hi) = g.valid(g.oh, g.h, i * g.dilation);
-                for j in 0..g.kw {
-                    let (q_lo, q_hi) = g.valid(g.ow, g.w, j * g.dilation);
-                    let row = (c * g.kh + i) * g.kw + j;
-                    let seg = &cols[(row * nb + b) * l..][..l];
-                    let col0 = j * g.dilation;
-                    if q_lo == q_hi {
-                        continue;
-                    }
-                    for r in r_lo..r_hi {
-                        let dst = &mut plane[(r * g.stride + i * g.dilation - g.padding) * g.w..][..g.w];
-                        let src = &seg[r * g.ow..][..g.ow];
-                        if g.stride == 1 {
-                            let start = q_lo + col0 - g.padding;
-                            let dst = &mut dst[start..start + (q_hi - q_lo)];
-                            for (d, s) in dst.iter_mut().zip(&src[q_lo..q_hi]) {
-                                *d += s;
-                            }
-                        } else {
-                            for (q, s) in src.iter().enumerate().take(q_hi).skip(q_lo) {
-                                dst[q * g.stride + col0 - g.padding] += s;
-                            }
+    for (plane_idx, plane) in dx.chunks_mut(hw).enumerate() {
+        let (b, c) = (plane_idx / g.c, plane_idx % g.c);
+        for i in 0..g.kh {
+            let (r_lo, r_hi) = g.valid(g.oh, g.h, i * g.dilation);
+            for j in 0..g.kw {
+                let (q_lo, q_hi) = g.valid(g.ow, g.w, j * g.dilation);
+                if q_lo == q_hi {
+                    continue;
+                }
+                let row = (c * g.kh + i) * g.kw + j;
+                let seg = &cols[(row * nb + b) * l..][..l];
+                let col0 = j * g.dilation;
+                for r in r_lo..r_hi {
+                    let dst = &mut plane[(r * g.stride + i * g.dilation - g.padding) * g.w..][..g.w];
+                    let src = &seg[r * g.ow..][..g.ow];
+                    if g.stride == 1 {
+                        let start = q_lo + col0 - g.padding;
+                        let dst = &mut dst[start..start + (q_hi - q_lo)];
+                        for (d, s) in dst.iter_mut().zip(&src[q_lo..q_hi]) {
+                            *d += s;
+                        }
+                    } else {
+                        for (q, s) in src.iter().enumerate().take(q_hi).skip(q_lo) {
+                            dst[q * g.stride + col0 - g.padding] += s;
                         }
                     }
                 }
             }
-        });
+        }
+    }
+}
+
+/// Swaps the two outer axes of a `(a, b, inner)` array into `dst`, `(b, a, inner)`.
+fn swap_outer(src: &[f32], a: usize, b: usize, inner: usize, dst: &mut [f32]) {
+    if inner == 0 {
+        return;
+    }
+    for (idx, out) in dst[..a * b * inner].chunks_mut(inner).enumerate() {
+        let (j, i) = (idx / a, idx % a);
+        out.copy_from_slice(&src[(i * b + j) * inner..][..inner]);
+    }
+}
+
+/// A read-only matrix operand of [`matmul`]: element `(r, c)` is `data[r * rs + c * cs]`.
+#[derive(Clone, Copy)]
+struct MatRef<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// A row-major matrix with `cols` columns.
+    fn rows(data: &'a [f32], cols: usize) -> Self {
+        MatRef { data, rs: cols, cs: 1 }
+    }
+
+    /// The transpose of a row-major matrix with `cols` columns.
+    fn transposed(data: &'a [f32], cols: usize) -> Self {
+        MatRef { data, rs: 1, cs: cols }
+    }
+
+    /// Whether a `rows x cols` matrix with these strides lies inside `data`.
+    fn fits(&self, rows: usize, cols: usize) -> bool {
+        rows == 0 || cols == 0 || (rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len()
+    }
+}
+
+/// `dst (m, n) = lhs (m, k) @ rhs (k, n)`, or `dst += lhs @ rhs` when `accumulate`, with
+/// `dst` row-major and contiguous: the `gemm` crate's f32 kernel (AVX-512 where the CPU has
+/// it), on `threads` threads of rayon's pool (1: the calling thread only).
+fn matmul(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: MatRef<'_>,
+    rhs: MatRef<'_>,
+    threads: usize,
+) -> candle_core::Result<()> {
+    if dst.len() < m * n || !lhs.fits(m, k) || !rhs.fits(k, n) {
+        candle_core::bail!(
+            "fast-cpu matmul: ({m} x {k}) @ ({k} x {n}) does not fit its buffers ({}, {}, {})",
+            lhs.data.len(),
+            rhs.data.len(),
+            dst.len()
+        )
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(0.0);
+        }
+        return Ok(());
+    }
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the checks above keep every element the gemm reads or writes inside its slice:
+    // `dst` holds the contiguous row-major `m x n` block (row stride `n`, column stride 1),
+    // `lhs` and `rhs` hold their largest index `(rows - 1) * rs + (cols - 1) * cs` (`fits`);
+    // strides are converted from `usize` values below those lengths, so they fit an `isize`.
+    // `dst` is a unique borrow, so it aliases neither operand. With `read_dst` false the
+    // gemm never reads `dst`; with it true `dst` is initialised memory of a `&mut [f32]`.
+    #[allow(unsafe_code)]
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+    Ok(())
+}
+
+/// Scratch buffers one worker reuses from chunk to chunk.
+#[derive(Default)]
+struct Scratch {
+    cols: Vec<f32>,
+    prod: Vec<f32>,
+    dyt: Vec<f32>,
+}
+
+/// The first `len` elements of `buf`, grown (never shrunk) to hold them; what they hold is
+/// left over from earlier use.
+fn take(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    &mut buf[..len]
+}
+
+/// How a convolution's batch is cut into chunks of images and spread over the threads.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    /// Images per chunk (the last chunk may have fewer).
+    step: usize,
+    /// Number of chunks.
+    chunks: usize,
+    /// Groups of consecutive chunks run in parallel, one worker each; the gemm then runs on
+    /// that worker alone. With one group, the chunks run in order and the gemm uses every
+    /// thread.
+    groups: usize,
+    /// Threads of each gemm.
+    gemm_threads: usize,
+}
+
+impl Plan {
+    /// Chunks of about [`Geometry::chunk`] images, but at least one per thread when the batch
+    /// has that many images: whole chunks on each thread need no synchronisation inside the
+    /// gemm, and the weight gradient's long inner dimension (the batch) is split across
+    /// threads, which the gemm itself does not do.
+    fn new(g: &Geometry) -> Self {
+        let threads = rayon::current_num_threads().max(1);
+        let n = g.n.max(1);
+        let step = g.chunk().min(n.div_ceil(threads)).max(1);
+        let chunks = n.div_ceil(step);
+        if chunks >= threads && threads > 1 {
+            Plan {
+                step,
+                chunks,
+                groups: threads,
+                gemm_threads: 1,
+            }
+        } else {
+            Plan {
+                step,
+                chunks,
+                groups: 1,
+                gemm_threads: threads,
+            }
+        }
+    }
+
+    /// The chunk indices of group `group`: consecutive, and the same for every run of the
+    /// same shape (the weight gradient's sum order, hence its rounding, depends on it).
+    fn group_chunks(&self, group: usize) -> std::ops::Range<usize> {
+        let per = self.chunks.div_ceil(self.groups);
+        (group * per).min(self.chunks)..((group + 1) * per).min(self.chunks)
+    }
+
+    /// Images of chunk `chunk`, out of `n`: `(first, count)`.
+    fn images(&self, chunk: usize, n: usize) -> (usize, usize) {
+        let first = chunk * self.step;
+        (first, self.step.min(n - first))
+    }
+}
+
+/// Splits `data`, `per_image` elements per image, into the slices of each group of `plan`
+/// (empty slices when `data` is empty: a gradient that is not wanted).
+fn split_groups<'a>(data: &'a mut [f32], plan: &Plan, n: usize, per_image: usize) -> Vec<&'a mut [f32]> {
+    let mut rest = data;
+    (0..plan.groups)
+        .map(|group| {
+            let range = plan.group_chunks(group);
+            let images: usize = range.map(|c| plan.images(c, n).1).sum();
+            let len = if rest.is_empty() { 0 } else { images * per_image };
+            let (head, tail) = std::mem::take(&mut rest).split_at_mut(len);
+            rest = tail;
+            head
+        })
+        .collect()
 }
 
 /// The elements of a 4-D f32 storage in row-major order: borrowed when contiguous, gathered
@@ -344,6 +534,71 @@ pub(super) fn with_data<R>(
     f(&cpu.as_slice::<f32>()?[a..b])
 }
 
+/// The convolution `x (N, C, H, W) * w (O, C, kh, kw)` of geometry `g`, NCHW out: per chunk
+/// of images, `Y (O, nb L) = W (O, K) @ cols (K, nb L)`, permuted to NCHW.
+fn forward(x: &[f32], w: &[f32], g: &Geometry) -> candle_core::Result<Vec<f32>> {
+    let (k, l) = (g.k(), g.l());
+    let per_image = g.o * l;
+    let mut y = vec![0f32; g.n * per_image];
+    let plan = Plan::new(g);
+    let parts = split_groups(&mut y, &plan, g.n, per_image);
+    parts
+        .into_par_iter()
+        .enumerate()
+        .try_for_each(|(group, ys)| -> candle_core::Result<()> {
+            let mut buf = Scratch::default();
+            let mut offset = 0;
+            for chunk in plan.group_chunks(group) {
+                let (first, nb) = plan.images(chunk, g.n);
+                let cols = take(&mut buf.cols, k * nb * l);
+                im2col(x, g, first, nb, cols);
+                let prod = take(&mut buf.prod, g.o * nb * l);
+                let (w, cols) = (MatRef::rows(w, k), MatRef::rows(cols, nb * l));
+                matmul((g.o, nb * l, k), prod, false, w, cols, plan.gemm_threads)?;
+                // (O, nb, L) -> (nb, O, L).
+                swap_outer(prod, g.o, nb, l, &mut ys[offset..offset + nb * per_image]);
+                offset += nb * per_image;
+            }
+            Ok(())
+        })?;
+    Ok(y)
+}
+
+/// For a stride-1 convolution with a square kernel and at most "full" padding, the input
+/// gradient as a convolution of `dY` with the flipped, transposed kernel: its geometry and
+/// that kernel, `W' (C, O, kh, kw)` with `W'[c, o, i, j] = W[o, c, kh-1-i, kw-1-j]`. This
+/// unfolds `dY` (copies) instead of folding a `K x nb L` product back with a scatter-add.
+fn flipped(g: &Geometry, w: &[f32]) -> Option<(Geometry, Vec<f32>)> {
+    let span = g.dilation * (g.kh.max(1) - 1);
+    if g.stride != 1 || g.kh != g.kw || g.padding > span {
+        return None;
+    }
+    let gt = Geometry {
+        n: g.n,
+        c: g.o,
+        h: g.oh,
+        w: g.ow,
+        o: g.c,
+        kh: g.kh,
+        kw: g.kw,
+        oh: g.h,
+        ow: g.w,
+        stride: 1,
+        padding: span - g.padding,
+        dilation: g.dilation,
+    };
+    let kk = g.kh * g.kw;
+    let mut wt = vec![0f32; w.len()];
+    if kk > 0 {
+        for (co, taps) in wt.chunks_mut(kk).enumerate() {
+            let (c, o) = (co / g.o, co % g.o);
+            let src = &w[(o * g.c + c) * kk..][..kk];
+            taps.iter_mut().zip(src.iter().rev()).for_each(|(t, &v)| *t = v);
+        }
+    }
+    Some((gt, wt))
+}
+
 /// The convolution as a candle custom op on `(x, weight)`.
 struct Conv2dOp {
     cfg: ConvCfg,
@@ -362,31 +617,7 @@ impl CustomOp2 for Conv2dOp {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = Geometry::new(l1.dims(), l2.dims(), self.cfg)?;
-        let x = dense(s1, l1)?;
-        let w = dense(s2, l2)?;
-        let (k, l) = (g.k(), g.l());
-        let w = Tensor::from_slice(&w, (g.o, k), &Device::Cpu)?;
-        let mut y = vec![0f32; g.n * g.o * l];
-        let step = g.chunk();
-        for first in (0..g.n).step_by(step) {
-            let nb = step.min(g.n - first);
-            let cols = Tensor::from_vec(im2col(&x, &g, first, nb), (k, nb * l), &Device::Cpu)?;
-            let prod = w.matmul(&cols)?; // (O, nb * L)
-            let dst = &mut y[first * g.o * l..(first + nb) * g.o * l];
-            with_data(&prod, |prod| {
-                // (O, nb, L) -> (nb, O, L): one output channel row of one image per task.
-                if l > 0 {
-                    dst.par_chunks_mut(l)
-                        .enumerate()
-                        .with_min_len(min_items(l))
-                        .for_each(|(idx, out)| {
-                            let (b, oc) = (idx / g.o, idx % g.o);
-                            out.copy_from_slice(&prod[(oc * nb + b) * l..][..l]);
-                        });
-                }
-                Ok(())
-            })?;
-        }
+        let y = forward(&dense(s1, l1)?, &dense(s2, l2)?, &g)?;
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.o, g.oh, g.ow))))
     }
 
@@ -404,66 +635,94 @@ impl CustomOp2 for Conv2dOp {
             return Ok((None, None));
         }
         let g = Geometry::new(x.dims(), weight.dims(), self.cfg)?;
-        let (k, l) = (g.k(), g.l());
+        let (k, l, chw) = (g.k(), g.l(), g.c * g.h * g.w);
         let dev = Device::Cpu;
-        let w = weight.detach().contiguous()?.reshape((g.o, k))?;
-        let wt = w.t()?; // (K, O), a strided view: gemm takes it as is.
-        let mut dx = if need_dx {
-            vec![0f32; g.n * g.c * g.h * g.w]
-        } else {
-            Vec::new()
-        };
-        let mut dw: Option<Tensor> = None;
-        let step = g.chunk();
-        let x = if need_dw {
-            x.detach().contiguous()?
-        } else {
-            x.detach()
-        };
-        with_data(&grad_res.detach(), |dy| {
-            for first in (0..g.n).step_by(step) {
-                let nb = step.min(g.n - first);
-                // dY of the chunk as (O, nb * L): the columns in the unfolded order.
-                let mut dyt = vec![0f32; g.o * nb * l];
-                if l > 0 {
-                    dyt.par_chunks_mut(l)
-                        .enumerate()
-                        .with_min_len(min_items(l))
-                        .for_each(|(idx, out)| {
-                            let (oc, b) = (idx / nb, idx % nb);
-                            out.copy_from_slice(&dy[((first + b) * g.o + oc) * l..][..l]);
-                        });
-                }
-                let dyt = Tensor::from_vec(dyt, (g.o, nb * l), &dev)?;
-                if need_dx {
-                    let dcols = wt.matmul(&dyt)?; // (K, nb * L)
-                    let dst = &mut dx[first * g.c * g.h * g.w..(first + nb) * g.c * g.h * g.w];
-                    with_data(&dcols, |dcols| {
-                        col2im(dcols, &g, nb, dst);
-                        Ok(())
-                    })?;
-                }
-                if need_dw {
-                    let cols = with_data(&x, |x| Ok(im2col(x, &g, first, nb)))?;
-                    let cols = Tensor::from_vec(cols, (k, nb * l), &dev)?;
-                    let part = dyt.matmul(&cols.t()?)?; // (O, K)
-                    dw = Some(match dw.take() {
-                        Some(acc) => (acc + part)?,
-                        None => part,
-                    });
-                }
+        let (w, dy) = (weight.detach(), grad_res.detach());
+        // The input gradient as a convolution of dY where the geometry allows (stride 1);
+        // otherwise below, folded back from `W^T @ dY` chunk by chunk.
+        let mut dx = Vec::new();
+        let mut fold_dx = need_dx;
+        if need_dx {
+            if let Some(done) = with_data(&w, |w| {
+                flipped(&g, w)
+                    .map(|(gt, wt)| with_data(&dy, |dy| forward(dy, &wt, &gt)))
+                    .transpose()
+            })? {
+                dx = done;
+                fold_dx = false;
             }
-            Ok(())
-        })?;
+        }
+        if fold_dx {
+            dx = vec![0f32; g.n * chw];
+        }
+        // The input is read only for the weight gradient.
+        let x = if need_dw {
+            x.detach()
+        } else {
+            Tensor::zeros(0, DType::F32, &dev)?
+        };
+        let plan = Plan::new(&g);
+        let parts = split_groups(if fold_dx { &mut dx } else { &mut [] }, &plan, g.n, chw);
+        // One partial weight gradient per group, summed below in group order, so the result
+        // does not depend on which thread finishes first.
+        let partials = if !(fold_dx || need_dw) {
+            Vec::new()
+        } else {
+            with_data(&w, |w| {
+                with_data(&dy, |dy| {
+                    with_data(&x, |x| {
+                        parts
+                            .into_par_iter()
+                            .enumerate()
+                            .map(|(group, dxs)| -> candle_core::Result<Option<Vec<f32>>> {
+                                let mut buf = Scratch::default();
+                                let mut dw: Option<Vec<f32>> = None;
+                                let mut offset = 0;
+                                for chunk in plan.group_chunks(group) {
+                                    let (first, nb) = plan.images(chunk, g.n);
+                                    let cols_n = nb * l;
+                                    // dY of the chunk as (O, nb * L): the columns in the
+                                    // unfolded order.
+                                    let dyt = take(&mut buf.dyt, g.o * cols_n);
+                                    swap_outer(&dy[first * g.o * l..], nb, g.o, l, dyt);
+                                    let dyt = MatRef::rows(dyt, cols_n);
+                                    if fold_dx {
+                                        // dcols (K, nb L) = W^T @ dY, folded back onto dX.
+                                        let dcols = take(&mut buf.prod, k * cols_n);
+                                        let wt = MatRef::transposed(w, k);
+                                        matmul((k, cols_n, g.o), dcols, false, wt, dyt, plan.gemm_threads)?;
+                                        col2im(dcols, &g, nb, &mut dxs[offset..offset + nb * chw]);
+                                        offset += nb * chw;
+                                    }
+                                    if need_dw {
+                                        // dW (O, K) += dY (O, nb L) @ cols^T.
+                                        let cols = take(&mut buf.cols, k * cols_n);
+                                        im2col(x, &g, first, nb, cols);
+                                        let acc = dw.get_or_insert_with(|| vec![0f32; g.o * k]);
+                                        let colst = MatRef::transposed(cols, cols_n);
+                                        matmul((g.o, k, cols_n), acc, true, dyt, colst, plan.gemm_threads)?;
+                                    }
+                                }
+                                Ok(dw)
+                            })
+                            .collect::<candle_core::Result<Vec<_>>>()
+                    })
+                })
+            })?
+        };
         let dx = if need_dx {
             Some(Tensor::from_vec(dx, (g.n, g.c, g.h, g.w), &dev)?)
         } else {
             None
         };
-        let dw = match (need_dw, dw) {
-            (false, _) => None,
-            (true, Some(dw)) => Some(dw.reshape((g.o, g.c, g.kh, g.kw))?),
-            (true, None) => Some(Tensor::zeros((g.o, g.c, g.kh, g.kw), DType::F32, &dev)?),
+        let dw = if need_dw {
+            let mut sum = vec![0f32; g.o * k];
+            for part in partials.into_iter().flatten() {
+                sum.iter_mut().zip(&part).for_each(|(s, p)| *s += p);
+            }
+            Some(Tensor::from_vec(sum, (g.o, g.c, g.kh, g.kw), &dev)?)
+        } else {
+            None
         };
         Ok((dx, dw))
     }
