@@ -221,7 +221,9 @@ impl CustomOp3 for BatchNormOp {
                     });
                     let s2 = channel_sums(n, c, hw, |ch, at| {
                         let (m, s) = (mean[ch], invstd[ch]);
-                        lane_sum(&dy[at..at + hw], &x[at..at + hw], |d, v| d as f64 * ((v - m) * s) as f64)
+                        lane_sum(&dy[at..at + hw], &x[at..at + hw], |d, v| {
+                            d as f64 * ((v - m) * s) as f64
+                        })
                     });
                     (s1, s2)
                 } else {

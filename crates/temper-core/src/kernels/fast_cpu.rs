@@ -254,9 +254,8 @@ fn im2col(x: &[f32], g: &Geometry, first: usize, nb: usize, cols: &mut [f32]) {
                     let start = q_lo + col0 - g.padding;
                     out[q_lo..q_hi].copy_from_slice(&src[start..start + (q_hi - q_lo)]);
                 } else {
-                    for (q, o) in out.iter_mut().enumerate().take(q_hi).skip(q_lo) {
-                        *o = src[q * g.stride + col0 - g.padding];
-                    }
+                    let src = src[q_lo * g.stride + col0 - g.padding..].iter().step_by(g.stride);
+                    out[q_lo..q_hi].iter_mut().zip(src).for_each(|(o, &v)| *o = v);
                 }
             }
         }
@@ -294,9 +293,10 @@ fn col2im(cols: &[f32], g: &Geometry, nb: usize, dx: &mut [f32]) {
                             *d += s;
                         }
                     } else {
-                        for (q, s) in src.iter().enumerate().take(q_hi).skip(q_lo) {
-                            dst[q * g.stride + col0 - g.padding] += s;
-                        }
+                        let dst = dst[q_lo * g.stride + col0 - g.padding..]
+                            .iter_mut()
+                            .step_by(g.stride);
+                        dst.zip(&src[q_lo..q_hi]).for_each(|(d, s)| *d += s);
                     }
                 }
             }
@@ -326,12 +326,20 @@ struct MatRef<'a> {
 impl<'a> MatRef<'a> {
     /// A row-major matrix with `cols` columns.
     fn rows(data: &'a [f32], cols: usize) -> Self {
-        MatRef { data, rs: cols, cs: 1 }
+        MatRef {
+            data,
+            rs: cols,
+            cs: 1,
+        }
     }
 
     /// The transpose of a row-major matrix with `cols` columns.
     fn transposed(data: &'a [f32], cols: usize) -> Self {
-        MatRef { data, rs: 1, cs: cols }
+        MatRef {
+            data,
+            rs: 1,
+            cs: cols,
+        }
     }
 
     /// Whether a `rows x cols` matrix with these strides lies inside `data`.

@@ -59,18 +59,73 @@ fn geometry(x: &[usize], weight: &[usize], cfg: ConvCfg) -> candle_core::Result<
     Ok(Geometry { c, o: c, ..g })
 }
 
-/// Calls `f(r, q, y_index, x_index)` for every output position `(r, q)` of one plane that
-/// kernel tap `(i, j)` reads from inside the input, with the plane-relative indices.
+/// Calls `f(y0, x0, len)` for every output row of one plane that kernel tap `(i, j)` reads
+/// from inside the input: plane-relative outputs `y0..y0 + len` read the inputs `x0`,
+/// `x0 + stride`, ... Whole row segments, so the loops over them vectorise.
 #[inline]
-fn for_tap(g: &Geometry, i: usize, j: usize, mut f: impl FnMut(usize, usize)) {
+fn for_tap(g: &Geometry, i: usize, j: usize, mut f: impl FnMut(usize, usize, usize)) {
     let (r_lo, r_hi) = g.valid(g.oh, g.h, i * g.dilation);
     let (q_lo, q_hi) = g.valid(g.ow, g.w, j * g.dilation);
+    if q_lo == q_hi {
+        return;
+    }
     for r in r_lo..r_hi {
         let xr = (r * g.stride + i * g.dilation - g.padding) * g.w;
-        for q in q_lo..q_hi {
-            f(r * g.ow + q, xr + q * g.stride + j * g.dilation - g.padding);
+        f(
+            r * g.ow + q_lo,
+            xr + q_lo * g.stride + j * g.dilation - g.padding,
+            q_hi - q_lo,
+        );
+    }
+}
+
+/// `out[k] += w * src[k * stride]` for every `k` of `out`.
+#[inline]
+fn axpy(out: &mut [f32], w: f32, src: &[f32], stride: usize) {
+    if stride == 1 {
+        out.iter_mut().zip(src).for_each(|(o, &v)| *o += w * v);
+    } else {
+        out.iter_mut()
+            .zip(src.iter().step_by(stride))
+            .for_each(|(o, &v)| *o += w * v);
+    }
+}
+
+/// `out[k * stride] += w * src[k]` for every `k` of `src`.
+#[inline]
+fn axpy_scatter(out: &mut [f32], w: f32, src: &[f32], stride: usize) {
+    if stride == 1 {
+        out.iter_mut().zip(src).for_each(|(o, &v)| *o += w * v);
+    } else {
+        out.iter_mut()
+            .step_by(stride)
+            .zip(src)
+            .for_each(|(o, &v)| *o += w * v);
+    }
+}
+
+/// `sum of a[k] * b[k * stride]` over `a`, with eight accumulators when contiguous (one would
+/// make every addition wait for the last).
+#[inline]
+fn dot(a: &[f32], b: &[f32], stride: usize) -> f32 {
+    if stride != 1 {
+        return a.iter().zip(b.iter().step_by(stride)).map(|(&u, &v)| u * v).sum();
+    }
+    let b = &b[..a.len()];
+    let mut acc = [0f32; 8];
+    for (ca, cb) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        for (k, s) in acc.iter_mut().enumerate() {
+            *s += ca[k] * cb[k];
         }
     }
+    let tail: f32 = a
+        .chunks_exact(8)
+        .remainder()
+        .iter()
+        .zip(b.chunks_exact(8).remainder())
+        .map(|(&u, &v)| u * v)
+        .sum();
+    acc.iter().sum::<f32>() + tail
 }
 
 struct DepthwiseOp {
@@ -104,7 +159,9 @@ impl CustomOp2 for DepthwiseOp {
                     for i in 0..g.kh {
                         for j in 0..g.kw {
                             let wv = w[c * kk + i * g.kw + j];
-                            for_tap(&g, i, j, |yi, xi| out[yi] += wv * xp[xi]);
+                            for_tap(&g, i, j, |y0, x0, len| {
+                                axpy(&mut out[y0..y0 + len], wv, &xp[x0..], g.stride)
+                            });
                         }
                     }
                 });
@@ -142,7 +199,9 @@ impl CustomOp2 for DepthwiseOp {
                             for i in 0..g.kh {
                                 for j in 0..g.kw {
                                     let wv = w[c * kk + i * g.kw + j];
-                                    for_tap(&g, i, j, |yi, xi| out[xi] += wv * dyp[yi]);
+                                    for_tap(&g, i, j, |y0, x0, len| {
+                                        axpy_scatter(&mut out[x0..], wv, &dyp[y0..y0 + len], g.stride)
+                                    });
                                 }
                             }
                         });
@@ -168,7 +227,9 @@ impl CustomOp2 for DepthwiseOp {
                                 for i in 0..g.kh {
                                     for j in 0..g.kw {
                                         let mut acc = 0f32;
-                                        for_tap(&g, i, j, |yi, xi| acc += dyp[yi] * xp[xi]);
+                                        for_tap(&g, i, j, |y0, x0, len| {
+                                            acc += dot(&dyp[y0..y0 + len], &xp[x0..], g.stride)
+                                        });
                                         out[i * g.kw + j] += acc;
                                     }
                                 }
