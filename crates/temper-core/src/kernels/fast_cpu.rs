@@ -11,12 +11,24 @@
 //!
 //! Layout. For a chunk of `nb` images, the unfolded input is one `(K, nb * L)` matrix with
 //! `K = C * kh * kw` rows (input channel, kernel row, kernel column) and `nb * L` columns
-//! (image, output row, output column). Every product is then a single large gemm (candle's
-//! own, which runs on its thread pool), on chunks of images small enough to stay in cache:
+//! (image, output row, output column). Every product is then one gemm (the `gemm` crate's,
+//! called directly, with its AVX-512 kernels where the CPU has them), on chunks of images
+//! small enough to stay in cache:
 //!
 //! - forward: `Y (O, nb L) = W (O, K) @ cols (K, nb L)`, then permuted to NCHW;
-//! - input gradient: `dcols (K, nb L) = W^T @ dY`, folded back by a scatter-add ("col2im");
+//! - input gradient, stride 1 (every 3x3 and 1x1 layer of the zoo but the downsampling ones):
+//!   the forward convolution of `dY` with the flipped, transposed kernel (`flipped`), so `dY`
+//!   is unfolded by copies and the gemm writes `C x nb L` values;
+//! - input gradient, other strides: `dcols (K, nb L) = W^T @ dY`, folded back by a
+//!   scatter-add ("col2im");
 //! - weight gradient: `dW (O, K) = sum over chunks of dY (O, nb L) @ cols^T`.
+//!
+//! Threads. With at least as many images as threads, the chunks are split into one group of
+//! consecutive chunks per thread, each running its gemms alone (no synchronisation inside a
+//! product, and the weight gradient's long inner dimension, the batch, is split across
+//! threads, which the gemm does not do by itself); the per-group weight gradients are added
+//! in group order, so results do not depend on scheduling. With fewer images (a single-image
+//! attack) the chunks run in order and each gemm uses every thread.
 //!
 //! The backward returns tensors that do not themselves track gradients, so gradients of
 //! gradients (double backward) are not supported through this op.
