@@ -831,7 +831,10 @@ pub fn reproduce(args: &[String]) -> Result<()> {
         if matched.is_empty() {
             "No fine-tuning budget matches PGD-AT from scratch within 1 point of AutoAttack accuracy at this scale.".to_string()
         } else {
-            format!("Within 1 point: {}.", matched.join("; "))
+            format!(
+                "At most 1 point below PGD-AT, or above it: {}.",
+                matched.join("; ")
+            )
         },
         out.strip_prefix(root()).unwrap_or(&out).display()
     );
@@ -842,13 +845,27 @@ pub fn reproduce(args: &[String]) -> Result<()> {
         _ => None,
     };
     if let Some(doc) = doc {
+        // The charts beside the document, so it shows them wherever the repository is read.
+        let charts = format!("reproduction-{}", scale.name);
+        let chart_dir = root().join("docs").join(&charts);
+        std::fs::create_dir_all(&chart_dir)?;
+        let mut shown = format!("\n![AutoAttack accuracy against cost]({charts}/robust_vs_cost.svg)\n");
+        std::fs::copy(out.join("robust_vs_cost.svg"), chart_dir.join("robust_vs_cost.svg"))?;
+        for entry in sorted_entries(&out, |p| p.join("lr_schedule.png").is_file())? {
+            let name = entry.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            let png = entry.join("lr_schedule.png");
+            if name.starts_with("schedule-") {
+                std::fs::copy(&png, chart_dir.join(format!("{name}.png")))?;
+                let _ = write!(shown, "\n![learning rate, {name}]({charts}/{name}.png)\n");
+            }
+        }
         // The conclusions are written by a person reading the numbers: a rerun keeps them.
         let kept = std::fs::read_to_string(&doc)
             .ok()
             .and_then(|old| old.find(CONCLUSIONS).map(|i| old[i..].to_string()));
         let text = match kept {
-            Some(c) => format!("{md}\n{c}"),
-            None => md.clone(),
+            Some(c) => format!("{md}{shown}\n{c}"),
+            None => format!("{md}{shown}"),
         };
         let tmp = doc.with_extension("md.tmp");
         std::fs::write(&tmp, text)?;
