@@ -850,9 +850,15 @@ pub fn reproduce(args: &[String]) -> Result<()> {
         let chart_dir = root().join("docs").join(&charts);
         std::fs::create_dir_all(&chart_dir)?;
         let mut shown = format!("\n![AutoAttack accuracy against cost]({charts}/robust_vs_cost.svg)\n");
-        std::fs::copy(out.join("robust_vs_cost.svg"), chart_dir.join("robust_vs_cost.svg"))?;
+        std::fs::copy(
+            out.join("robust_vs_cost.svg"),
+            chart_dir.join("robust_vs_cost.svg"),
+        )?;
         for entry in sorted_entries(&out, |p| p.join("lr_schedule.png").is_file())? {
-            let name = entry.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            let name = entry
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
             let png = entry.join("lr_schedule.png");
             if name.starts_with("schedule-") {
                 std::fs::copy(&png, chart_dir.join(format!("{name}.png")))?;

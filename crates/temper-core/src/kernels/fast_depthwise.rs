@@ -59,23 +59,49 @@ fn geometry(x: &[usize], weight: &[usize], cfg: ConvCfg) -> candle_core::Result<
     Ok(Geometry { c, o: c, ..g })
 }
 
-/// Calls `f(y0, x0, len)` for every output row of one plane that kernel tap `(i, j)` reads
-/// from inside the input: plane-relative outputs `y0..y0 + len` read the inputs `x0`,
-/// `x0 + stride`, ... Whole row segments, so the loops over them vectorise.
-#[inline]
-fn for_tap(g: &Geometry, i: usize, j: usize, mut f: impl FnMut(usize, usize, usize)) {
-    let (r_lo, r_hi) = g.valid(g.oh, g.h, i * g.dilation);
-    let (q_lo, q_hi) = g.valid(g.ow, g.w, j * g.dilation);
-    if q_lo == q_hi {
-        return;
+/// One kernel tap `(i, j)` (`t = i * kw + j`) and the output rows `r_lo..r_hi` and columns
+/// `q_lo..q_hi` whose input under it lies inside the image: computed once per convolution,
+/// not once per plane (the divisions cost more than the work on a 2 x 2 plane).
+#[derive(Debug, Clone, Copy)]
+struct Tap {
+    t: usize,
+    i: usize,
+    j: usize,
+    rows: (usize, usize),
+    cols: (usize, usize),
+}
+
+/// The taps of `g` that read anything.
+fn taps(g: &Geometry) -> Vec<Tap> {
+    let mut v = Vec::with_capacity(g.kh * g.kw);
+    for i in 0..g.kh {
+        for j in 0..g.kw {
+            let rows = g.valid(g.oh, g.h, i * g.dilation);
+            let cols = g.valid(g.ow, g.w, j * g.dilation);
+            if rows.0 < rows.1 && cols.0 < cols.1 {
+                v.push(Tap {
+                    t: i * g.kw + j,
+                    i,
+                    j,
+                    rows,
+                    cols,
+                });
+            }
+        }
     }
+    v
+}
+
+/// Calls `f(y0, x0, len)` for every output row of one plane that `tap` reads from inside the
+/// input: plane-relative outputs `y0..y0 + len` read the inputs `x0`, `x0 + stride`, ...
+/// Whole row segments, so the loops over them vectorise.
+#[inline]
+fn for_tap(g: &Geometry, tap: &Tap, mut f: impl FnMut(usize, usize, usize)) {
+    let ((r_lo, r_hi), (q_lo, q_hi)) = (tap.rows, tap.cols);
+    let col = q_lo * g.stride + tap.j * g.dilation - g.padding;
     for r in r_lo..r_hi {
-        let xr = (r * g.stride + i * g.dilation - g.padding) * g.w;
-        f(
-            r * g.ow + q_lo,
-            xr + q_lo * g.stride + j * g.dilation - g.padding,
-            q_hi - q_lo,
-        );
+        let xr = (r * g.stride + tap.i * g.dilation - g.padding) * g.w;
+        f(r * g.ow + q_lo, xr + col, q_hi - q_lo);
     }
 }
 
@@ -148,6 +174,7 @@ impl CustomOp2 for DepthwiseOp {
         let x = dense(s1, l1)?;
         let w = dense(s2, l2)?;
         let (hw, l, kk) = (g.h * g.w, g.l(), g.kh * g.kw);
+        let taps = taps(&g);
         let mut y = vec![0f32; g.n * g.c * l];
         if l > 0 {
             y.par_chunks_mut(l)
@@ -156,13 +183,11 @@ impl CustomOp2 for DepthwiseOp {
                 .for_each(|(plane, out)| {
                     let c = plane % g.c;
                     let xp = &x[plane * hw..(plane + 1) * hw];
-                    for i in 0..g.kh {
-                        for j in 0..g.kw {
-                            let wv = w[c * kk + i * g.kw + j];
-                            for_tap(&g, i, j, |y0, x0, len| {
-                                axpy(&mut out[y0..y0 + len], wv, &xp[x0..], g.stride)
-                            });
-                        }
+                    for tap in &taps {
+                        let wv = w[c * kk + tap.t];
+                        for_tap(&g, tap, |y0, x0, len| {
+                            axpy(&mut out[y0..y0 + len], wv, &xp[x0..], g.stride)
+                        });
                     }
                 });
         }
@@ -182,6 +207,7 @@ impl CustomOp2 for DepthwiseOp {
         }
         let g = geometry(x.dims(), weight.dims(), self.cfg)?;
         let (hw, l, kk) = (g.h * g.w, g.l(), g.kh * g.kw);
+        let taps = taps(&g);
         let dev = Device::Cpu;
         let w = weight.detach().contiguous()?;
         let x = x.detach().contiguous()?;
@@ -196,13 +222,11 @@ impl CustomOp2 for DepthwiseOp {
                         .for_each(|(plane, out)| {
                             let c = plane % g.c;
                             let dyp = &dy[plane * l..(plane + 1) * l];
-                            for i in 0..g.kh {
-                                for j in 0..g.kw {
-                                    let wv = w[c * kk + i * g.kw + j];
-                                    for_tap(&g, i, j, |y0, x0, len| {
-                                        axpy_scatter(&mut out[x0..], wv, &dyp[y0..y0 + len], g.stride)
-                                    });
-                                }
+                            for tap in &taps {
+                                let wv = w[c * kk + tap.t];
+                                for_tap(&g, tap, |y0, x0, len| {
+                                    axpy_scatter(&mut out[x0..], wv, &dyp[y0..y0 + len], g.stride)
+                                });
                             }
                         });
                     Ok(())
@@ -224,14 +248,12 @@ impl CustomOp2 for DepthwiseOp {
                                 let plane = b * g.c + c;
                                 let xp = &x[plane * hw..(plane + 1) * hw];
                                 let dyp = &dy[plane * l..(plane + 1) * l];
-                                for i in 0..g.kh {
-                                    for j in 0..g.kw {
-                                        let mut acc = 0f32;
-                                        for_tap(&g, i, j, |y0, x0, len| {
-                                            acc += dot(&dyp[y0..y0 + len], &xp[x0..], g.stride)
-                                        });
-                                        out[i * g.kw + j] += acc;
-                                    }
+                                for tap in &taps {
+                                    let mut acc = 0f32;
+                                    for_tap(&g, tap, |y0, x0, len| {
+                                        acc += dot(&dyp[y0..y0 + len], &xp[x0..], g.stride)
+                                    });
+                                    out[tap.t] += acc;
                                 }
                             }
                         });
