@@ -17,7 +17,7 @@
 //! As for the convolution, the backward returns tensors that do not track gradients, so
 //! double backward is not supported through this op.
 
-use super::fast_cpu::{dense, min_items, with_data};
+use super::fast_cpu::{dense, lane_sum, min_items, with_data};
 use super::BatchStats;
 use crate::Result;
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor};
@@ -50,21 +50,6 @@ where
         .with_min_len(min_items(n * hw))
         .map(|ch| (0..n).map(|b| f(ch, (b * c + ch) * hw)).sum())
         .collect()
-}
-
-/// `sum of f(a[i], b[i])` in f64, with eight independent accumulators: one accumulator
-/// would make every addition wait for the previous one (a scalar chain at a quarter of an
-/// element per cycle); eight overlap, and the compiler vectorises them.
-fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f64) -> f64 {
-    let mut acc = [0f64; 8];
-    for (ca, cb) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
-        for (j, s) in acc.iter_mut().enumerate() {
-            *s += f(ca[j], cb[j]);
-        }
-    }
-    let (ra, rb) = (a.chunks_exact(8).remainder(), b.chunks_exact(8).remainder());
-    let tail: f64 = ra.iter().zip(rb).map(|(&u, &v)| f(u, v)).sum();
-    acc.iter().sum::<f64>() + tail
 }
 
 /// Per-channel mean and biased variance of an NCHW buffer (two passes, f64 accumulation).

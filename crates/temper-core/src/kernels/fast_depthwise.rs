@@ -16,7 +16,7 @@
 //! Each gradient is computed only when its tensor tracks gradients, as for the dense
 //! convolution.
 
-use super::fast_cpu::{dense, min_items, with_data, Geometry};
+use super::fast_cpu::{dense, lane_sum, min_items, with_data, Geometry};
 use super::ConvCfg;
 use crate::Result;
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Tensor};
@@ -130,28 +130,14 @@ fn axpy_scatter(out: &mut [f32], w: f32, src: &[f32], stride: usize) {
     }
 }
 
-/// `sum of a[k] * b[k * stride]` over `a`, with eight accumulators when contiguous (one would
-/// make every addition wait for the last).
+/// `sum of a[k] * b[k * stride]` over `a`.
 #[inline]
 fn dot(a: &[f32], b: &[f32], stride: usize) -> f32 {
-    if stride != 1 {
-        return a.iter().zip(b.iter().step_by(stride)).map(|(&u, &v)| u * v).sum();
+    if stride == 1 {
+        lane_sum(a, b, |u, v| u * v)
+    } else {
+        a.iter().zip(b.iter().step_by(stride)).map(|(&u, &v)| u * v).sum()
     }
-    let b = &b[..a.len()];
-    let mut acc = [0f32; 8];
-    for (ca, cb) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
-        for (k, s) in acc.iter_mut().enumerate() {
-            *s += ca[k] * cb[k];
-        }
-    }
-    let tail: f32 = a
-        .chunks_exact(8)
-        .remainder()
-        .iter()
-        .zip(b.chunks_exact(8).remainder())
-        .map(|(&u, &v)| u * v)
-        .sum();
-    acc.iter().sum::<f32>() + tail
 }
 
 struct DepthwiseOp {
