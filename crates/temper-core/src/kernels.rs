@@ -277,6 +277,20 @@ pub trait Kernels: Send + Sync + std::fmt::Debug {
         CandleKernels.batch_norm_eval(x, mean, var, gamma, beta, eps)
     }
 
+    /// `relu(batch_norm_eval(..))`: the pair every pre-activation block runs, which a
+    /// backend may fuse into one pass each way. By default the two operations of `self`.
+    fn batch_norm_eval_relu(
+        &self,
+        x: &Tensor,
+        mean: &Tensor,
+        var: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f64,
+    ) -> Result<Tensor> {
+        self.relu(&self.batch_norm_eval(x, mean, var, gamma, beta, eps)?)
+    }
+
     /// Max pooling. Gradients go to the first maximal element of each window (PyTorch's
     /// rule), for any kernel, stride, padding and input size.
     fn max_pool2d(&self, x: &Tensor, cfg: PoolCfg) -> Result<Tensor> {
@@ -364,6 +378,20 @@ pub trait KernelsWrapper: Send + Sync + std::fmt::Debug {
         self.inner().batch_norm_eval(x, mean, var, gamma, beta, eps)
     }
 
+    /// See [`Kernels::batch_norm_eval_relu`]: this wrapper's own `batch_norm_eval` and
+    /// `relu`, so a wrapper that changes either (HERO's frozen masks, a timer) sees the pair.
+    fn batch_norm_eval_relu(
+        &self,
+        x: &Tensor,
+        mean: &Tensor,
+        var: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f64,
+    ) -> Result<Tensor> {
+        self.relu(&self.batch_norm_eval(x, mean, var, gamma, beta, eps)?)
+    }
+
     /// See [`Kernels::max_pool2d`].
     fn max_pool2d(&self, x: &Tensor, cfg: PoolCfg) -> Result<Tensor> {
         self.inner().max_pool2d(x, cfg)
@@ -443,6 +471,17 @@ impl<W: KernelsWrapper> Kernels for Wrapped<W> {
         eps: f64,
     ) -> Result<Tensor> {
         self.0.batch_norm_eval(x, mean, var, gamma, beta, eps)
+    }
+    fn batch_norm_eval_relu(
+        &self,
+        x: &Tensor,
+        mean: &Tensor,
+        var: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f64,
+    ) -> Result<Tensor> {
+        self.0.batch_norm_eval_relu(x, mean, var, gamma, beta, eps)
     }
     fn max_pool2d(&self, x: &Tensor, cfg: PoolCfg) -> Result<Tensor> {
         self.0.max_pool2d(x, cfg)

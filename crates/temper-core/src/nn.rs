@@ -279,6 +279,25 @@ impl BatchNorm2d {
     }
 }
 
+impl BatchNorm2d {
+    /// `relu(self.forward(x))`: in eval mode, with no layer hooks and no summary being traced,
+    /// one fused kernel call (`Kernels::batch_norm_eval_relu`); otherwise the two calls, so
+    /// hooks see the BatchNorm's output as they always do.
+    pub fn forward_relu(&self, x: &Tensor, ctx: &Ctx<'_>) -> Result<Tensor> {
+        if ctx.mode != Mode::Eval || !ctx.hooks.is_empty() || summary::is_tracing() {
+            return relu(&self.forward(x, ctx)?, ctx);
+        }
+        ctx.kernels.batch_norm_eval_relu(
+            x,
+            &self.running_mean.as_tensor().detach(),
+            &self.running_var.as_tensor().detach(),
+            &param(&self.weight, ctx),
+            &param(&self.bias, ctx),
+            self.eps,
+        )
+    }
+}
+
 /// Max pooling with PyTorch's semantics.
 pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize, ctx: &Ctx<'_>) -> Result<Tensor> {
     ctx.kernels.max_pool2d(

@@ -26,6 +26,7 @@ fn fast_cpu_kernels_pass_the_parity_check_at_every_precision() -> Result<()> {
         "linear",
         "batch_norm_train",
         "batch_norm_eval",
+        "batch_norm_eval_relu",
         "max_pool2d",
         "avg_pool2d",
         "adaptive_avg_pool2d",

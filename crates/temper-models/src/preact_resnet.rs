@@ -11,7 +11,7 @@
 use crate::ValidModelConfig;
 use candle_core::Tensor;
 use temper_core::kernels::ConvCfg;
-use temper_core::nn::{global_avg_pool, relu, BatchNorm2d, Conv2d, Linear};
+use temper_core::nn::{global_avg_pool, BatchNorm2d, Conv2d, Linear};
 use temper_core::noise::{NoiseInjection, SCALE, STEM_SCALE};
 use temper_core::{Backbone, Builder, Ctx, Result};
 
@@ -73,16 +73,14 @@ impl PreActBlock {
     }
 
     fn forward(&self, x: &Tensor, ctx: &Ctx<'_>) -> Result<Tensor> {
-        let out = relu(&self.bn1.forward(x, ctx)?, ctx)?;
+        let out = self.bn1.forward_relu(x, ctx)?;
         // The projection shortcut takes the pre-activated input, the identity the raw one.
         let short = match &self.shortcut {
             Some(s) => s.forward(&out, ctx)?,
             None => x.clone(),
         };
         let out = self.conv1.forward(&out, ctx)?;
-        let out = self
-            .conv2
-            .forward(&relu(&self.bn2.forward(&out, ctx)?, ctx)?, ctx)?;
+        let out = self.conv2.forward(&self.bn2.forward_relu(&out, ctx)?, ctx)?;
         let out = (out + short)?;
         match &self.noise {
             Some(n) => n.forward(&out, ctx),
@@ -155,7 +153,7 @@ impl Backbone for PreActResNet {
         for l in &self.layers {
             out = l.forward(&out, ctx)?;
         }
-        let out = relu(&self.bn.forward(&out, ctx)?, ctx)?;
+        let out = self.bn.forward_relu(&out, ctx)?;
         // The reference uses avg_pool2d(out, 4) on the 4x4 map of a 32x32 input: a global
         // average there, and a global average here for any input size.
         self.linear.forward(&global_avg_pool(&out, ctx)?, ctx)

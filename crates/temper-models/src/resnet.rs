@@ -156,7 +156,7 @@ pub(crate) fn build(
 
 impl Backbone for ResNet {
     fn forward(&self, x: &Tensor, ctx: &Ctx<'_>) -> Result<Tensor> {
-        let mut out = relu(&self.bn1.forward(&self.conv1.forward(x, ctx)?, ctx)?, ctx)?;
+        let mut out = self.bn1.forward_relu(&self.conv1.forward(x, ctx)?, ctx)?;
         if self.stem == Stem::Imagenet {
             out = max_pool2d(&out, 3, 2, 1, ctx)?;
         }

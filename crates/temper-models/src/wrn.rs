@@ -4,7 +4,7 @@
 use crate::ValidModelConfig;
 use candle_core::Tensor;
 use temper_core::kernels::ConvCfg;
-use temper_core::nn::{global_avg_pool, relu, BatchNorm2d, Conv2d, Linear};
+use temper_core::nn::{global_avg_pool, BatchNorm2d, Conv2d, Linear};
 use temper_core::{Backbone, Builder, Ctx, Result};
 
 struct WideBlock {
@@ -48,11 +48,9 @@ impl WideBlock {
     }
 
     fn forward(&self, x: &Tensor, ctx: &Ctx<'_>) -> Result<Tensor> {
-        let act = relu(&self.bn1.forward(x, ctx)?, ctx)?;
+        let act = self.bn1.forward_relu(x, ctx)?;
         let out = self.conv1.forward(&act, ctx)?;
-        let out = self
-            .conv2
-            .forward(&relu(&self.bn2.forward(&out, ctx)?, ctx)?, ctx)?;
+        let out = self.conv2.forward(&self.bn2.forward_relu(&out, ctx)?, ctx)?;
         // RobustBench's block: a projection shortcut takes the activated input, the identity
         // shortcut the raw one.
         let short = match &self.shortcut {
@@ -116,7 +114,7 @@ impl Backbone for WideResNet {
         for blk in &self.blocks {
             out = blk.forward(&out, ctx)?;
         }
-        let out = relu(&self.bn1.forward(&out, ctx)?, ctx)?;
+        let out = self.bn1.forward_relu(&out, ctx)?;
         // avg_pool2d(out, 8) on the 8x8 map of a 32x32 input: a global average.
         self.fc.forward(&global_avg_pool(&out, ctx)?, ctx)
     }

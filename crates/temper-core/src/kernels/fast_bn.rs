@@ -87,6 +87,7 @@ pub(super) fn batch_norm_train(
         mean: mean32.clone(),
         invstd: var.iter().map(|&v| (1.0 / (v + eps).sqrt()) as f32).collect(),
         train: true,
+        relu: false,
     };
     let y = x.apply_op3(gamma, beta, op)?;
     let dev = Device::Cpu;
@@ -97,7 +98,8 @@ pub(super) fn batch_norm_train(
     Ok((y, stats))
 }
 
-/// BatchNorm in evaluation mode with running statistics `mean` and `var`.
+/// BatchNorm in evaluation mode with running statistics `mean` and `var`, followed by a ReLU
+/// in the same pass when `relu`.
 pub(super) fn batch_norm_eval(
     x: &Tensor,
     mean: &Tensor,
@@ -105,6 +107,7 @@ pub(super) fn batch_norm_eval(
     gamma: &Tensor,
     beta: &Tensor,
     eps: f64,
+    relu: bool,
 ) -> Result<Tensor> {
     // The same f32 arithmetic as the reference: 1 / sqrt(var + eps).
     let invstd = (var.detach() + eps)?.sqrt()?.recip()?.to_vec1::<f32>()?;
@@ -112,6 +115,7 @@ pub(super) fn batch_norm_eval(
         mean: mean.detach().to_vec1::<f32>()?,
         invstd,
         train: false,
+        relu,
     };
     Ok(x.contiguous()?.apply_op3(gamma, beta, op)?)
 }
@@ -123,6 +127,9 @@ struct BatchNormOp {
     invstd: Vec<f32>,
     /// The statistics are the batch's own, so the input gradient flows through them too.
     train: bool,
+    /// A ReLU follows in the same pass (`max(y, 0)`, NaN kept, as `fast_act`); the
+    /// backward passes the gradient where the output is positive, PyTorch's rule.
+    relu: bool,
 }
 
 /// The elements of a 1-D f32 storage.
@@ -167,8 +174,16 @@ impl CustomOp3 for BatchNormOp {
             .for_each(|(plane, out)| {
                 let ch = plane % c;
                 let (m, s, b) = (self.mean[ch], self.invstd[ch] * gamma[ch], beta[ch]);
-                for (o, &v) in out.iter_mut().zip(&x[plane * hw..(plane + 1) * hw]) {
-                    *o = (v - m) * s + b;
+                let xs = &x[plane * hw..(plane + 1) * hw];
+                if self.relu {
+                    for (o, &v) in out.iter_mut().zip(xs) {
+                        let y = (v - m) * s + b;
+                        *o = if (y > 0.0) | y.is_nan() { y } else { 0.0 };
+                    }
+                } else {
+                    for (o, &v) in out.iter_mut().zip(xs) {
+                        *o = (v - m) * s + b;
+                    }
                 }
             });
         Ok((CpuStorage::F32(y), Shape::from((n, c, h, w))))
@@ -179,7 +194,7 @@ impl CustomOp3 for BatchNormOp {
         x: &Tensor,
         gamma: &Tensor,
         beta: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (need_dx, need_dg, need_db) = (x.track_op(), gamma.track_op(), beta.track_op());
@@ -192,7 +207,22 @@ impl CustomOp3 for BatchNormOp {
         let dev = Device::Cpu;
         let g = gamma.detach().to_vec1::<f32>()?;
         let x = x.detach().contiguous()?;
-        let dy = grad_res.detach().contiguous()?;
+        // With the fused ReLU, the gradient reaching the normalisation: `dy` where the
+        // output is positive, zero elsewhere.
+        let dy = if self.relu {
+            let masked = with_data(&res.detach(), |y| {
+                with_data(&grad_res.detach(), |d| {
+                    Ok(y.par_iter()
+                        .zip(d.par_iter())
+                        .with_min_len(1 << 14)
+                        .map(|(&v, &g)| if v > 0.0 { g } else { 0.0 })
+                        .collect::<Vec<f32>>())
+                })
+            })?;
+            Tensor::from_vec(masked, res.shape(), &Device::Cpu)?
+        } else {
+            grad_res.detach().contiguous()?
+        };
         let (mean, invstd) = (&self.mean, &self.invstd);
         with_data(&x, |x| {
             with_data(&dy, |dy| {

@@ -157,7 +157,22 @@ impl Kernels for FastCpuKernels {
         if !fast_bn::covers(x, &[mean, var, gamma, beta]) {
             return CandleKernels.batch_norm_eval(x, mean, var, gamma, beta, eps);
         }
-        fast_bn::batch_norm_eval(x, mean, var, gamma, beta, eps)
+        fast_bn::batch_norm_eval(x, mean, var, gamma, beta, eps, false)
+    }
+
+    fn batch_norm_eval_relu(
+        &self,
+        x: &Tensor,
+        mean: &Tensor,
+        var: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f64,
+    ) -> Result<Tensor> {
+        if !fast_bn::covers(x, &[mean, var, gamma, beta]) {
+            return self.relu(&CandleKernels.batch_norm_eval(x, mean, var, gamma, beta, eps)?);
+        }
+        fast_bn::batch_norm_eval(x, mean, var, gamma, beta, eps, true)
     }
 
     fn relu(&self, x: &Tensor) -> Result<Tensor> {
