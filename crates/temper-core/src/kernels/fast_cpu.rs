@@ -27,8 +27,9 @@
 //! consecutive chunks per thread, each running its gemms alone (no synchronisation inside a
 //! product, and the weight gradient's long inner dimension, the batch, is split across
 //! threads, which the gemm does not do by itself); the per-group weight gradients are added
-//! in group order, so results do not depend on scheduling. With fewer images (a single-image
-//! attack) the chunks run in order and each gemm uses every thread.
+//! in group order, so results do not depend on scheduling (they do on the thread count, as
+//! any parallel sum's rounding does). With fewer images than threads (a single-image attack)
+//! the chunks run in order and each gemm uses every thread.
 //!
 //! The backward returns tensors that do not themselves track gradients, so gradients of
 //! gradients (double backward) are not supported through this op.
