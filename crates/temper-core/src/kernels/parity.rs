@@ -282,36 +282,33 @@ fn cases(scale: Scale, rng: &mut crate::seed::Rng) -> Result<Vec<Case>> {
                 }),
             });
         }
-        out.push(Case {
-            op: "batch_norm_eval",
-            desc: desc.clone(),
-            products: false,
-            inputs: vec![
-                ("x", uniform(rng, &shape)?, true),
-                ("mean", uniform(rng, &[c])?, false),
-                ("var", uniform_in(rng, &[c], 0.5, 2.0)?, false),
-                ("gamma", uniform_in(rng, &[c], 0.5, 1.5)?, true),
-                ("beta", uniform(rng, &[c])?, true),
-            ],
-            run: Box::new(|k, t, _| Ok(vec![k.batch_norm_eval(&t[0], &t[1], &t[2], &t[3], &t[4], 1e-5)?])),
-        });
-        out.push(Case {
-            op: "batch_norm_eval_relu",
-            desc: desc.clone(),
-            products: false,
-            inputs: vec![
-                ("x", uniform(rng, &shape)?, true),
-                ("mean", uniform(rng, &[c])?, false),
-                ("var", uniform_in(rng, &[c], 0.5, 2.0)?, false),
-                ("gamma", uniform_in(rng, &[c], 0.5, 1.5)?, true),
-                ("beta", uniform(rng, &[c])?, true),
-            ],
-            run: Box::new(|k, t, _| {
-                Ok(vec![
-                    k.batch_norm_eval_relu(&t[0], &t[1], &t[2], &t[3], &t[4], 1e-5)?
-                ])
-            }),
-        });
+        // BatchNorm in eval mode, alone and fused with the ReLU that follows it.
+        for relu in [false, true] {
+            out.push(Case {
+                op: if relu {
+                    "batch_norm_eval_relu"
+                } else {
+                    "batch_norm_eval"
+                },
+                desc: desc.clone(),
+                products: false,
+                inputs: vec![
+                    ("x", uniform(rng, &shape)?, true),
+                    ("mean", uniform(rng, &[c])?, false),
+                    ("var", uniform_in(rng, &[c], 0.5, 2.0)?, false),
+                    ("gamma", uniform_in(rng, &[c], 0.5, 1.5)?, true),
+                    ("beta", uniform(rng, &[c])?, true),
+                ],
+                run: Box::new(move |k, t, _| {
+                    let y = if relu {
+                        k.batch_norm_eval_relu(&t[0], &t[1], &t[2], &t[3], &t[4], 1e-5)?
+                    } else {
+                        k.batch_norm_eval(&t[0], &t[1], &t[2], &t[3], &t[4], 1e-5)?
+                    };
+                    Ok(vec![y])
+                }),
+            });
+        }
         let kernel = rng.random_range(1..=shape[2].min(shape[3]).min(3));
         let pool = PoolCfg {
             kernel,
