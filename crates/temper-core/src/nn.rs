@@ -277,9 +277,7 @@ impl BatchNorm2d {
         }
         Ok(y)
     }
-}
 
-impl BatchNorm2d {
     /// `relu(self.forward(x))`: in eval mode, with no layer hooks and no summary being traced,
     /// one fused kernel call (`Kernels::batch_norm_eval_relu`); otherwise the two calls, so
     /// hooks see the BatchNorm's output as they always do.

@@ -26,6 +26,32 @@ pub(super) fn clamp(x: &Tensor, max: Option<f32>) -> Result<Tensor> {
     Ok(x.contiguous()?.apply_op1(ClampOp { max })?)
 }
 
+/// `min(max(v, 0), hi)` with NaN kept, as in PyTorch. Branch-free selects (`|`, not `||`),
+/// so the loops calling it vectorise; `v > hi` is false for NaN.
+#[inline]
+pub(super) fn clamp_value(v: f32, hi: f32) -> f32 {
+    let pos = if v > hi { hi } else { v };
+    if (v > 0.0) | v.is_nan() {
+        pos
+    } else {
+        0.0
+    }
+}
+
+/// The gradient through [`clamp_value`]: `dy` where `0 < x < hi`, zero elsewhere (PyTorch's
+/// rule at the kinks), in parallel. `&` rather than `&&`: no branch, so the loop vectorises.
+pub(super) fn clamp_grad(x: &[f32], dy: &[f32], hi: f32) -> Vec<f32> {
+    let mut dx = vec![0f32; x.len()];
+    dx.par_chunks_mut(GRAIN)
+        .zip(x.par_chunks(GRAIN).zip(dy.par_chunks(GRAIN)))
+        .for_each(|(out, (xs, ds))| {
+            for ((o, &v), &d) in out.iter_mut().zip(xs).zip(ds) {
+                *o = if (v > 0.0) & (v < hi) { d } else { 0.0 };
+            }
+        });
+    dx
+}
+
 struct ClampOp {
     max: Option<f32>,
 }
@@ -53,11 +79,8 @@ impl CustomOp1 for ClampOp {
         y.par_chunks_mut(GRAIN)
             .zip(x.par_chunks(GRAIN))
             .for_each(|(out, inp)| {
-                // Branch-free selects (`|`, not `||`), so the loop vectorises. NaN keeps
-                // itself (`v > hi` is false for it), as in PyTorch.
                 for (o, &v) in out.iter_mut().zip(inp) {
-                    let pos = if v > hi { hi } else { v };
-                    *o = if (v > 0.0) | v.is_nan() { pos } else { 0.0 };
+                    *o = clamp_value(v, hi);
                 }
             });
         Ok((CpuStorage::F32(y), l.shape().clone()))
@@ -67,20 +90,7 @@ impl CustomOp1 for ClampOp {
         let x = arg.detach().contiguous()?;
         let dy = grad_res.detach().contiguous()?;
         let hi = self.max.unwrap_or(f32::INFINITY);
-        let dx = with_data(&x, |xv| {
-            with_data(&dy, |dyv| {
-                let mut dx = vec![0f32; xv.len()];
-                dx.par_chunks_mut(GRAIN)
-                    .zip(xv.par_chunks(GRAIN).zip(dyv.par_chunks(GRAIN)))
-                    .for_each(|(out, (xs, ds))| {
-                        // `&` rather than `&&`: no branch, so the loop vectorises.
-                        for ((o, &v), &d) in out.iter_mut().zip(xs).zip(ds) {
-                            *o = if (v > 0.0) & (v < hi) { d } else { 0.0 };
-                        }
-                    });
-                Ok(dx)
-            })
-        })?;
+        let dx = with_data(&x, |xv| with_data(&dy, |dyv| Ok(clamp_grad(xv, dyv, hi))))?;
         Ok(Some(Tensor::from_vec(dx, x.shape().clone(), &Device::Cpu)?))
     }
 }

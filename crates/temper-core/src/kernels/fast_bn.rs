@@ -17,6 +17,7 @@
 //! As for the convolution, the backward returns tensors that do not track gradients, so
 //! double backward is not supported through this op.
 
+use super::fast_act::{clamp_grad, clamp_value};
 use super::fast_cpu::{dense, lane_sum, min_items, with_data};
 use super::BatchStats;
 use crate::Result;
@@ -177,8 +178,7 @@ impl CustomOp3 for BatchNormOp {
                 let xs = &x[plane * hw..(plane + 1) * hw];
                 if self.relu {
                     for (o, &v) in out.iter_mut().zip(xs) {
-                        let y = (v - m) * s + b;
-                        *o = if (y > 0.0) | y.is_nan() { y } else { 0.0 };
+                        *o = clamp_value((v - m) * s + b, f32::INFINITY);
                     }
                 } else {
                     for (o, &v) in out.iter_mut().zip(xs) {
@@ -207,17 +207,11 @@ impl CustomOp3 for BatchNormOp {
         let dev = Device::Cpu;
         let g = gamma.detach().to_vec1::<f32>()?;
         let x = x.detach().contiguous()?;
-        // With the fused ReLU, the gradient reaching the normalisation: `dy` where the
-        // output is positive, zero elsewhere.
+        // With the fused ReLU, the gradient reaching the normalisation: the ReLU's gradient,
+        // taken at the output (positive exactly where the normalised value was).
         let dy = if self.relu {
             let masked = with_data(&res.detach(), |y| {
-                with_data(&grad_res.detach(), |d| {
-                    Ok(y.par_iter()
-                        .zip(d.par_iter())
-                        .with_min_len(1 << 14)
-                        .map(|(&v, &g)| if v > 0.0 { g } else { 0.0 })
-                        .collect::<Vec<f32>>())
-                })
+                with_data(&grad_res.detach(), |d| Ok(clamp_grad(y, d, f32::INFINITY)))
             })?;
             Tensor::from_vec(masked, res.shape(), &Device::Cpu)?
         } else {

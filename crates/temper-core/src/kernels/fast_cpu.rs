@@ -725,24 +725,21 @@ impl CustomOp2 for Conv2dOp {
         let g = Geometry::new(x.dims(), weight.dims(), self.cfg)?;
         let (k, l, chw) = (g.k(), g.l(), g.c * g.h * g.w);
         let dev = Device::Cpu;
-        let (w, dy) = (weight.detach(), grad_res.detach());
+        // Contiguous once here: `with_data` below then borrows them without copying again.
+        let (w, dy) = (weight.detach().contiguous()?, grad_res.detach().contiguous()?);
         // The input gradient as a convolution of dY where the geometry allows (stride 1);
         // otherwise below, folded back from `W^T @ dY` chunk by chunk.
-        let mut dx = Vec::new();
-        let mut fold_dx = need_dx;
-        if need_dx {
-            if let Some(done) = with_data(&w, |w| {
-                flipped(&g, w)
-                    .map(|(gt, wt)| with_data(&dy, |dy| forward(dy, &wt, &gt)))
-                    .transpose()
-            })? {
-                dx = done;
-                fold_dx = false;
-            }
-        }
-        if fold_dx {
-            dx = vec![0f32; g.n * chw];
-        }
+        let flip = if need_dx {
+            with_data(&w, |w| Ok(flipped(&g, w)))?
+        } else {
+            None
+        };
+        let fold_dx = need_dx && flip.is_none();
+        let mut dx = match &flip {
+            Some((gt, wt)) => with_data(&dy, |dy| forward(dy, wt, gt))?,
+            None if fold_dx => vec![0f32; g.n * chw],
+            None => Vec::new(),
+        };
         // The input is read only for the weight gradient.
         let x = if need_dw {
             x.detach()

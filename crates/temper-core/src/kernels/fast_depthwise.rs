@@ -121,7 +121,7 @@ fn axpy(out: &mut [f32], w: f32, src: &[f32], stride: usize) {
 #[inline]
 fn axpy_scatter(out: &mut [f32], w: f32, src: &[f32], stride: usize) {
     if stride == 1 {
-        out.iter_mut().zip(src).for_each(|(o, &v)| *o += w * v);
+        axpy(out, w, src, 1);
     } else {
         out.iter_mut()
             .step_by(stride)
