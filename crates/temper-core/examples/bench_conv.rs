@@ -2,7 +2,10 @@
 //! the same run, for the forward pass, the input-gradient-only backward (attacks) and the
 //! backward with both gradients (training).
 //!
-//! `cargo run --release -p temper-core --example bench_conv [-- SHAPE_INDEX]`
+//! With `bf16`, the comparison is instead `FastCpuKernels` at `--precision bf16` against the
+//! same kernels at f32.
+//!
+//! `cargo run --release -p temper-core --example bench_conv [-- [SHAPE_INDEX] [bf16]]`
 
 use candle_core::{Device, Tensor, Var};
 use std::time::Instant;
@@ -27,22 +30,22 @@ fn measure(
     x: &Tensor,
     w: &Tensor,
     cfg: ConvCfg,
-    reps: usize,
+    (reps, precision): (usize, Precision),
 ) -> temper_core::Result<[f64; 3]> {
     let xv = Var::from_tensor(x)?;
     let wv = Var::from_tensor(w)?;
     let fwd = time(reps, || {
-        k.conv2d(x, w, None, cfg, Precision::F32)?;
+        k.conv2d(x, w, None, cfg, precision)?;
         Ok(())
     })?;
     let input_grad = time(reps, || {
-        k.conv2d(xv.as_tensor(), &w.detach(), None, cfg, Precision::F32)?
+        k.conv2d(xv.as_tensor(), &w.detach(), None, cfg, precision)?
             .sum_all()?
             .backward()?;
         Ok(())
     })?;
     let both = time(reps, || {
-        k.conv2d(xv.as_tensor(), wv.as_tensor(), None, cfg, Precision::F32)?
+        k.conv2d(xv.as_tensor(), wv.as_tensor(), None, cfg, precision)?
             .sum_all()?
             .backward()?;
         Ok(())
@@ -54,12 +57,19 @@ fn main() -> temper_core::Result<()> {
     let dev = Device::Cpu;
     println!(
         "{:<34} {:>24} {:>24} {:>24}",
-        "shape (n c h -> o, k s p)",
-        "fwd ms fast/cand (x)",
-        "fwd+dx fast/cand (x)",
-        "fwd+dx+dw fast/cand (x)"
+        "shape (n c h -> o, k s p)", "fwd ms new/ref (x)", "fwd+dx new/ref (x)", "fwd+dx+dw new/ref (x)"
     );
-    let only: Option<usize> = std::env::args().nth(1).and_then(|a| a.parse().ok());
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let only: Option<usize> = args.iter().find_map(|a| a.parse().ok());
+    let bf16 = args.iter().any(|a| a == "bf16");
+    println!(
+        "{}",
+        if bf16 {
+            "new: fast-cpu at bf16, ref: fast-cpu at f32"
+        } else {
+            "new: fast-cpu, ref: candle"
+        }
+    );
     for (idx, (n, c, h, o, k, s, p, reps)) in [
         (128, 1, 28, 16, 4, 2, 1, 10),
         (128, 16, 14, 32, 4, 2, 1, 10),
@@ -84,8 +94,17 @@ fn main() -> temper_core::Result<()> {
             dilation: 1,
             groups: 1,
         };
-        let f = measure(&FastCpuKernels, &x, &w, cfg, reps)?;
-        let r = measure(&CandleKernels, &x, &w, cfg, reps)?;
+        let (f, r) = if bf16 {
+            (
+                measure(&FastCpuKernels, &x, &w, cfg, (reps, Precision::Bf16))?,
+                measure(&FastCpuKernels, &x, &w, cfg, (reps, Precision::F32))?,
+            )
+        } else {
+            (
+                measure(&FastCpuKernels, &x, &w, cfg, (reps, Precision::F32))?,
+                measure(&CandleKernels, &x, &w, cfg, (reps, Precision::F32))?,
+            )
+        };
         let cell = |i: usize| format!("{:.1}/{:.1} ({:.2})", f[i], r[i], r[i] / f[i]);
         println!(
             "{:<34} {:>24} {:>24} {:>24}",

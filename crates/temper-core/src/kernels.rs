@@ -21,6 +21,7 @@ pub mod alloc;
 #[cfg(feature = "cudnn")]
 mod cuda;
 mod fast_act;
+mod fast_bf16;
 mod fast_bn;
 mod fast_cpu;
 mod fast_depthwise;
@@ -202,6 +203,13 @@ impl Precision {
             Precision::Bf16 => Ok(t.to_dtype(DType::BF16)?.to_dtype(DType::F32)?),
         }
     }
+}
+
+/// Whether this machine's CPU kernels multiply bf16 natively (AVX512-BF16): there
+/// `--precision bf16` runs the convolutions at the CPU's bf16 rate; elsewhere it computes the
+/// same arithmetic with f32 products, no faster than f32.
+pub fn native_bf16() -> bool {
+    fast_bf16::available()
 }
 
 impl std::fmt::Display for Precision {

@@ -75,7 +75,37 @@ fn run(
     track_x: bool,
     track_w: bool,
 ) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
+    run_at(kernels, case, (track_x, track_w), Precision::F32, false)
+}
+
+/// `v` rounded to bf16 (nearest even), kept as f32.
+fn bf16_rounded(v: Vec<f32>) -> Vec<f32> {
+    v.into_iter().map(half_round).collect()
+}
+
+/// Rounds to bf16, nearest even (finite values).
+fn half_round(x: f32) -> f32 {
+    let b = x.to_bits();
+    f32::from_bits((b + 0x7fff + ((b >> 16) & 1)) & 0xffff_0000)
+}
+
+/// As [`run`], at `precision`, with the input, weight and upstream gradient rounded to bf16
+/// first when `round`.
+fn run_at(
+    kernels: &dyn Kernels,
+    case: &Case,
+    (track_x, track_w): (bool, bool),
+    precision: Precision,
+    round: bool,
+) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
     let dev = Device::Cpu;
+    let values = |n: usize, seed: u64| {
+        if round {
+            bf16_rounded(values(n, seed))
+        } else {
+            values(n, seed)
+        }
+    };
     let x0 = Tensor::from_vec(
         values(case.n * case.c * case.h * case.w, 1),
         (case.n, case.c, case.h, case.w),
@@ -86,7 +116,8 @@ fn run(
         (case.o, case.c, case.kh, case.kw),
         &dev,
     )?;
-    let b = Tensor::from_vec(values(case.o, 3), case.o, &dev)?;
+    // The bias is added, not multiplied: never rounded.
+    let b = Tensor::from_vec(self::values(case.o, 3), case.o, &dev)?;
     // The op sees the case's layout: a view with the same values as the variable, through
     // which gradients flow back to it.
     let xv = Var::from_tensor(&x0)?;
@@ -101,7 +132,7 @@ fn run(
     } else {
         wv.as_tensor().detach()
     };
-    let y = kernels.conv2d(&x, &w, case.bias.then_some(&b), case.cfg, Precision::F32)?;
+    let y = kernels.conv2d(&x, &w, case.bias.then_some(&b), case.cfg, precision)?;
     let r = Tensor::from_vec(values(y.elem_count(), 4), y.dims(), &dev)?;
     if !track_x && !track_w {
         return Ok((y, None, None));
@@ -333,6 +364,83 @@ fn conv_matches_reference_for_model_shapes() -> Result<()> {
                 layout: Layout::Contiguous,
                 bias: false,
             })?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn native_bf16_convolution_is_f32_arithmetic_on_rounded_operands() -> Result<()> {
+    // Where the CPU multiplies bf16 natively, every product of the convolution (forward, input
+    // gradient, weight gradient) rounds its operands to bf16, the upstream gradient included,
+    // and sums in f32: the same as f32 arithmetic on rounded x, w and dY, up to the order of
+    // the f32 sums. Elsewhere bf16 rounds x and w only (the f32 kernels on rounded operands),
+    // which the forward comparison below also checks.
+    let native = temper_core::kernels::native_bf16();
+    let mut cases = Vec::new();
+    for (k, stride, padding, dilation) in [
+        (3, 1, 1, 1),
+        (1, 1, 0, 1),
+        (3, 2, 1, 1),
+        (4, 2, 1, 1),
+        (5, 1, 2, 2),
+        (7, 2, 3, 1),
+    ] {
+        for (n, c, o, h, w) in [(1, 3, 4, 9, 8), (5, 2, 7, 12, 11)] {
+            cases.push(Case {
+                n,
+                c,
+                o,
+                h,
+                w,
+                kh: k,
+                kw: k,
+                cfg: ConvCfg {
+                    stride,
+                    padding,
+                    dilation,
+                    groups: 1,
+                },
+                layout: [Layout::Contiguous, Layout::Transposed, Layout::Narrowed][(k + n) % 3],
+                bias: n > 1,
+            });
+        }
+    }
+    // Inner dimensions and widths past one block of the bf16 product (256 x 960), an odd K.
+    for (n, c, o, h, k) in [(3, 64, 20, 9, 3), (2, 5, 9, 33, 3), (4, 3, 70, 10, 1)] {
+        cases.push(Case {
+            n,
+            c,
+            o,
+            h,
+            w: h,
+            kh: k,
+            kw: k,
+            cfg: ConvCfg {
+                padding: k / 2,
+                ..ConvCfg::default()
+            },
+            layout: Layout::Contiguous,
+            bias: false,
+        });
+    }
+    for case in &cases {
+        ensure!(case.fits(), "{case:?}");
+        let (y, dx, dw) = run_at(&FastCpuKernels, case, (true, true), Precision::Bf16, false)?;
+        let (y_ref, dx_ref, dw_ref) = run_at(&FastCpuKernels, case, (true, true), Precision::F32, true)?;
+        let (y32, ..) = run_at(&FastCpuKernels, case, (true, true), Precision::F32, false)?;
+        ensure!(
+            rel_err(&y, &y_ref)? < TOL,
+            "bf16 forward {case:?}: {}",
+            rel_err(&y, &y_ref)?
+        );
+        ensure!(rel_err(&y, &y32)? > 1e-4, "bf16 forward equals f32 {case:?}");
+        if native {
+            for (name, got, want) in [("input", dx, dx_ref), ("weight", dw, dw_ref)] {
+                let (got, want) = (got.context("no gradient")?, want.context("no reference")?);
+                let e = rel_err(&got, &want)?;
+                ensure!(e < TOL, "bf16 {name} gradient {case:?}: rel err {e}");
+            }
         }
     }
     Ok(())

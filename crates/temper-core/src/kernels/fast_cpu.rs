@@ -34,7 +34,9 @@
 //! The backward returns tensors that do not themselves track gradients, so gradients of
 //! gradients (double backward) are not supported through this op.
 
-use super::{fast_act, fast_bn, fast_depthwise, BatchStats, CandleKernels, ConvCfg, Kernels, Precision};
+use super::{
+    fast_act, fast_bf16, fast_bn, fast_depthwise, BatchStats, CandleKernels, ConvCfg, Kernels, Precision,
+};
 use crate::Result;
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
@@ -120,11 +122,16 @@ impl Kernels for FastCpuKernels {
         cfg: ConvCfg,
         precision: Precision,
     ) -> Result<Tensor> {
-        // bf16 runs as f32 products of bf16-rounded operands (see `Precision::operand`): the
-        // exact bf16 arithmetic, at f32 speed until a native bf16 gemm is wired in.
+        // bf16: the convolution's own bf16 products where the CPU has them; elsewhere f32
+        // products of bf16-rounded operands (see `Precision::operand`), the same arithmetic
+        // at f32 speed.
+        if precision == Precision::Bf16 && Self::covers(x, weight, cfg) && fast_bf16::available() {
+            let y = x.apply_op2(weight, Conv2dOp { cfg, bf16: true })?;
+            return super::add_channel_bias(y, bias);
+        }
         let (x, weight) = (&precision.operand(x)?, &precision.operand(weight)?);
         let y = if Self::covers(x, weight, cfg) {
-            x.apply_op2(weight, Conv2dOp { cfg })?
+            x.apply_op2(weight, Conv2dOp { cfg, bf16: false })?
         } else if fast_depthwise::covers(x, weight, cfg) {
             fast_depthwise::conv2d(x, weight, cfg)?
         } else {
@@ -291,6 +298,21 @@ fn im2col(x: &[f32], g: &Geometry, first: usize, nb: usize, cols: &mut [f32]) {
             let plane = &x[((first + b) * g.c + c) * hw..][..hw];
             seg[..r_lo * g.ow].fill(0.0);
             seg[r_hi * g.ow..].fill(0.0);
+            if g.stride == 1 && g.ow == g.w && r_lo < r_hi && q_lo < q_hi {
+                // Output rows as long as input rows: output index `o` reads input index
+                // `o + shift` for every valid pixel, so the valid span is one copy; the
+                // columns outside `q_lo..q_hi`, copied from a neighbouring row, are then
+                // zeroed. Late layers have planes of a few pixels, where a copy per output
+                // row was the cost.
+                let (first_out, last_out) = (r_lo * g.ow + q_lo, (r_hi - 1) * g.ow + q_hi);
+                let first_in = (r_lo + i * g.dilation - g.padding) * g.w + q_lo + col0 - g.padding;
+                seg[first_out..last_out].copy_from_slice(&plane[first_in..first_in + (last_out - first_out)]);
+                for out in seg[r_lo * g.ow..r_hi * g.ow].chunks_exact_mut(g.ow) {
+                    out[..q_lo].fill(0.0);
+                    out[q_hi..].fill(0.0);
+                }
+                continue;
+            }
             for r in r_lo..r_hi {
                 let out = &mut seg[r * g.ow..][..g.ow];
                 out[..q_lo].fill(0.0);
@@ -396,10 +418,10 @@ fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
 
 /// A read-only matrix operand of [`matmul`]: element `(r, c)` is `data[r * rs + c * cs]`.
 #[derive(Clone, Copy)]
-struct MatRef<'a> {
-    data: &'a [f32],
-    rs: usize,
-    cs: usize,
+pub(super) struct MatRef<'a> {
+    pub(super) data: &'a [f32],
+    pub(super) rs: usize,
+    pub(super) cs: usize,
 }
 
 impl<'a> MatRef<'a> {
@@ -428,15 +450,16 @@ impl<'a> MatRef<'a> {
 }
 
 /// `dst (m, n) = lhs (m, k) @ rhs (k, n)`, or `dst += lhs @ rhs` when `accumulate`, with
-/// `dst` row-major and contiguous: the `gemm` crate's f32 kernel (AVX-512 where the CPU has
-/// it), on `threads` threads of rayon's pool (1: the calling thread only).
+/// `dst` row-major and contiguous, on `threads` threads of rayon's pool (1: the calling
+/// thread only): the `gemm` crate's f32 kernel (AVX-512 where the CPU has it), or with
+/// `bf16` the bf16 product of [`fast_bf16`] (the caller checks [`fast_bf16::available`]).
 fn matmul(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
     accumulate: bool,
     lhs: MatRef<'_>,
     rhs: MatRef<'_>,
-    threads: usize,
+    (threads, bf16): (usize, bool),
 ) -> candle_core::Result<()> {
     if dst.len() < m * n || !lhs.fits(m, k) || !rhs.fits(k, n) {
         candle_core::bail!(
@@ -453,6 +476,26 @@ fn matmul(
         if !accumulate {
             dst[..m * n].fill(0.0);
         }
+        return Ok(());
+    }
+    if bf16 && threads <= 1 {
+        fast_bf16::matmul((m, n, k), dst, accumulate, lhs, rhs);
+        return Ok(());
+    }
+    if bf16 {
+        // Rows of the result split over the threads: each product reads all of `rhs`.
+        let rows = m.div_ceil(threads.max(1));
+        dst[..m * n]
+            .par_chunks_mut(rows * n)
+            .enumerate()
+            .for_each(|(i, part)| {
+                let (first, count) = (i * rows, part.len() / n);
+                let lhs = MatRef {
+                    data: &lhs.data[first * lhs.rs..],
+                    ..lhs
+                };
+                fast_bf16::matmul((count, n, k), part, accumulate, lhs, rhs);
+            });
         return Ok(());
     }
     let parallelism = if threads > 1 {
@@ -624,7 +667,7 @@ pub(super) fn with_data<R>(
 
 /// The convolution `x (N, C, H, W) * w (O, C, kh, kw)` of geometry `g`, NCHW out: per chunk
 /// of images, `Y (O, nb L) = W (O, K) @ cols (K, nb L)`, permuted to NCHW.
-fn forward(x: &[f32], w: &[f32], g: &Geometry) -> candle_core::Result<Vec<f32>> {
+fn forward(x: &[f32], w: &[f32], g: &Geometry, bf16: bool) -> candle_core::Result<Vec<f32>> {
     let (k, l) = (g.k(), g.l());
     let per_image = g.o * l;
     let mut y = vec![0f32; g.n * per_image];
@@ -642,7 +685,7 @@ fn forward(x: &[f32], w: &[f32], g: &Geometry) -> candle_core::Result<Vec<f32>> 
                 im2col(x, g, first, nb, cols);
                 let prod = take(&mut buf.prod, g.o * nb * l);
                 let (w, cols) = (MatRef::rows(w, k), MatRef::rows(cols, nb * l));
-                matmul((g.o, nb * l, k), prod, false, w, cols, plan.gemm_threads)?;
+                matmul((g.o, nb * l, k), prod, false, w, cols, (plan.gemm_threads, bf16))?;
                 // (O, nb, L) -> (nb, O, L).
                 swap_outer(prod, g.o, nb, l, &mut ys[offset..offset + nb * per_image]);
                 offset += nb * per_image;
@@ -690,6 +733,9 @@ fn flipped(g: &Geometry, w: &[f32]) -> Option<(Geometry, Vec<f32>)> {
 /// The convolution as a candle custom op on `(x, weight)`.
 struct Conv2dOp {
     cfg: ConvCfg,
+    /// Every product (forward and both gradients) in bf16 by [`fast_bf16`], which rounds
+    /// `x`, the weight and `dY` to bf16 as it packs them.
+    bf16: bool,
 }
 
 impl CustomOp2 for Conv2dOp {
@@ -705,7 +751,7 @@ impl CustomOp2 for Conv2dOp {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = Geometry::new(l1.dims(), l2.dims(), self.cfg)?;
-        let y = forward(&dense(s1, l1)?, &dense(s2, l2)?, &g)?;
+        let y = forward(&dense(s1, l1)?, &dense(s2, l2)?, &g, self.bf16)?;
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.o, g.oh, g.ow))))
     }
 
@@ -719,6 +765,7 @@ impl CustomOp2 for Conv2dOp {
         // A tensor that tracks no gradient (a detached weight in an attack, the data at the
         // first layer) gets none: this is where the fast path saves half of the work.
         let (need_dx, need_dw) = (x.track_op(), weight.track_op());
+        let bf16 = self.bf16;
         if !need_dx && !need_dw {
             return Ok((None, None));
         }
@@ -736,7 +783,7 @@ impl CustomOp2 for Conv2dOp {
         };
         let fold_dx = need_dx && flip.is_none();
         let mut dx = match &flip {
-            Some((gt, wt)) => with_data(&dy, |dy| forward(dy, wt, gt))?,
+            Some((gt, wt)) => with_data(&dy, |dy| forward(dy, wt, gt, bf16))?,
             None if fold_dx => vec![0f32; g.n * chw],
             None => Vec::new(),
         };
@@ -775,7 +822,14 @@ impl CustomOp2 for Conv2dOp {
                                         // dcols (K, nb L) = W^T @ dY, folded back onto dX.
                                         let dcols = take(&mut buf.prod, k * cols_n);
                                         let wt = MatRef::transposed(w, k);
-                                        matmul((k, cols_n, g.o), dcols, false, wt, dyt, plan.gemm_threads)?;
+                                        matmul(
+                                            (k, cols_n, g.o),
+                                            dcols,
+                                            false,
+                                            wt,
+                                            dyt,
+                                            (plan.gemm_threads, bf16),
+                                        )?;
                                         col2im(dcols, &g, nb, &mut dxs[offset..offset + nb * chw]);
                                         offset += nb * chw;
                                     }
@@ -791,7 +845,14 @@ impl CustomOp2 for Conv2dOp {
                                         } else {
                                             MatRef::transposed(cols, cols_n)
                                         };
-                                        matmul((g.o, k, cols_n), acc, true, dyt, colst, plan.gemm_threads)?;
+                                        matmul(
+                                            (g.o, k, cols_n),
+                                            acc,
+                                            true,
+                                            dyt,
+                                            colst,
+                                            (plan.gemm_threads, bf16),
+                                        )?;
                                     }
                                 }
                                 Ok(dw)
