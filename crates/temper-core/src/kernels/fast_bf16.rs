@@ -68,6 +68,46 @@ fn pair(lo: f32, hi: f32) -> u32 {
     bf16_bits(lo) | (bf16_bits(hi) << 16)
 }
 
+/// The right operand of [`matmul`].
+#[derive(Clone, Copy)]
+pub(super) enum Rhs<'a> {
+    /// f32 values, rounded as they are packed.
+    Values(MatRef<'a>),
+    /// Values already rounded and paired: `(k / 2 rounded up, cols)` row-major, element
+    /// `(p, j)` holding rows `2p` (low half) and `2p + 1` (high half, zero past `k`) of
+    /// column `j`.
+    Pairs { data: &'a [u32], cols: usize },
+}
+
+/// `out[t]` = the pair `(lo[t], hi[t])`, each rounded to bf16: a row of [`Rhs::Pairs`].
+///
+/// # Panics
+/// Where [`available`] is false, or the slices differ in length.
+pub(super) fn interleave(lo: &[f32], hi: &[f32], out: &mut [u32]) {
+    assert!(available(), "fast-bf16: this CPU has no AVX512-BF16");
+    assert!(
+        lo.len() == out.len() && hi.len() == out.len(),
+        "fast-bf16 interleave: lengths differ"
+    );
+    let vectors = out.len() / 16 * 16;
+    #[cfg(target_arch = "x86_64")]
+    for ((lo, hi), out) in lo
+        .chunks_exact(16)
+        .zip(hi.chunks_exact(16))
+        .zip(out.chunks_exact_mut(16))
+    {
+        // SAFETY: the CPU has the target features `interleave16` is compiled with (asserted
+        // above), its only requirement; each chunk holds the 16 values it reads or writes.
+        #[allow(unsafe_code)]
+        unsafe {
+            avx512::interleave16(lo, hi, out)
+        };
+    }
+    for ((o, &l), &h) in out[vectors..].iter_mut().zip(&lo[vectors..]).zip(&hi[vectors..]) {
+        *o = pair(l, h);
+    }
+}
+
 /// `dst (m, n) = lhs (m, k) @ rhs (k, n)`, or `dst += lhs @ rhs` when `accumulate`, `dst`
 /// row-major and contiguous, in bf16 products with f32 sums, on the calling thread. The
 /// caller checks the shapes against the buffers.
@@ -79,7 +119,7 @@ pub(super) fn matmul(
     dst: &mut [f32],
     accumulate: bool,
     lhs: MatRef<'_>,
-    rhs: MatRef<'_>,
+    rhs: Rhs<'_>,
 ) {
     assert!(available(), "fast-bf16: this CPU has no AVX512-BF16");
     #[cfg(target_arch = "x86_64")]
@@ -95,13 +135,13 @@ pub(super) fn matmul(
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{pair, MatRef, KC, MC, MR, NC, NR};
+    use super::{pair, MatRef, Rhs, KC, MC, MR, NC, NR};
     use std::arch::x86_64::*;
     use std::ops::Range;
 
     /// 16 pairs from 16 `lo` and 16 `hi` values: pair `t` is `(lo[t], hi[t])`.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    fn interleave16(lo: &[f32], hi: &[f32], out: &mut [u32]) {
+    pub(super) fn interleave16(lo: &[f32], hi: &[f32], out: &mut [u32]) {
         assert!(lo.len() >= 16 && hi.len() >= 16 && out.len() >= 16);
         // SAFETY: the lengths asserted above cover the 64-byte unaligned loads and store.
         #[allow(unsafe_code)]
@@ -139,11 +179,14 @@ mod avx512 {
     fn pack_lhs(a: MatRef<'_>, rows: Range<usize>, ks: Range<usize>, out: &mut Vec<u32>) {
         let kp = ks.len().div_ceil(2);
         let panels = rows.len().div_ceil(MR);
-        out.clear();
-        out.resize(panels * kp * MR, 0);
+        let out = grown(out, panels * kp * MR);
         let mut pairs = [0u32; 16];
         for (q, panel) in out.chunks_exact_mut(kp * MR).enumerate() {
-            for i in 0..MR.min(rows.end - rows.start - q * MR) {
+            let valid = MR.min(rows.end - rows.start - q * MR);
+            if valid < MR {
+                panel.fill(0);
+            }
+            for i in 0..valid {
                 let r = rows.start + q * MR + i;
                 let mut p = 0;
                 if a.cs == 1 {
@@ -175,15 +218,34 @@ mod avx512 {
     /// Packs inner indices `ks` and columns `cols` of `b` into panels of [`NR`] columns:
     /// panel `q`, pair `p`, column `j` at `out[(q * kp + p) * NR + j]`, zeros past the matrix.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    fn pack_rhs(b: MatRef<'_>, ks: Range<usize>, cols: Range<usize>, out: &mut Vec<u32>) {
+    fn pack_rhs(b: Rhs<'_>, ks: Range<usize>, cols: Range<usize>, out: &mut Vec<u32>) {
         let kp = ks.len().div_ceil(2);
         let panels = cols.len().div_ceil(NR);
-        out.clear();
-        out.resize(panels * kp * NR, 0);
+        let out = grown(out, panels * kp * NR);
         let mut pairs = [0u32; 16];
         for (q, panel) in out.chunks_exact_mut(kp * NR).enumerate() {
             let j0 = cols.start + q * NR;
             let width = NR.min(cols.end - j0);
+            if width < NR {
+                panel.fill(0);
+            }
+            let b = match b {
+                Rhs::Values(b) => b,
+                Rhs::Pairs { data, cols: n } => {
+                    // Already rounded and paired (`ks.start` is even): a copy.
+                    for (p, dst) in panel.chunks_exact_mut(NR).enumerate() {
+                        let src = &data[(ks.start / 2 + p) * n + j0..][..width];
+                        match (<&mut [u32; NR]>::try_from(dst), <&[u32; NR]>::try_from(src)) {
+                            // Whole panels as fixed-size copies, which compile to vector moves
+                            // instead of a call per 48 values.
+                            (Ok(dst), Ok(src)) => *dst = *src,
+                            (Ok(dst), Err(_)) => dst[..width].copy_from_slice(src),
+                            (Err(_), _) => unreachable!("chunks_exact_mut gives NR values"),
+                        }
+                    }
+                    continue;
+                }
+            };
             if b.cs == 1 && width == NR {
                 // Rows contiguous along the columns (the unfolded input): two rows make 16
                 // pairs at a time.
@@ -229,6 +291,15 @@ mod avx512 {
         }
     }
 
+    /// The first `len` elements of `buf`, grown (never shrunk) to hold them, holding
+    /// whatever they held.
+    fn grown(buf: &mut Vec<u32>, len: usize) -> &mut [u32] {
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        &mut buf[..len]
+    }
+
     /// See [`super::matmul`].
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     pub(super) fn matmul(
@@ -236,7 +307,7 @@ mod avx512 {
         dst: &mut [f32],
         accumulate: bool,
         lhs: MatRef<'_>,
-        rhs: MatRef<'_>,
+        rhs: Rhs<'_>,
     ) {
         let (mut lpack, mut rpack) = (Vec::new(), Vec::new());
         let mut tile = [0f32; MR * NR];
@@ -252,10 +323,12 @@ mod avx512 {
                 for m0 in (0..m).step_by(MC) {
                     let m1 = (m0 + MC).min(m);
                     pack_lhs(lhs, m0..m1, ks.clone(), &mut lpack);
-                    for (qj, rpanel) in rpack.chunks_exact(kp * NR).enumerate() {
+                    let rlen = (n1 - n0).div_ceil(NR) * kp * NR;
+                    for (qj, rpanel) in rpack[..rlen].chunks_exact(kp * NR).enumerate() {
                         let j0 = n0 + qj * NR;
                         let width = NR.min(n1 - j0);
-                        for (qi, lpanel) in lpack.chunks_exact(kp * MR).enumerate() {
+                        let llen = (m1 - m0).div_ceil(MR) * kp * MR;
+                        for (qi, lpanel) in lpack[..llen].chunks_exact(kp * MR).enumerate() {
                             let i0 = m0 + qi * MR;
                             micro_kernel(lpanel, rpanel, &mut tile);
                             // The first block of the inner dimension writes the result
@@ -263,10 +336,11 @@ mod avx512 {
                             let assign = k0 == 0 && !accumulate;
                             for (i, row) in tile.chunks_exact(NR).take(MR.min(m1 - i0)).enumerate() {
                                 let out = &mut dst[(i0 + i) * n + j0..][..width];
-                                if assign {
-                                    out.copy_from_slice(&row[..width]);
-                                } else {
-                                    out.iter_mut().zip(row).for_each(|(o, t)| *o += t);
+                                match (assign, <&mut [f32; NR]>::try_from(&mut *out)) {
+                                    // Fixed-size copies compile to vector moves.
+                                    (true, Ok(out)) => out.copy_from_slice(&row[..NR]),
+                                    (true, Err(_)) => out.copy_from_slice(&row[..width]),
+                                    (false, _) => out.iter_mut().zip(row).for_each(|(o, t)| *o += t),
                                 }
                             }
                         }
@@ -414,14 +488,40 @@ mod tests {
                 };
                 let want = reference((m, n, k), lhs, rhs);
                 let mut got = vec![f32::NAN; m * n];
-                matmul((m, n, k), &mut got, false, lhs, rhs);
+                matmul((m, n, k), &mut got, false, lhs, Rhs::Values(rhs));
                 let tol = 1e-5 * k as f32;
                 for (g, w) in got.iter().zip(&want) {
                     assert!((g - w).abs() <= tol, "({m}, {n}, {k}) {ta} {tb}: {g} vs {w}");
                 }
+                // The same operand already paired packs to the same values: the same bits.
+                let pairs: Vec<u32> = (0..k.div_ceil(2) * n)
+                    .map(|e| {
+                        let (p, j) = (e / n, e % n);
+                        let at = |c: usize| {
+                            if c < k {
+                                rhs.data[c * rhs.rs + j * rhs.cs]
+                            } else {
+                                0.0
+                            }
+                        };
+                        pair(at(2 * p), at(2 * p + 1))
+                    })
+                    .collect();
+                let mut paired = vec![f32::NAN; m * n];
+                matmul(
+                    (m, n, k),
+                    &mut paired,
+                    false,
+                    lhs,
+                    Rhs::Pairs {
+                        data: &pairs,
+                        cols: n,
+                    },
+                );
+                assert!(paired.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()));
                 // Accumulating adds the product onto what is there.
                 let mut acc = vec![1.5f32; m * n];
-                matmul((m, n, k), &mut acc, true, lhs, rhs);
+                matmul((m, n, k), &mut acc, true, lhs, Rhs::Values(rhs));
                 for (g, w) in acc.iter().zip(&want) {
                     assert!(
                         (g - (w + 1.5)).abs() <= tol,
@@ -470,11 +570,11 @@ mod tests {
             &mut out,
             false,
             row,
-            MatRef {
+            Rhs::Values(MatRef {
                 data: &eye,
                 rs: 1,
                 cs: k,
-            },
+            }),
         );
         assert_eq!(out.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), want[..k]);
         // The identity on the left, the right operand row-major (cs = 1), 48 columns.
@@ -493,7 +593,7 @@ mod tests {
                 rs: k,
                 cs: 1,
             },
-            rhs,
+            Rhs::Values(rhs),
         );
         assert_eq!(out.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), want);
     }

@@ -34,9 +34,8 @@
 //! The backward returns tensors that do not themselves track gradients, so gradients of
 //! gradients (double backward) are not supported through this op.
 
-use super::{
-    fast_act, fast_bf16, fast_bn, fast_depthwise, BatchStats, CandleKernels, ConvCfg, Kernels, Precision,
-};
+use super::fast_bf16::{self, Rhs};
+use super::{fast_act, fast_bn, fast_depthwise, BatchStats, CandleKernels, ConvCfg, Kernels, Precision};
 use crate::Result;
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
@@ -282,53 +281,170 @@ impl Geometry {
     }
 }
 
+/// Output planes up to this many pixels are unfolded through a [`gather_table`]: for them a
+/// copy per row of the unfolded matrix cost more in calls than in copying (the 4x4 planes
+/// of ResNet's last stage unfold 16 values per row).
+const SMALL_PLANE: usize = 64;
+
+/// For output planes of at most [`SMALL_PLANE`] pixels, the input-plane index each unfolded
+/// element reads: entry `t * L + o` for kernel tap `t` (row-major over the kernel) and output
+/// pixel `o`, `u32::MAX` where it falls in the padding.
+fn gather_table(g: &Geometry) -> Option<Vec<u32>> {
+    let l = g.l();
+    if l > SMALL_PLANE || g.h * g.w >= u32::MAX as usize {
+        return None;
+    }
+    let mut table = Vec::with_capacity(g.kh * g.kw * l);
+    for i in 0..g.kh {
+        for j in 0..g.kw {
+            for r in 0..g.oh {
+                for q in 0..g.ow {
+                    let y = (r * g.stride + i * g.dilation)
+                        .checked_sub(g.padding)
+                        .filter(|&y| y < g.h);
+                    let x = (q * g.stride + j * g.dilation)
+                        .checked_sub(g.padding)
+                        .filter(|&x| x < g.w);
+                    table.push(match (y, x) {
+                        (Some(y), Some(x)) => (y * g.w + x) as u32,
+                        _ => u32::MAX,
+                    });
+                }
+            }
+        }
+    }
+    Some(table)
+}
+
+/// The rows `c * kh * kw..(c + 1) * kh * kw` (every tap of input channel `c`) of image
+/// `image`'s unfolded matrix into `rows` (`kh * kw` rows of `L` values), through `table`.
+fn gather_channel(x: &[f32], g: &Geometry, (image, c): (usize, usize), table: &[u32], rows: &mut [f32]) {
+    let hw = g.h * g.w;
+    let plane = &x[(image * g.c + c) * hw..][..hw];
+    for (o, &i) in rows.iter_mut().zip(table) {
+        *o = plane.get(i as usize).copied().unwrap_or(0.0);
+    }
+}
+
 /// Unfolds images `first..first + nb` of `x` (NCHW, contiguous) into `cols`, a `(K, nb * L)`
 /// matrix, writing every element (padding as zeros), so `cols` may hold anything before.
-fn im2col(x: &[f32], g: &Geometry, first: usize, nb: usize, cols: &mut [f32]) {
-    let (l, hw, kk) = (g.l(), g.h * g.w, g.kh * g.kw);
+/// `table` is the geometry's [`gather_table`].
+fn im2col(x: &[f32], g: &Geometry, (first, nb): (usize, usize), table: Option<&[u32]>, cols: &mut [f32]) {
+    let (l, kk) = (g.l(), g.kh * g.kw);
     if nb * l == 0 {
         return;
     }
+    if let Some(table) = table {
+        let mut rows = vec![0f32; kk * l];
+        for b in 0..nb {
+            for c in 0..g.c {
+                gather_channel(x, g, (first + b, c), table, &mut rows);
+                for (t, row) in rows.chunks_exact(l).enumerate() {
+                    cols[(c * kk + t) * nb * l + b * l..][..l].copy_from_slice(row);
+                }
+            }
+        }
+        return;
+    }
     for (row, dst) in cols.chunks_mut(nb * l).enumerate() {
-        let (c, i, j) = (row / kk, (row % kk) / g.kw, row % g.kw);
-        let (r_lo, r_hi) = g.valid(g.oh, g.h, i * g.dilation);
-        let (q_lo, q_hi) = g.valid(g.ow, g.w, j * g.dilation);
-        let col0 = j * g.dilation; // Input column of q = 0, before removing padding.
         for (b, seg) in dst.chunks_mut(l).enumerate() {
-            let plane = &x[((first + b) * g.c + c) * hw..][..hw];
-            seg[..r_lo * g.ow].fill(0.0);
-            seg[r_hi * g.ow..].fill(0.0);
-            if g.stride == 1 && g.ow == g.w && r_lo < r_hi && q_lo < q_hi {
-                // Output rows as long as input rows: output index `o` reads input index
-                // `o + shift` for every valid pixel, so the valid span is one copy; the
-                // columns outside `q_lo..q_hi`, copied from a neighbouring row, are then
-                // zeroed. Late layers have planes of a few pixels, where a copy per output
-                // row was the cost.
-                let (first_out, last_out) = (r_lo * g.ow + q_lo, (r_hi - 1) * g.ow + q_hi);
-                let first_in = (r_lo + i * g.dilation - g.padding) * g.w + q_lo + col0 - g.padding;
-                seg[first_out..last_out].copy_from_slice(&plane[first_in..first_in + (last_out - first_out)]);
-                for out in seg[r_lo * g.ow..r_hi * g.ow].chunks_exact_mut(g.ow) {
-                    out[..q_lo].fill(0.0);
-                    out[q_hi..].fill(0.0);
-                }
-                continue;
-            }
-            for r in r_lo..r_hi {
-                let out = &mut seg[r * g.ow..][..g.ow];
-                out[..q_lo].fill(0.0);
-                out[q_hi..].fill(0.0);
-                if q_lo == q_hi {
-                    continue;
-                }
-                let src = &plane[(r * g.stride + i * g.dilation - g.padding) * g.w..][..g.w];
-                if g.stride == 1 {
-                    let start = q_lo + col0 - g.padding;
-                    out[q_lo..q_hi].copy_from_slice(&src[start..start + (q_hi - q_lo)]);
+            unfold_row(x, g, (first + b, row), seg);
+        }
+    }
+}
+
+/// As [`im2col`], but as the bf16 pairs the bf16 product reads: element `(p, col)` of the
+/// `(K / 2 rounded up, nb * L)` result holds rows `2p` and `2p + 1` (zero past `K`) of column
+/// `col`, rounded to bf16. Half the bytes of the f32 unfolding, and the product's packing of
+/// it is a copy. `rows` is scratch space.
+fn im2col_pairs(
+    x: &[f32],
+    g: &Geometry,
+    (first, nb): (usize, usize),
+    table: Option<&[u32]>,
+    out: &mut [u32],
+    rows: &mut Vec<f32>,
+) {
+    let (k, l, kk) = (g.k(), g.l(), g.kh * g.kw);
+    if nb * l == 0 {
+        return;
+    }
+    if let Some(table) = table {
+        // Two channels at a time: their 2 kh kw rows start at an even row, so they make
+        // whole pairs.
+        let rows = take(rows, 2 * kk * l);
+        for b in 0..nb {
+            for c in (0..g.c).step_by(2) {
+                let (lo, hi) = rows.split_at_mut(kk * l);
+                gather_channel(x, g, (first + b, c), table, lo);
+                if c + 1 < g.c {
+                    gather_channel(x, g, (first + b, c + 1), table, hi);
                 } else {
-                    let src = src[q_lo * g.stride + col0 - g.padding..].iter().step_by(g.stride);
-                    out[q_lo..q_hi].iter_mut().zip(src).for_each(|(o, &v)| *o = v);
+                    hi.fill(0.0);
+                }
+                let first_pair = c * kk / 2;
+                let pairs = kk.min(k.div_ceil(2) - first_pair);
+                for (q, two) in rows.chunks_exact(2 * l).take(pairs).enumerate() {
+                    let seg = &mut out[(first_pair + q) * nb * l + b * l..][..l];
+                    fast_bf16::interleave(&two[..l], &two[l..], seg);
                 }
             }
+        }
+        return;
+    }
+    let (lo, hi) = take(rows, 2 * l).split_at_mut(l);
+    for (p, dst) in out.chunks_mut(nb * l).enumerate() {
+        for (b, seg) in dst.chunks_mut(l).enumerate() {
+            unfold_row(x, g, (first + b, 2 * p), lo);
+            if 2 * p + 1 < k {
+                unfold_row(x, g, (first + b, 2 * p + 1), hi);
+            } else {
+                hi.fill(0.0);
+            }
+            fast_bf16::interleave(lo, hi, seg);
+        }
+    }
+}
+
+/// Row `row` (input channel, kernel row, kernel column) of the unfolded matrix for image
+/// `image` of `x`, into `seg` (`L` values, every one written, padding as zeros).
+fn unfold_row(x: &[f32], g: &Geometry, (image, row): (usize, usize), seg: &mut [f32]) {
+    let (hw, kk) = (g.h * g.w, g.kh * g.kw);
+    let (c, i, j) = (row / kk, (row % kk) / g.kw, row % g.kw);
+    let (r_lo, r_hi) = g.valid(g.oh, g.h, i * g.dilation);
+    let (q_lo, q_hi) = g.valid(g.ow, g.w, j * g.dilation);
+    let col0 = j * g.dilation; // Input column of q = 0, before removing padding.
+    let plane = &x[(image * g.c + c) * hw..][..hw];
+    seg[..r_lo * g.ow].fill(0.0);
+    seg[r_hi * g.ow..].fill(0.0);
+    if g.stride == 1 && g.ow == g.w && r_lo < r_hi && q_lo < q_hi {
+        // Output rows as long as input rows: output index `o` reads input index `o + shift`
+        // for every valid pixel, so the valid span is one copy; the columns outside
+        // `q_lo..q_hi`, copied from a neighbouring row, are then zeroed. Late layers have
+        // planes of a few pixels, where a copy per output row was the cost.
+        let (first_out, last_out) = (r_lo * g.ow + q_lo, (r_hi - 1) * g.ow + q_hi);
+        let first_in = (r_lo + i * g.dilation - g.padding) * g.w + q_lo + col0 - g.padding;
+        seg[first_out..last_out].copy_from_slice(&plane[first_in..first_in + (last_out - first_out)]);
+        for out in seg[r_lo * g.ow..r_hi * g.ow].chunks_exact_mut(g.ow) {
+            out[..q_lo].fill(0.0);
+            out[q_hi..].fill(0.0);
+        }
+        return;
+    }
+    for r in r_lo..r_hi {
+        let out = &mut seg[r * g.ow..][..g.ow];
+        out[..q_lo].fill(0.0);
+        out[q_hi..].fill(0.0);
+        if q_lo == q_hi {
+            continue;
+        }
+        let src = &plane[(r * g.stride + i * g.dilation - g.padding) * g.w..][..g.w];
+        if g.stride == 1 {
+            let start = q_lo + col0 - g.padding;
+            out[q_lo..q_hi].copy_from_slice(&src[start..start + (q_hi - q_lo)]);
+        } else {
+            let src = src[q_lo * g.stride + col0 - g.padding..].iter().step_by(g.stride);
+            out[q_lo..q_hi].iter_mut().zip(src).for_each(|(o, &v)| *o = v);
         }
     }
 }
@@ -478,24 +594,8 @@ fn matmul(
         }
         return Ok(());
     }
-    if bf16 && threads <= 1 {
-        fast_bf16::matmul((m, n, k), dst, accumulate, lhs, rhs);
-        return Ok(());
-    }
     if bf16 {
-        // Rows of the result split over the threads: each product reads all of `rhs`.
-        let rows = m.div_ceil(threads.max(1));
-        dst[..m * n]
-            .par_chunks_mut(rows * n)
-            .enumerate()
-            .for_each(|(i, part)| {
-                let (first, count) = (i * rows, part.len() / n);
-                let lhs = MatRef {
-                    data: &lhs.data[first * lhs.rs..],
-                    ..lhs
-                };
-                fast_bf16::matmul((count, n, k), part, accumulate, lhs, rhs);
-            });
+        bf16_matmul((m, n, k), dst, accumulate, lhs, Rhs::Values(rhs), threads);
         return Ok(());
     }
     let parallelism = if threads > 1 {
@@ -536,6 +636,34 @@ fn matmul(
     Ok(())
 }
 
+/// [`fast_bf16::matmul`] with the rows of the result split over `threads` threads (each
+/// product reads all of `rhs`); the caller has checked the shapes.
+fn bf16_matmul(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: MatRef<'_>,
+    rhs: Rhs<'_>,
+    threads: usize,
+) {
+    if threads <= 1 || m == 0 || n == 0 {
+        fast_bf16::matmul((m, n, k), dst, accumulate, lhs, rhs);
+        return;
+    }
+    let rows = m.div_ceil(threads);
+    dst[..m * n]
+        .par_chunks_mut(rows * n)
+        .enumerate()
+        .for_each(|(i, part)| {
+            let (first, count) = (i * rows, part.len() / n);
+            let lhs = MatRef {
+                data: &lhs.data[first * lhs.rs..],
+                ..lhs
+            };
+            fast_bf16::matmul((count, n, k), part, accumulate, lhs, rhs);
+        });
+}
+
 /// Scratch buffers one worker reuses from chunk to chunk.
 #[derive(Default)]
 struct Scratch {
@@ -543,13 +671,15 @@ struct Scratch {
     prod: Vec<f32>,
     dyt: Vec<f32>,
     colst: Vec<f32>,
+    /// The unfolded input as bf16 pairs (the bf16 forward).
+    pairs: Vec<u32>,
 }
 
 /// The first `len` elements of `buf`, grown (never shrunk) to hold them; what they hold is
 /// left over from earlier use.
-fn take(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+fn take<T: Copy + Default>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
     if buf.len() < len {
-        buf.resize(len, 0.0);
+        buf.resize(len, T::default());
     }
     &mut buf[..len]
 }
@@ -672,6 +802,7 @@ fn forward(x: &[f32], w: &[f32], g: &Geometry, bf16: bool) -> candle_core::Resul
     let per_image = g.o * l;
     let mut y = vec![0f32; g.n * per_image];
     let plan = Plan::new(g);
+    let table = gather_table(g);
     let parts = split_groups(&mut y, &plan, g.n, per_image);
     parts
         .into_par_iter()
@@ -681,11 +812,24 @@ fn forward(x: &[f32], w: &[f32], g: &Geometry, bf16: bool) -> candle_core::Resul
             let mut offset = 0;
             for chunk in plan.group_chunks(group) {
                 let (first, nb) = plan.images(chunk, g.n);
-                let cols = take(&mut buf.cols, k * nb * l);
-                im2col(x, g, first, nb, cols);
                 let prod = take(&mut buf.prod, g.o * nb * l);
-                let (w, cols) = (MatRef::rows(w, k), MatRef::rows(cols, nb * l));
-                matmul((g.o, nb * l, k), prod, false, w, cols, (plan.gemm_threads, bf16))?;
+                if bf16 {
+                    let pairs = take(&mut buf.pairs, k.div_ceil(2) * nb * l);
+                    im2col_pairs(x, g, (first, nb), table.as_deref(), pairs, &mut buf.cols);
+                    let (w, pairs) = (
+                        MatRef::rows(w, k),
+                        Rhs::Pairs {
+                            data: pairs,
+                            cols: nb * l,
+                        },
+                    );
+                    bf16_matmul((g.o, nb * l, k), prod, false, w, pairs, plan.gemm_threads);
+                } else {
+                    let cols = take(&mut buf.cols, k * nb * l);
+                    im2col(x, g, (first, nb), table.as_deref(), cols);
+                    let (w, cols) = (MatRef::rows(w, k), MatRef::rows(cols, nb * l));
+                    matmul((g.o, nb * l, k), prod, false, w, cols, (plan.gemm_threads, false))?;
+                }
                 // (O, nb, L) -> (nb, O, L).
                 swap_outer(prod, g.o, nb, l, &mut ys[offset..offset + nb * per_image]);
                 offset += nb * per_image;
@@ -794,6 +938,7 @@ impl CustomOp2 for Conv2dOp {
             Tensor::zeros(0, DType::F32, &dev)?
         };
         let plan = Plan::new(&g);
+        let table = if need_dw { gather_table(&g) } else { None };
         let parts = split_groups(if fold_dx { &mut dx } else { &mut [] }, &plan, g.n, chw);
         // One partial weight gradient per group, summed below in group order, so the result
         // does not depend on which thread finishes first.
@@ -836,7 +981,7 @@ impl CustomOp2 for Conv2dOp {
                                     if need_dw {
                                         // dW (O, K) += dY (O, nb L) @ cols^T.
                                         let cols = take(&mut buf.cols, k * cols_n);
-                                        im2col(x, &g, first, nb, cols);
+                                        im2col(x, &g, (first, nb), table.as_deref(), cols);
                                         let acc = dw.get_or_insert_with(|| vec![0f32; g.o * k]);
                                         let colst = if transpose_cols(&g) {
                                             let colst = take(&mut buf.colst, k * cols_n);
