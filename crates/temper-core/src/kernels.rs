@@ -272,6 +272,20 @@ pub trait Kernels: Send + Sync + std::fmt::Debug {
         CandleKernels.batch_norm_train(x, gamma, beta, eps)
     }
 
+    /// `relu(batch_norm_train(..))` with the batch statistics: the pair every pre-activation
+    /// block runs in training, which a backend may fuse into one pass each way. By default
+    /// the two operations of `self`.
+    fn batch_norm_train_relu(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f64,
+    ) -> Result<(Tensor, BatchStats)> {
+        let (y, stats) = self.batch_norm_train(x, gamma, beta, eps)?;
+        Ok((self.relu(&y)?, stats))
+    }
+
     /// BatchNorm in evaluation mode, with the running statistics.
     fn batch_norm_eval(
         &self,
@@ -373,6 +387,19 @@ pub trait KernelsWrapper: Send + Sync + std::fmt::Debug {
         self.inner().batch_norm_train(x, gamma, beta, eps)
     }
 
+    /// See [`Kernels::batch_norm_train_relu`]: this wrapper's own `batch_norm_train` and
+    /// `relu`, so a wrapper that changes either sees the pair.
+    fn batch_norm_train_relu(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f64,
+    ) -> Result<(Tensor, BatchStats)> {
+        let (y, stats) = self.batch_norm_train(x, gamma, beta, eps)?;
+        Ok((self.relu(&y)?, stats))
+    }
+
     /// See [`Kernels::batch_norm_eval`].
     fn batch_norm_eval(
         &self,
@@ -468,6 +495,15 @@ impl<W: KernelsWrapper> Kernels for Wrapped<W> {
         eps: f64,
     ) -> Result<(Tensor, BatchStats)> {
         self.0.batch_norm_train(x, gamma, beta, eps)
+    }
+    fn batch_norm_train_relu(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f64,
+    ) -> Result<(Tensor, BatchStats)> {
+        self.0.batch_norm_train_relu(x, gamma, beta, eps)
     }
     fn batch_norm_eval(
         &self,

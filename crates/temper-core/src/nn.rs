@@ -6,7 +6,7 @@
 //! [`ParamStore`](crate::ParamStore)) and their geometry.
 
 use crate::hooks::{self, LayerCall, LayerKind};
-use crate::kernels::{ConvCfg, PoolCfg};
+use crate::kernels::{BatchStats, ConvCfg, PoolCfg};
 use crate::store::{Builder, Init, Role};
 use crate::summary::{self, LayerRecord};
 use crate::{Ctx, Mode, Result};
@@ -236,24 +236,7 @@ impl BatchNorm2d {
         let y = match ctx.mode {
             Mode::Train => {
                 let (y, stats) = ctx.kernels.batch_norm_train(x, &gamma, &beta, self.eps)?;
-                let (n, _, h, w) = x.dims4()?;
-                let count = (n * h * w) as f64;
-                if count > 1.0 {
-                    let m = self.momentum;
-                    let mean = stats.mean.detach();
-                    let unbiased = (stats.var.detach() * (count / (count - 1.0)))?;
-                    let rm = ((self.running_mean.as_tensor() * (1.0 - m))? + (mean * m)?)?;
-                    let rv = ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?;
-                    self.running_mean.set(&rm)?;
-                    self.running_var.set(&rv)?;
-                    let nbt = (self.num_batches_tracked.as_tensor() + 1.0)?;
-                    self.num_batches_tracked.set(&nbt)?;
-                } else {
-                    return Err(crate::Error::BadInput {
-                        model: self.name.clone(),
-                        reason: "BatchNorm in train mode needs more than one value per channel".into(),
-                    });
-                }
+                self.update_running(x, stats)?;
                 y
             }
             Mode::Eval => ctx.kernels.batch_norm_eval(
@@ -278,21 +261,52 @@ impl BatchNorm2d {
         Ok(y)
     }
 
-    /// `relu(self.forward(x))`: in eval mode, with no layer hooks and no summary being traced,
-    /// one fused kernel call (`Kernels::batch_norm_eval_relu`); otherwise the two calls, so
-    /// hooks see the BatchNorm's output as they always do.
+    /// Folds a training batch's statistics into the running buffers (PyTorch's momentum
+    /// update, with the unbiased variance) and counts the batch.
+    fn update_running(&self, x: &Tensor, stats: BatchStats) -> Result<()> {
+        let (n, _, h, w) = x.dims4()?;
+        let count = (n * h * w) as f64;
+        if count <= 1.0 {
+            return Err(crate::Error::BadInput {
+                model: self.name.clone(),
+                reason: "BatchNorm in train mode needs more than one value per channel".into(),
+            });
+        }
+        let m = self.momentum;
+        let mean = stats.mean.detach();
+        let unbiased = (stats.var.detach() * (count / (count - 1.0)))?;
+        let rm = ((self.running_mean.as_tensor() * (1.0 - m))? + (mean * m)?)?;
+        let rv = ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?;
+        self.running_mean.set(&rm)?;
+        self.running_var.set(&rv)?;
+        let nbt = (self.num_batches_tracked.as_tensor() + 1.0)?;
+        self.num_batches_tracked.set(&nbt)?;
+        Ok(())
+    }
+
+    /// `relu(self.forward(x))`: with no layer hooks and no summary being traced, one fused
+    /// kernel call (`Kernels::batch_norm_train_relu` or `batch_norm_eval_relu`); otherwise
+    /// the two calls, so hooks see the BatchNorm's output as they always do.
     pub fn forward_relu(&self, x: &Tensor, ctx: &Ctx<'_>) -> Result<Tensor> {
-        if ctx.mode != Mode::Eval || !ctx.hooks.is_empty() || summary::is_tracing() {
+        if !ctx.hooks.is_empty() || summary::is_tracing() {
             return relu(&self.forward(x, ctx)?, ctx);
         }
-        ctx.kernels.batch_norm_eval_relu(
-            x,
-            &self.running_mean.as_tensor().detach(),
-            &self.running_var.as_tensor().detach(),
-            &param(&self.weight, ctx),
-            &param(&self.bias, ctx),
-            self.eps,
-        )
+        let (gamma, beta) = (param(&self.weight, ctx), param(&self.bias, ctx));
+        match ctx.mode {
+            Mode::Train => {
+                let (y, stats) = ctx.kernels.batch_norm_train_relu(x, &gamma, &beta, self.eps)?;
+                self.update_running(x, stats)?;
+                Ok(y)
+            }
+            Mode::Eval => ctx.kernels.batch_norm_eval_relu(
+                x,
+                &self.running_mean.as_tensor().detach(),
+                &self.running_var.as_tensor().detach(),
+                &gamma,
+                &beta,
+                self.eps,
+            ),
+        }
     }
 }
 

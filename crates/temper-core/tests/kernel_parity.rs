@@ -25,6 +25,7 @@ fn fast_cpu_kernels_pass_the_parity_check_at_every_precision() -> Result<()> {
         "conv2d",
         "linear",
         "batch_norm_train",
+        "batch_norm_train_relu",
         "batch_norm_eval",
         "batch_norm_eval_relu",
         "max_pool2d",

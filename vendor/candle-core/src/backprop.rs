@@ -682,6 +682,27 @@ impl Tensor {
     }
 }
 
+/// Temper patch: the checks `zeros_like(tensor) + grad` made upstream, on shape and dtype.
+fn check_like(tensor: &Tensor, grad: &Tensor, op: &'static str) -> Result<()> {
+    if tensor.shape() != grad.shape() {
+        return Err(Error::ShapeMismatchBinaryOp {
+            lhs: tensor.shape().clone(),
+            rhs: grad.shape().clone(),
+            op,
+        }
+        .bt());
+    }
+    if tensor.dtype() != grad.dtype() {
+        return Err(Error::DTypeMismatchBinaryOp {
+            lhs: tensor.dtype(),
+            rhs: grad.dtype(),
+            op,
+        }
+        .bt());
+    }
+    Ok(())
+}
+
 /// A store for gradients, associating a tensor id to the corresponding gradient tensor, used for back propagation.
 #[derive(Default, Debug)]
 pub struct GradStore(HashMap<TensorId, Tensor>);
@@ -720,7 +741,8 @@ impl GradStore {
     /// Temper patch: adds `grad` to the gradient of `tensor`, or stores `grad` itself when
     /// there is none yet, where upstream adds it to a fresh tensor of zeros (a memset and
     /// an addition over every activation gradient of a backward pass). Tensors are
-    /// immutable, so sharing `grad` is safe; it has the shape of `tensor`.
+    /// immutable, so sharing `grad` is safe. A gradient whose shape or dtype differs from
+    /// `tensor`'s is the error the addition to zeros gave upstream.
     fn accumulate(&mut self, tensor: &Tensor, grad: &Tensor) -> Result<()> {
         match self.0.entry(tensor.id()) {
             Entry::Occupied(mut entry) => {
@@ -728,6 +750,7 @@ impl GradStore {
                 entry.insert(sum);
             }
             Entry::Vacant(entry) => {
+                check_like(tensor, grad, "add")?;
                 entry.insert(grad.clone());
             }
         }
@@ -742,6 +765,7 @@ impl GradStore {
                 entry.insert(sum);
             }
             Entry::Vacant(entry) => {
+                check_like(tensor, grad, "sub")?;
                 entry.insert(grad.neg()?);
             }
         }

@@ -73,12 +73,14 @@ fn moments(x: &[f32], n: usize, c: usize, hw: usize) -> (Vec<f64>, Vec<f64>) {
     (mean, var)
 }
 
-/// BatchNorm in training mode with the batch's own statistics.
+/// BatchNorm in training mode with the batch's own statistics, followed by a ReLU in the
+/// same pass when `relu`.
 pub(super) fn batch_norm_train(
     x: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,
     eps: f64,
+    relu: bool,
 ) -> Result<(Tensor, BatchStats)> {
     let x = x.contiguous()?;
     let (n, c, h, w) = x.dims4()?;
@@ -88,7 +90,7 @@ pub(super) fn batch_norm_train(
         mean: mean32.clone(),
         invstd: var.iter().map(|&v| (1.0 / (v + eps).sqrt()) as f32).collect(),
         train: true,
-        relu: false,
+        relu,
     };
     let y = x.apply_op3(gamma, beta, op)?;
     let dev = Device::Cpu;

@@ -149,7 +149,21 @@ impl Kernels for FastCpuKernels {
         if !fast_bn::covers(x, &[gamma, beta]) {
             return CandleKernels.batch_norm_train(x, gamma, beta, eps);
         }
-        fast_bn::batch_norm_train(x, gamma, beta, eps)
+        fast_bn::batch_norm_train(x, gamma, beta, eps, false)
+    }
+
+    fn batch_norm_train_relu(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f64,
+    ) -> Result<(Tensor, BatchStats)> {
+        if !fast_bn::covers(x, &[gamma, beta]) {
+            let (y, stats) = CandleKernels.batch_norm_train(x, gamma, beta, eps)?;
+            return Ok((self.relu(&y)?, stats));
+        }
+        fast_bn::batch_norm_train(x, gamma, beta, eps, true)
     }
 
     fn batch_norm_eval(

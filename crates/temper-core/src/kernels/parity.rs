@@ -267,20 +267,31 @@ fn cases(scale: Scale, rng: &mut crate::seed::Rng) -> Result<Vec<Case>> {
         let desc = format!("x {}x{}x{}x{}", shape[0], shape[1], shape[2], shape[3]);
         // BatchNorm needs more than one value per channel for a batch variance.
         if shape[0] * shape[2] * shape[3] > 1 {
-            out.push(Case {
-                op: "batch_norm_train",
-                desc: desc.clone(),
-                products: false,
-                inputs: vec![
-                    ("x", uniform(rng, &shape)?, true),
-                    ("gamma", uniform_in(rng, &[c], 0.5, 1.5)?, true),
-                    ("beta", uniform(rng, &[c])?, true),
-                ],
-                run: Box::new(|k, t, _| {
-                    let (y, stats) = k.batch_norm_train(&t[0], &t[1], &t[2], 1e-5)?;
-                    Ok(vec![y, stats.mean, stats.var])
-                }),
-            });
+            // Alone and fused with the ReLU that follows it.
+            for relu in [false, true] {
+                out.push(Case {
+                    op: if relu {
+                        "batch_norm_train_relu"
+                    } else {
+                        "batch_norm_train"
+                    },
+                    desc: desc.clone(),
+                    products: false,
+                    inputs: vec![
+                        ("x", uniform(rng, &shape)?, true),
+                        ("gamma", uniform_in(rng, &[c], 0.5, 1.5)?, true),
+                        ("beta", uniform(rng, &[c])?, true),
+                    ],
+                    run: Box::new(move |k, t, _| {
+                        let (y, stats) = if relu {
+                            k.batch_norm_train_relu(&t[0], &t[1], &t[2], 1e-5)?
+                        } else {
+                            k.batch_norm_train(&t[0], &t[1], &t[2], 1e-5)?
+                        };
+                        Ok(vec![y, stats.mean, stats.var])
+                    }),
+                });
+            }
         }
         // BatchNorm in eval mode, alone and fused with the ReLU that follows it.
         for relu in [false, true] {
