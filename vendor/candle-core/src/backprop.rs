@@ -751,7 +751,10 @@ impl GradStore {
             }
             Entry::Vacant(entry) => {
                 check_like(tensor, grad, "add")?;
-                entry.insert(grad.clone());
+                // Contiguous, as upstream's fresh sum always was: the backward of some
+                // operations (gather's scatter-add, for one) reads the stored gradient as a
+                // contiguous buffer. A copy only for views (a broadcast sum gradient).
+                entry.insert(grad.contiguous()?);
             }
         }
         Ok(())
