@@ -173,6 +173,38 @@ mod avx512 {
         }
     }
 
+    /// Packs the line `data[base + c * step]`, `c` in `ks`, as pairs into one panel of
+    /// `width` lanes: pair `p` at `panel[p * width + lane]`, zero past `ks`. A contiguous
+    /// line (`step == 1`: a row of the left operand, a column of the transposed unfolded
+    /// input) converts 16 pairs at a time.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    fn pack_line(
+        data: &[f32],
+        (base, step): (usize, usize),
+        ks: Range<usize>,
+        panel: &mut [u32],
+        (lane, width): (usize, usize),
+    ) {
+        let kp = ks.len().div_ceil(2);
+        let mut p = 0;
+        if step == 1 {
+            let line = &data[base..];
+            let mut pairs = [0u32; 16];
+            while 2 * p + 32 <= ks.len() {
+                pairs16(&line[ks.start + 2 * p..], &mut pairs);
+                for (t, &v) in pairs.iter().enumerate() {
+                    panel[(p + t) * width + lane] = v;
+                }
+                p += 16;
+            }
+        }
+        let at = |c: usize| if c < ks.end { data[base + c * step] } else { 0.0 };
+        for p in p..kp {
+            let c = ks.start + 2 * p;
+            panel[p * width + lane] = pair(at(c), at(c + 1));
+        }
+    }
+
     /// Packs rows `rows` and inner indices `ks` of `a` into panels of [`MR`] rows: panel
     /// `q`, pair `p`, row `i` at `out[(q * kp + p) * MR + i]`, zeros past the matrix.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
@@ -180,7 +212,6 @@ mod avx512 {
         let kp = ks.len().div_ceil(2);
         let panels = rows.len().div_ceil(MR);
         let out = grown(out, panels * kp * MR);
-        let mut pairs = [0u32; 16];
         for (q, panel) in out.chunks_exact_mut(kp * MR).enumerate() {
             let valid = MR.min(rows.end - rows.start - q * MR);
             if valid < MR {
@@ -188,29 +219,7 @@ mod avx512 {
             }
             for i in 0..valid {
                 let r = rows.start + q * MR + i;
-                let mut p = 0;
-                if a.cs == 1 {
-                    // Row `r` is contiguous along the inner dimension: 16 pairs at a time.
-                    let row = &a.data[r * a.rs..];
-                    while 2 * p + 32 <= ks.len() {
-                        pairs16(&row[ks.start + 2 * p..], &mut pairs);
-                        for (t, &v) in pairs.iter().enumerate() {
-                            panel[(p + t) * MR + i] = v;
-                        }
-                        p += 16;
-                    }
-                }
-                let at = |c: usize| {
-                    if c < ks.end {
-                        a.data[r * a.rs + c * a.cs]
-                    } else {
-                        0.0
-                    }
-                };
-                for p in p..kp {
-                    let c = ks.start + 2 * p;
-                    panel[p * MR + i] = pair(at(c), at(c + 1));
-                }
+                pack_line(a.data, (r * a.rs, a.cs), ks.clone(), panel, (i, MR));
             }
         }
     }
@@ -222,7 +231,6 @@ mod avx512 {
         let kp = ks.len().div_ceil(2);
         let panels = cols.len().div_ceil(NR);
         let out = grown(out, panels * kp * NR);
-        let mut pairs = [0u32; 16];
         for (q, panel) in out.chunks_exact_mut(kp * NR).enumerate() {
             let j0 = cols.start + q * NR;
             let width = NR.min(cols.end - j0);
@@ -264,29 +272,7 @@ mod avx512 {
                 continue;
             }
             for j in 0..width {
-                let mut p = 0;
-                if b.rs == 1 {
-                    // Pairs adjacent in memory (the unfolded input transposed): 16 at a time.
-                    let col = &b.data[(j0 + j) * b.cs..];
-                    while 2 * p + 32 <= ks.len() {
-                        pairs16(&col[ks.start + 2 * p..], &mut pairs);
-                        for (t, &v) in pairs.iter().enumerate() {
-                            panel[(p + t) * NR + j] = v;
-                        }
-                        p += 16;
-                    }
-                }
-                let at = |c: usize| {
-                    if c < ks.end {
-                        b.data[c * b.rs + (j0 + j) * b.cs]
-                    } else {
-                        0.0
-                    }
-                };
-                for p in p..kp {
-                    let c = ks.start + 2 * p;
-                    panel[p * NR + j] = pair(at(c), at(c + 1));
-                }
+                pack_line(b.data, ((j0 + j) * b.cs, b.rs), ks.clone(), panel, (j, NR));
             }
         }
     }
