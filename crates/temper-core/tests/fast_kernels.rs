@@ -857,7 +857,16 @@ fn activations_match_the_reference_and_pytorch_at_the_kinks() -> Result<()> {
 fn depthwise_matches_the_reference() -> Result<()> {
     let dev = Device::Cpu;
     let mut checked = 0;
-    for (n, c, h, w) in [(2, 4, 6, 6), (1, 3, 7, 5), (5, 8, 4, 4), (3, 16, 9, 9)] {
+    // Small planes go through the gather table; (1, 2, 17, 17) at stride 1 has more than 256
+    // output pixels, so it takes the row-segment path (odd: candle's reference backward
+    // fails on uneven remainders, see `candle_reference_backward_fails_on_uneven_remainders`).
+    for (n, c, h, w) in [
+        (2, 4, 6, 6),
+        (1, 3, 7, 5),
+        (5, 8, 4, 4),
+        (3, 16, 9, 9),
+        (1, 2, 17, 17),
+    ] {
         for k in [1, 3, 5] {
             for stride in [1, 2] {
                 for padding in [0, 1, 2] {

@@ -303,9 +303,9 @@ const SMALL_PLANE: usize = 64;
 /// For output planes of at most [`SMALL_PLANE`] pixels, the input-plane index each unfolded
 /// element reads: entry `t * L + o` for kernel tap `t` (row-major over the kernel) and output
 /// pixel `o`, `u32::MAX` where it falls in the padding.
-fn gather_table(g: &Geometry) -> Option<Vec<u32>> {
+pub(super) fn gather_table(g: &Geometry, max_pixels: usize) -> Option<Vec<u32>> {
     let l = g.l();
-    if l > SMALL_PLANE || g.h * g.w >= u32::MAX as usize {
+    if l == 0 || l > max_pixels || g.h * g.w >= u32::MAX as usize {
         return None;
     }
     let mut table = Vec::with_capacity(g.kh * g.kw * l);
@@ -816,7 +816,7 @@ fn forward(x: &[f32], w: &[f32], g: &Geometry, bf16: bool) -> candle_core::Resul
     let per_image = g.o * l;
     let mut y = vec![0f32; g.n * per_image];
     let plan = Plan::new(g);
-    let table = gather_table(g);
+    let table = gather_table(g, SMALL_PLANE);
     let parts = split_groups(&mut y, &plan, g.n, per_image);
     parts
         .into_par_iter()
@@ -952,7 +952,11 @@ impl CustomOp2 for Conv2dOp {
             Tensor::zeros(0, DType::F32, &dev)?
         };
         let plan = Plan::new(&g);
-        let table = if need_dw { gather_table(&g) } else { None };
+        let table = if need_dw {
+            gather_table(&g, SMALL_PLANE)
+        } else {
+            None
+        };
         let parts = split_groups(if fold_dx { &mut dx } else { &mut [] }, &plan, g.n, chw);
         // One partial weight gradient per group, summed below in group order, so the result
         // does not depend on which thread finishes first.
