@@ -264,7 +264,7 @@ impl CustomOp2 for DepthwiseOp {
                                 let xp = &x[plane * hw..(plane + 1) * hw];
                                 let dyp = &dy[plane * l..(plane + 1) * l];
                                 if let Some(table) = &table {
-                                    for (t, idx) in table.chunks_exact(l.max(1)).enumerate() {
+                                    for (t, idx) in table.chunks_exact(l).enumerate() {
                                         out[t] += dyp
                                             .iter()
                                             .zip(idx)
