@@ -4,7 +4,6 @@
 
 use crate::error::param;
 use crate::loss::margin;
-use crate::norm::mask_like;
 use crate::problem::Problem;
 use crate::{Attack, AttackOutput, Goal, LossKind, Norm, Result};
 use candle_core::{Tensor, Var};
@@ -187,8 +186,7 @@ impl Attack for CarliniWagner {
                     .collect();
                 let improve: Vec<bool> = (0..n).map(|i| success[i] && l2[i] < best_l2[i]).collect();
                 if improve.iter().any(|&b| b) {
-                    let m = mask_like(&improve, x)?;
-                    best_adv = ((adv.detach() * &m)? + (&best_adv * (1.0 - &m)?)?)?;
+                    best_adv = crate::ops::choose_rows(&improve, &adv.detach(), &best_adv)?;
                     for i in 0..n {
                         if improve[i] {
                             best_l2[i] = l2[i];

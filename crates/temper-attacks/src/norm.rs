@@ -184,11 +184,3 @@ pub(crate) fn expand(v: &Tensor, rank: usize) -> Result<Tensor> {
     shape.extend(std::iter::repeat_n(1, rank - 1));
     Ok(v.reshape(shape)?)
 }
-
-/// A per-sample boolean mask as an f32 tensor of 0 and 1 with the shape of `x`, for exact
-/// per-sample selection `a * m + b * (1 - m)`.
-pub(crate) fn mask_like(mask: &[bool], x: &Tensor) -> Result<Tensor> {
-    let v: Vec<f32> = mask.iter().map(|&b| if b { 1.0 } else { 0.0 }).collect();
-    let m = Tensor::from_vec(v, mask.len(), x.device())?.to_dtype(DType::F32)?;
-    Ok(expand(&m, x.rank())?.broadcast_as(x.shape())?.contiguous()?)
-}

@@ -13,6 +13,19 @@ pub(crate) fn pick_rows(mask: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor>
     Ok(m.where_cond(a, b)?)
 }
 
+/// Per sample: rows of `a` where `take` (one flag per row, on the host) is set, rows of `b`
+/// elsewhere; one pass (`where_cond` on a broadcast mask), none when every flag agrees.
+pub(crate) fn choose_rows(take: &[bool], a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if take.iter().all(|&t| t) {
+        return Ok(a.clone());
+    }
+    if !take.iter().any(|&t| t) {
+        return Ok(b.clone());
+    }
+    let mask: Vec<u8> = take.iter().map(|&t| u8::from(t)).collect();
+    pick_rows(&Tensor::from_vec(mask, take.len(), a.device())?, a, b)
+}
+
 /// Inclusive cumulative sum along the last dimension of an `(M, D)` tensor, by `log2 D`
 /// shifted additions (candle's `cumsum` multiplies by a `D x D` triangular matrix, which does
 /// not fit for large images).

@@ -2,7 +2,7 @@
 
 use crate::error::param;
 use crate::loss::LossKind;
-use crate::norm::mask_like;
+use crate::ops::choose_rows;
 use crate::problem::Problem;
 use crate::{Attack, AttackOutput, Goal, Norm, Result};
 use candle_core::Tensor;
@@ -111,8 +111,7 @@ impl Pgd {
                 if frozen.iter().all(|&f| f) {
                     break;
                 }
-                let keep = mask_like(&frozen, &adv)?;
-                moved = ((&adv * &keep)? + (moved * (1.0 - keep)?)?)?;
+                moved = choose_rows(&frozen, &adv, &moved)?;
             }
             let delta = c.norm.project(&(moved - x)?, c.eps)?;
             adv = (x + delta)?.clamp(0f32, 1f32)?.detach();
@@ -213,8 +212,7 @@ impl Best {
         if !take.iter().any(|&t| t) {
             return Ok(b);
         }
-        let m = mask_like(&take, &adv)?;
-        let merged = ((&adv * &m)? + (&b.adv * (1.0 - &m)?)?)?;
+        let merged = choose_rows(&take, &adv, &b.adv)?;
         Ok(Best {
             adv: merged,
             success: (0..take.len())

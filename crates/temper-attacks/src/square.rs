@@ -340,8 +340,7 @@ impl Square {
                 .map(|(&new, &old)| new < old || new <= 0.0)
                 .collect();
             if take.iter().any(|&t| t) {
-                let m = crate::norm::mask_like(&take, &best)?;
-                best = ((&cand * &m)? + (&best * (1.0 - &m)?)?)?;
+                best = crate::ops::choose_rows(&take, &cand, &best)?;
                 for j in 0..take.len() {
                     if take[j] {
                         margin[j] = m_new[j];

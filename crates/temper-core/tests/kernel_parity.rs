@@ -43,6 +43,12 @@ fn fast_cpu_kernels_pass_the_parity_check_at_every_precision() -> Result<()> {
     assert!(rows.iter().any(|r| r.op == "conv2d"
         && r.errors.iter().any(|e| e.0 == "grad_x")
         && r.errors.iter().any(|e| e.0 == "grad_weight")));
+    // The bias gradient of both layers with a bias.
+    for op in ["conv2d", "linear"] {
+        assert!(rows
+            .iter()
+            .any(|r| r.op == op && r.errors.iter().any(|e| e.0 == "grad_bias")));
+    }
     // The attack path: a detached weight gets no gradient and only the input's is compared.
     assert!(rows.iter().any(|r| r.op == "conv2d"
         && r.errors.iter().any(|e| e.0 == "grad_x")

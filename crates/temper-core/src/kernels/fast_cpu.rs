@@ -126,7 +126,7 @@ impl Kernels for FastCpuKernels {
         // at f32 speed.
         if precision == Precision::Bf16 && Self::covers(x, weight, cfg) && fast_bf16::available() {
             let y = x.apply_op2(weight, Conv2dOp { cfg, bf16: true })?;
-            return super::add_channel_bias(y, bias);
+            return add_bias(y, bias);
         }
         let (x, weight) = (&precision.operand(x)?, &precision.operand(weight)?);
         let y = if Self::covers(x, weight, cfg) {
@@ -136,7 +136,23 @@ impl Kernels for FastCpuKernels {
         } else {
             return CandleKernels.conv2d(x, weight, bias, cfg, Precision::F32);
         };
-        super::add_channel_bias(y, bias)
+        add_bias(y, bias)
+    }
+
+    fn linear(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        precision: Precision,
+    ) -> Result<Tensor> {
+        let y = CandleKernels.linear(x, weight, None, precision)?;
+        match bias {
+            // `(N, out)`: the bias runs along dimension 1, as a convolution's.
+            Some(_) if y.rank() == 2 => add_bias(y, bias),
+            Some(b) => Ok(y.broadcast_add(b)?),
+            None => Ok(y),
+        }
     }
 
     fn batch_norm_train(
@@ -208,6 +224,16 @@ impl Kernels for FastCpuKernels {
             return CandleKernels.relu6(x);
         }
         fast_act::clamp(x, Some(6.0))
+    }
+}
+
+/// `y + bias` along dimension 1 of an NCHW `y` or an `(N, C)` one (a layer's bias): by
+/// [`fast_act::add_bias`] where it covers the tensors, else candle's broadcast.
+fn add_bias(y: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    match bias {
+        Some(b) if fast_act::covers_bias(&y, b) => fast_act::add_bias(&y, b),
+        Some(b) if y.rank() == 2 => Ok(y.broadcast_add(b)?),
+        _ => super::add_channel_bias(y, bias),
     }
 }
 
