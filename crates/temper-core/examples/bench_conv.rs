@@ -105,7 +105,7 @@ fn main() -> temper_core::Result<()> {
                 measure(&CandleKernels, &x, &w, cfg, (reps, Precision::F32))?,
             )
         };
-        let cell = |i: usize| format!("{:.1}/{:.1} ({:.2})", f[i], r[i], r[i] / f[i]);
+        let cell = |i: usize| format!("{:.2}/{:.2} ({:.2})", f[i], r[i], r[i] / f[i]);
         println!(
             "{:<34} {:>24} {:>24} {:>24}",
             format!("{n} {c} {h} -> {o}, {k} {s} {p}"),

@@ -597,6 +597,32 @@ fn weight_gradient_is_the_same_on_every_run() -> Result<()> {
 }
 
 #[test]
+fn a_second_backward_through_the_same_graph_gets_the_same_weight_gradient() -> Result<()> {
+    // A training forward keeps its unfolded input for the weight gradient and the first
+    // backward takes it; a second backward through the same graph unfolds again, with the
+    // same chunks, so both agree to the bit (and with the direct loops).
+    let case = base_case();
+    let dev = Device::Cpu;
+    let x = Tensor::from_vec(values(case.n * case.c * case.h * case.w, 1), (case.n, case.c, case.h, case.w), &dev)?;
+    let w = Var::from_tensor(&Tensor::from_vec(
+        values(case.o * case.c * case.kh * case.kw, 2),
+        (case.o, case.c, case.kh, case.kw),
+        &dev,
+    )?)?;
+    let y = FastCpuKernels.conv2d(&x, w.as_tensor(), None, case.cfg, Precision::F32)?;
+    let r = Tensor::from_vec(values(y.elem_count(), 4), y.dims(), &dev)?;
+    let loss = (&y * &r)?.sum_all()?;
+    let first = loss.backward()?.get(w.as_tensor()).context("first gradient")?.clone();
+    let second = loss.backward()?.get(w.as_tensor()).context("second gradient")?.clone();
+    let diff = (&first - &second)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    ensure!(diff == 0.0, "the two backward passes differ by {diff}");
+    let (_, _, want) = naive(&case)?;
+    let err = rel_err(&first, &want)?;
+    ensure!(err < 1e-5, "weight gradient off the direct loops by {err}");
+    Ok(())
+}
+
+#[test]
 fn kernel_larger_than_input_is_an_error() -> Result<()> {
     let dev = Device::Cpu;
     let x = Tensor::zeros((1, 1, 3, 3), DType::F32, &dev)?;

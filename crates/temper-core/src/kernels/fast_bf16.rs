@@ -125,7 +125,7 @@ pub(super) fn matmul(
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::super::fast_cpu::take;
+    use super::super::fast_cpu::{take, Buf};
     use super::{pair, MatRef, Rhs, KC, MC, MR, NC, NR};
     use std::arch::x86_64::*;
     use std::ops::Range;
@@ -216,7 +216,7 @@ mod avx512 {
     /// Packs rows `rows` and inner indices `ks` of `a` into panels of [`MR`] rows: panel
     /// `q`, pair `p`, row `i` at `out[(q * kp + p) * MR + i]`, zeros past the matrix.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    fn pack_lhs(a: MatRef<'_>, rows: Range<usize>, ks: Range<usize>, out: &mut Vec<u32>) {
+    fn pack_lhs(a: MatRef<'_>, rows: Range<usize>, ks: Range<usize>, out: &mut Buf<u32>) {
         let kp = ks.len().div_ceil(2);
         let panels = rows.len().div_ceil(MR);
         let out = take(out, panels * kp * MR);
@@ -235,7 +235,7 @@ mod avx512 {
     /// Packs inner indices `ks` and columns `cols` of `b` into panels of [`NR`] columns:
     /// panel `q`, pair `p`, column `j` at `out[(q * kp + p) * NR + j]`, zeros past the matrix.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    fn pack_rhs(b: Rhs<'_>, ks: Range<usize>, cols: Range<usize>, out: &mut Vec<u32>) {
+    fn pack_rhs(b: Rhs<'_>, ks: Range<usize>, cols: Range<usize>, out: &mut Buf<u32>) {
         let kp = ks.len().div_ceil(2);
         let panels = cols.len().div_ceil(NR);
         let out = take(out, panels * kp * NR);
@@ -294,7 +294,7 @@ mod avx512 {
         lhs: MatRef<'_>,
         rhs: Rhs<'_>,
     ) {
-        let (mut lpack, mut rpack) = (Vec::new(), Vec::new());
+        let (mut lpack, mut rpack) = (Buf::default(), Buf::default());
         let mut tile = [0f32; MR * NR];
         if k == 0 && !accumulate {
             dst[..m * n].fill(0.0);
@@ -310,10 +310,10 @@ mod avx512 {
                     pack_lhs(lhs, m0..m1, ks.clone(), &mut lpack);
                     let rlen = (n1 - n0).div_ceil(NR) * kp * NR;
                     let llen = (m1 - m0).div_ceil(MR) * kp * MR;
-                    for (qj, rpanel) in rpack[..rlen].chunks_exact(kp * NR).enumerate() {
+                    for (qj, rpanel) in rpack.as_slice()[..rlen].chunks_exact(kp * NR).enumerate() {
                         let j0 = n0 + qj * NR;
                         let width = NR.min(n1 - j0);
-                        for (qi, lpanel) in lpack[..llen].chunks_exact(kp * MR).enumerate() {
+                        for (qi, lpanel) in lpack.as_slice()[..llen].chunks_exact(kp * MR).enumerate() {
                             let i0 = m0 + qi * MR;
                             micro_kernel(lpanel, rpanel, &mut tile);
                             // The first block of the inner dimension writes the result

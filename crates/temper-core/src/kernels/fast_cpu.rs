@@ -40,6 +40,7 @@ use crate::Result;
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
 use std::borrow::Cow;
+use std::sync::Mutex;
 
 /// Target size of one unfolded chunk, in f32 elements (4 MiB): small enough that the chunk is
 /// still in cache when the gemm reads it. Measured on a 2-core machine, chunks of 4 MiB made
@@ -48,6 +49,12 @@ const COLS_TARGET: usize = 1 << 20;
 
 /// Largest unfolded chunk, in f32 elements (64 MiB), so memory stays bounded for any batch.
 const COLS_MAX: usize = 16 << 20;
+
+/// Largest unfolded input a training forward keeps for its weight gradient, in f32
+/// elements (16 MiB); larger ones are unfolded again in the backward pass. small-cnn's layers
+/// (1.6 M and 0.4 M elements at batch 128) fit; PreActResNet-18's early layers (75 M) would
+/// hold hundreds of megabytes per layer until the backward pass, so they do not.
+const KEEP_COLS_MAX: usize = 4 << 20;
 
 /// Least work for one parallel task, in elements: late layers have planes of a few pixels,
 /// and a task per plane would then cost more in scheduling than in arithmetic.
@@ -125,12 +132,13 @@ impl Kernels for FastCpuKernels {
         // products of bf16-rounded operands (see `Precision::operand`), the same arithmetic
         // at f32 speed.
         if precision == Precision::Bf16 && Self::covers(x, weight, cfg) && fast_bf16::available() {
-            let y = x.apply_op2(weight, Conv2dOp { cfg, bf16: true })?;
+            let y = x.apply_op2(weight, Conv2dOp::new(cfg, true))?;
             return add_bias(y, bias);
         }
         let (x, weight) = (&precision.operand(x)?, &precision.operand(weight)?);
         let y = if Self::covers(x, weight, cfg) {
-            x.apply_op2(weight, Conv2dOp { cfg, bf16: false })?
+            let keep = weight.track_op();
+            x.apply_op2(weight, Conv2dOp::new(cfg, false).keeping_cols(keep))?
         } else if fast_depthwise::covers(x, weight, cfg) {
             fast_depthwise::conv2d(x, weight, cfg)?
         } else {
@@ -357,12 +365,20 @@ pub(super) fn gather_table(g: &Geometry, max_pixels: usize) -> Option<Vec<u32>> 
 }
 
 /// The rows `c * kh * kw..(c + 1) * kh * kw` (every tap of input channel `c`) of image
-/// `image`'s unfolded matrix into `rows` (`kh * kw` rows of `L` values), through `table`.
-fn gather_channel(x: &[f32], g: &Geometry, (image, c): (usize, usize), table: &[u32], rows: &mut [f32]) {
-    let hw = g.h * g.w;
+/// `image`'s unfolded matrix, through `table`: tap `t`'s `L` values into `row(t)`.
+fn gather_channel<'r>(
+    x: &[f32],
+    g: &Geometry,
+    (image, c): (usize, usize),
+    table: &[u32],
+    mut row: impl FnMut(usize) -> &'r mut [f32],
+) {
+    let (hw, l) = (g.h * g.w, g.l());
     let plane = &x[(image * g.c + c) * hw..][..hw];
-    for (o, &i) in rows.iter_mut().zip(table) {
-        *o = plane.get(i as usize).copied().unwrap_or(0.0);
+    for (t, idx) in table.chunks_exact(l).enumerate() {
+        for (o, &i) in row(t).iter_mut().zip(idx) {
+            *o = plane.get(i as usize).copied().unwrap_or(0.0);
+        }
     }
 }
 
@@ -375,13 +391,13 @@ fn im2col(x: &[f32], g: &Geometry, (first, nb): (usize, usize), table: Option<&[
         return;
     }
     if let Some(table) = table {
-        let mut rows = vec![0f32; kk * l];
-        for b in 0..nb {
-            for c in 0..g.c {
-                gather_channel(x, g, (first + b, c), table, &mut rows);
-                for (t, row) in rows.chunks_exact(l).enumerate() {
-                    cols[(c * kk + t) * nb * l + b * l..][..l].copy_from_slice(row);
-                }
+        // Straight into the rows of `cols`: the rows of channel `c` are consecutive, image
+        // `b`'s segment of each at `b * L`.
+        let per_row = nb * l;
+        for (c, rows) in cols.chunks_exact_mut(kk * per_row).enumerate() {
+            for b in 0..nb {
+                let mut segs = rows.chunks_exact_mut(per_row).map(|r| &mut r[b * l..][..l]);
+                gather_channel(x, g, (first + b, c), table, |_| segs.next().unwrap_or_default());
             }
         }
         return;
@@ -403,7 +419,7 @@ fn im2col_pairs(
     (first, nb): (usize, usize),
     table: Option<&[u32]>,
     out: &mut [u32],
-    rows: &mut Vec<f32>,
+    rows: &mut Buf<f32>,
 ) {
     let (k, l, kk) = (g.k(), g.l(), g.kh * g.kw);
     if nb * l == 0 {
@@ -416,9 +432,11 @@ fn im2col_pairs(
         for b in 0..nb {
             for c in (0..g.c).step_by(2) {
                 let (lo, hi) = rows.split_at_mut(kk * l);
-                gather_channel(x, g, (first + b, c), table, lo);
+                let mut lo_rows = lo.chunks_exact_mut(l);
+                gather_channel(x, g, (first + b, c), table, |_| lo_rows.next().unwrap_or_default());
                 if c + 1 < g.c {
-                    gather_channel(x, g, (first + b, c + 1), table, hi);
+                    let mut hi_rows = hi.chunks_exact_mut(l);
+                    gather_channel(x, g, (first + b, c + 1), table, |_| hi_rows.next().unwrap_or_default());
                 } else {
                     hi.fill(0.0);
                 }
@@ -491,11 +509,26 @@ fn unfold_row(x: &[f32], g: &Geometry, (image, row): (usize, usize), seg: &mut [
 
 /// Folds a `(K, nb * L)` matrix onto `dx`, images `0..nb` (NCHW), overwriting it: every
 /// column entry is added onto the input pixel it was unfolded from (the adjoint of
-/// [`im2col`]).
-fn col2im(cols: &[f32], g: &Geometry, nb: usize, dx: &mut [f32]) {
-    let (l, hw) = (g.l(), g.h * g.w);
+/// [`im2col`]). `table` is the geometry's [`gather_table`]: small output planes scatter
+/// through it instead of a loop per output row.
+fn col2im(cols: &[f32], g: &Geometry, nb: usize, table: Option<&[u32]>, dx: &mut [f32]) {
+    let (l, hw, kk) = (g.l(), g.h * g.w, g.kh * g.kw);
     dx.fill(0.0);
-    if hw == 0 {
+    if hw == 0 || l == 0 {
+        return;
+    }
+    if let Some(table) = table {
+        for (plane_idx, plane) in dx.chunks_mut(hw).enumerate() {
+            let (b, c) = (plane_idx / g.c, plane_idx % g.c);
+            for (t, idx) in table.chunks_exact(l).enumerate() {
+                let seg = &cols[((c * kk + t) * nb + b) * l..][..l];
+                for (&i, &v) in idx.iter().zip(seg) {
+                    if let Some(d) = plane.get_mut(i as usize) {
+                        *d += v;
+                    }
+                }
+            }
+        }
         return;
     }
     for (plane_idx, plane) in dx.chunks_mut(hw).enumerate() {
@@ -707,21 +740,85 @@ fn bf16_matmul(
 /// Scratch buffers one worker reuses from chunk to chunk.
 #[derive(Default)]
 struct Scratch {
-    cols: Vec<f32>,
-    prod: Vec<f32>,
-    dyt: Vec<f32>,
-    colst: Vec<f32>,
+    cols: Buf<f32>,
+    prod: Buf<f32>,
+    dyt: Buf<f32>,
+    colst: Buf<f32>,
     /// The unfolded input as bf16 pairs (the bf16 forward).
-    pairs: Vec<u32>,
+    pairs: Buf<u32>,
+}
+
+/// Element types with a pool of freed scratch allocations.
+pub(super) trait Pooled: Copy + Default + Send + 'static {
+    fn pool() -> &'static Mutex<Vec<Vec<Self>>>;
+}
+
+static F32_POOL: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
+static U32_POOL: Mutex<Vec<Vec<u32>>> = Mutex::new(Vec::new());
+
+impl Pooled for f32 {
+    fn pool() -> &'static Mutex<Vec<Vec<f32>>> {
+        &F32_POOL
+    }
+}
+
+impl Pooled for u32 {
+    fn pool() -> &'static Mutex<Vec<Vec<u32>>> {
+        &U32_POOL
+    }
+}
+
+/// Freed scratch allocations kept for reuse, per element type.
+const POOL_BUFFERS: usize = 16;
+
+/// A scratch vector whose allocation comes from, and goes back to, a pool of its element
+/// type: kernel calls reuse the buffers of earlier calls instead of allocating and zeroing
+/// megabytes per call (the unfolded chunks, the products, the packed panels).
+#[derive(Default)]
+pub(super) struct Buf<T: Pooled>(Vec<T>);
+
+impl<T: Pooled> Drop for Buf<T> {
+    fn drop(&mut self) {
+        let v = std::mem::take(&mut self.0);
+        if v.capacity() == 0 {
+            return;
+        }
+        let mut pool = T::pool().lock().unwrap_or_else(|e| e.into_inner());
+        pool.push(v);
+        if pool.len() > POOL_BUFFERS {
+            // Keep the largest: a later call that fits in one of them allocates nothing.
+            let smallest = (0..pool.len()).min_by_key(|&i| pool[i].capacity()).unwrap_or(0);
+            pool.swap_remove(smallest);
+        }
+    }
+}
+
+impl<T: Pooled> Buf<T> {
+    /// The filled part.
+    pub(super) fn as_slice(&self) -> &[T] {
+        &self.0
+    }
 }
 
 /// The first `len` elements of `buf`, grown (never shrunk) to hold them; what they hold is
-/// left over from earlier use.
-pub(super) fn take<T: Copy + Default>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
-    if buf.len() < len {
-        buf.resize(len, T::default());
+/// left over from earlier use (of this buffer or of a pooled one).
+pub(super) fn take<T: Pooled>(buf: &mut Buf<T>, len: usize) -> &mut [T] {
+    if buf.0.len() < len {
+        if buf.0.capacity() == 0 {
+            // The smallest pooled allocation that holds `len` elements, if any.
+            let mut pool = T::pool().lock().unwrap_or_else(|e| e.into_inner());
+            let fit = (0..pool.len())
+                .filter(|&i| pool[i].len() >= len)
+                .min_by_key(|&i| pool[i].len());
+            if let Some(i) = fit {
+                buf.0 = pool.swap_remove(i);
+            }
+        }
+        if buf.0.len() < len {
+            buf.0.resize(len, T::default());
+        }
     }
-    &mut buf[..len]
+    &mut buf.0[..len]
 }
 
 /// How a convolution's batch is cut into chunks of images and spread over the threads.
@@ -836,18 +933,31 @@ pub(super) fn with_data<R>(
 }
 
 /// The convolution `x (N, C, H, W) * w (O, C, kh, kw)` of geometry `g`, NCHW out: per chunk
-/// of images, `Y (O, nb L) = W (O, K) @ cols (K, nb L)`, permuted to NCHW.
-fn forward(x: &[f32], w: &[f32], g: &Geometry, bf16: bool) -> candle_core::Result<Vec<f32>> {
+/// of images, `Y (O, nb L) = W (O, K) @ cols (K, nb L)`, permuted to NCHW. With `keep`
+/// (f32 only), the unfolded chunks are written into it, one after another in chunk order
+/// (`K x nb L` each, `K x N L` in all), for the weight gradient to reuse.
+fn forward(
+    x: &[f32],
+    w: &[f32],
+    g: &Geometry,
+    bf16: bool,
+    keep: Option<&mut Buf<f32>>,
+) -> candle_core::Result<Vec<f32>> {
     let (k, l) = (g.k(), g.l());
     let per_image = g.o * l;
     let mut y = vec![0f32; g.n * per_image];
     let plan = Plan::new(g);
     let table = gather_table(g, SMALL_PLANE);
     let parts = split_groups(&mut y, &plan, g.n, per_image);
+    let kept = match keep {
+        Some(all) if !bf16 => split_groups(take(all, k * g.n * l), &plan, g.n, k * l),
+        _ => (0..plan.groups).map(|_| &mut [][..]).collect(),
+    };
     parts
         .into_par_iter()
+        .zip(kept)
         .enumerate()
-        .try_for_each(|(group, ys)| -> candle_core::Result<()> {
+        .try_for_each(|(group, (ys, mut kept))| -> candle_core::Result<()> {
             let mut buf = Scratch::default();
             let mut offset = 0;
             for chunk in plan.group_chunks(group) {
@@ -865,7 +975,13 @@ fn forward(x: &[f32], w: &[f32], g: &Geometry, bf16: bool) -> candle_core::Resul
                     );
                     bf16_matmul((g.o, nb * l, k), prod, false, w, pairs, plan.gemm_threads);
                 } else {
-                    let cols = take(&mut buf.cols, k * nb * l);
+                    let cols = if kept.is_empty() {
+                        take(&mut buf.cols, k * nb * l)
+                    } else {
+                        let (head, tail) = std::mem::take(&mut kept).split_at_mut(k * nb * l);
+                        kept = tail;
+                        head
+                    };
                     im2col(x, g, (first, nb), table.as_deref(), cols);
                     let (w, cols) = (MatRef::rows(w, k), MatRef::rows(cols, nb * l));
                     matmul((g.o, nb * l, k), prod, false, w, cols, (plan.gemm_threads, false))?;
@@ -920,6 +1036,27 @@ struct Conv2dOp {
     /// Every product (forward and both gradients) in bf16 by [`fast_bf16`], which rounds
     /// `x`, the weight and `dY` to bf16 as it packs them.
     bf16: bool,
+    /// Whether the forward keeps its unfolded input for the weight gradient (when it is at
+    /// most [`KEEP_COLS_MAX`] elements): a weight that tracks a gradient, f32.
+    keep_cols: bool,
+    /// The kept unfolding and the chunk size it was cut with, taken by the backward pass.
+    cols: Mutex<Option<(usize, Buf<f32>)>>,
+}
+
+impl Conv2dOp {
+    fn new(cfg: ConvCfg, bf16: bool) -> Self {
+        Conv2dOp {
+            cfg,
+            bf16,
+            keep_cols: false,
+            cols: Mutex::new(None),
+        }
+    }
+
+    fn keeping_cols(mut self, keep: bool) -> Self {
+        self.keep_cols = keep && !self.bf16;
+        self
+    }
 }
 
 impl CustomOp2 for Conv2dOp {
@@ -935,7 +1072,13 @@ impl CustomOp2 for Conv2dOp {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = Geometry::new(l1.dims(), l2.dims(), self.cfg)?;
-        let y = forward(&dense(s1, l1)?, &dense(s2, l2)?, &g, self.bf16)?;
+        let mut kept = Buf::default();
+        let keep = self.keep_cols && g.k() * g.n * g.l() <= KEEP_COLS_MAX;
+        let y = forward(&dense(s1, l1)?, &dense(s2, l2)?, &g, self.bf16, keep.then_some(&mut kept))?;
+        if keep {
+            let mut cols = self.cols.lock().unwrap_or_else(|e| e.into_inner());
+            *cols = Some((Plan::new(&g).step, kept));
+        }
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.o, g.oh, g.ow))))
     }
 
@@ -967,7 +1110,7 @@ impl CustomOp2 for Conv2dOp {
         };
         let fold_dx = need_dx && flip.is_none();
         let mut dx = match &flip {
-            Some((gt, wt)) => with_data(&dy, |dy| forward(dy, wt, gt, bf16))?,
+            Some((gt, wt)) => with_data(&dy, |dy| forward(dy, wt, gt, bf16, None))?,
             None if fold_dx => vec![0f32; g.n * chw],
             None => Vec::new(),
         };
@@ -978,7 +1121,14 @@ impl CustomOp2 for Conv2dOp {
             Tensor::zeros(0, DType::F32, &dev)?
         };
         let plan = Plan::new(&g);
-        let table = if need_dw {
+        // The forward's unfolding when it kept one cut the same way (a second backward
+        // through the same graph finds none and unfolds again).
+        let kept = match self.cols.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            Some((step, cols)) if need_dw && step == plan.step && cols.as_slice().len() >= k * g.n * l => cols,
+            _ => Buf::default(),
+        };
+        let kept = kept.as_slice();
+        let table = if fold_dx || (need_dw && kept.is_empty()) {
             gather_table(&g, SMALL_PLANE)
         } else {
             None
@@ -1019,13 +1169,24 @@ impl CustomOp2 for Conv2dOp {
                                             dyt,
                                             (plan.gemm_threads, bf16),
                                         )?;
-                                        col2im(dcols, &g, nb, &mut dxs[offset..offset + nb * chw]);
+                                        col2im(
+                                            dcols,
+                                            &g,
+                                            nb,
+                                            table.as_deref(),
+                                            &mut dxs[offset..offset + nb * chw],
+                                        );
                                         offset += nb * chw;
                                     }
                                     if need_dw {
                                         // dW (O, K) += dY (O, nb L) @ cols^T.
-                                        let cols = take(&mut buf.cols, k * cols_n);
-                                        im2col(x, &g, (first, nb), table.as_deref(), cols);
+                                        let cols = if kept.is_empty() {
+                                            let cols = take(&mut buf.cols, k * cols_n);
+                                            im2col(x, &g, (first, nb), table.as_deref(), cols);
+                                            &*cols
+                                        } else {
+                                            &kept[k * first * l..][..k * cols_n]
+                                        };
                                         let acc = dw.get_or_insert_with(|| vec![0f32; g.o * k]);
                                         // The bf16 product packs the strided view itself
                                         // (pairs adjacent in memory), so the transpose
