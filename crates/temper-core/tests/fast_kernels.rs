@@ -883,8 +883,10 @@ fn activations_match_the_reference_and_pytorch_at_the_kinks() -> Result<()> {
 fn depthwise_matches_the_reference() -> Result<()> {
     let dev = Device::Cpu;
     let mut checked = 0;
-    // Small planes go through the gather table; (1, 2, 17, 17) at stride 1 has more than 256
-    // output pixels, so it takes the row-segment path (odd: candle's reference backward
+    // Every path: output planes of at most 16 pixels run channels-last (70 and 66 channels:
+    // more than one block of the weight gradient); other stride-1 layers on padded planes;
+    // strided ones through the gather table, or with more than 256 output pixels
+    // ((1, 2, 33, 33) at stride 2) by row segments (odd sizes: candle's reference backward
     // fails on uneven remainders, see `candle_reference_backward_fails_on_uneven_remainders`).
     for (n, c, h, w) in [
         (2, 4, 6, 6),
@@ -892,6 +894,9 @@ fn depthwise_matches_the_reference() -> Result<()> {
         (5, 8, 4, 4),
         (3, 16, 9, 9),
         (1, 2, 17, 17),
+        (1, 2, 33, 33),
+        (3, 70, 2, 2),
+        (2, 66, 1, 1),
     ] {
         for k in [1, 3, 5] {
             for stride in [1, 2] {

@@ -8,7 +8,7 @@
 //! `x > 0` (`threshold_backward`), ReLU6 where `0 < x < 6` (`hardtanh_backward`); candle's
 //! ReLU passes it at `x = 0` too. The two differ only on inputs exactly at a kink.
 
-use super::fast_cpu::with_data;
+use super::fast_cpu::{simd, with_data};
 use crate::Result;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -45,9 +45,11 @@ pub(super) fn clamp_grad(x: &[f32], dy: &[f32], hi: f32) -> Vec<f32> {
     dx.par_chunks_mut(GRAIN)
         .zip(x.par_chunks(GRAIN).zip(dy.par_chunks(GRAIN)))
         .for_each(|(out, (xs, ds))| {
-            for ((o, &v), &d) in out.iter_mut().zip(xs).zip(ds) {
-                *o = if (v > 0.0) & (v < hi) { d } else { 0.0 };
-            }
+            simd(|| {
+                for ((o, &v), &d) in out.iter_mut().zip(xs).zip(ds) {
+                    *o = if (v > 0.0) & (v < hi) { d } else { 0.0 };
+                }
+            })
         });
     dx
 }
@@ -79,9 +81,11 @@ impl CustomOp1 for ClampOp {
         y.par_chunks_mut(GRAIN)
             .zip(x.par_chunks(GRAIN))
             .for_each(|(out, inp)| {
-                for (o, &v) in out.iter_mut().zip(inp) {
-                    *o = clamp_value(v, hi);
-                }
+                simd(|| {
+                    for (o, &v) in out.iter_mut().zip(inp) {
+                        *o = clamp_value(v, hi);
+                    }
+                })
             });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }

@@ -18,7 +18,7 @@
 //! double backward is not supported through this op.
 
 use super::fast_act::{clamp_grad, clamp_value};
-use super::fast_cpu::{dense, lane_sum, min_items, with_data};
+use super::fast_cpu::{dense, lane_sum, min_items, simd, with_data};
 use super::BatchStats;
 use crate::Result;
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor};
@@ -171,23 +171,30 @@ impl CustomOp3 for BatchNormOp {
         }
         let hw = h * w;
         let mut y = vec![0f32; n * c * hw];
-        y.par_chunks_mut(hw)
-            .enumerate()
-            .with_min_len(min_items(hw))
-            .for_each(|(plane, out)| {
-                let ch = plane % c;
-                let (m, s, b) = (self.mean[ch], self.invstd[ch] * gamma[ch], beta[ch]);
-                let xs = &x[plane * hw..(plane + 1) * hw];
-                if self.relu {
-                    for (o, &v) in out.iter_mut().zip(xs) {
-                        *o = clamp_value((v - m) * s + b, f32::INFINITY);
+        // Several planes per task, the loop over them inside one `simd` call: planes of one
+        // pixel (MobileNetV2's last layers) made a call per plane the cost.
+        let per_task = min_items(hw);
+        if hw > 0 {
+            y.par_chunks_mut(hw * per_task).enumerate().for_each(|(task, outs)| {
+                simd(|| {
+                    for (k, out) in outs.chunks_exact_mut(hw).enumerate() {
+                        let plane = task * per_task + k;
+                        let ch = plane % c;
+                        let (m, s, b) = (self.mean[ch], self.invstd[ch] * gamma[ch], beta[ch]);
+                        let xs = &x[plane * hw..(plane + 1) * hw];
+                        if self.relu {
+                            for (o, &v) in out.iter_mut().zip(xs) {
+                                *o = clamp_value((v - m) * s + b, f32::INFINITY);
+                            }
+                        } else {
+                            for (o, &v) in out.iter_mut().zip(xs) {
+                                *o = (v - m) * s + b;
+                            }
+                        }
                     }
-                } else {
-                    for (o, &v) in out.iter_mut().zip(xs) {
-                        *o = (v - m) * s + b;
-                    }
-                }
+                })
             });
+        }
         Ok((CpuStorage::F32(y), Shape::from((n, c, h, w))))
     }
 
@@ -242,27 +249,32 @@ impl CustomOp3 for BatchNormOp {
                 };
                 let dx = if need_dx {
                     let mut dx = vec![0f32; n * c * hw];
-                    dx.par_chunks_mut(hw)
-                        .enumerate()
-                        .with_min_len(min_items(hw))
-                        .for_each(|(plane, out)| {
-                            let ch = plane % c;
-                            let scale = g[ch] * invstd[ch];
-                            let at = plane * hw;
-                            if self.train {
-                                let (m, s) = (mean[ch], invstd[ch]);
-                                let mean_dy = (sum_dy[ch] / count) as f32;
-                                let mean_dy_xhat = (sum_dy_xhat[ch] / count) as f32;
-                                for ((o, &d), &v) in out.iter_mut().zip(&dy[at..at + hw]).zip(&x[at..at + hw])
-                                {
-                                    *o = scale * (d - mean_dy - (v - m) * s * mean_dy_xhat);
+                    let per_task = min_items(hw);
+                    if hw > 0 {
+                        dx.par_chunks_mut(hw * per_task).enumerate().for_each(|(task, outs)| {
+                            simd(|| {
+                                for (k, out) in outs.chunks_exact_mut(hw).enumerate() {
+                                    let plane = task * per_task + k;
+                                    let ch = plane % c;
+                                    let scale = g[ch] * invstd[ch];
+                                    let at = plane * hw;
+                                    if self.train {
+                                        let (m, s) = (mean[ch], invstd[ch]);
+                                        let mean_dy = (sum_dy[ch] / count) as f32;
+                                        let mean_dy_xhat = (sum_dy_xhat[ch] / count) as f32;
+                                        let (dys, xs) = (&dy[at..at + hw], &x[at..at + hw]);
+                                        for ((o, &d), &v) in out.iter_mut().zip(dys).zip(xs) {
+                                            *o = scale * (d - mean_dy - (v - m) * s * mean_dy_xhat);
+                                        }
+                                    } else {
+                                        for (o, &d) in out.iter_mut().zip(&dy[at..at + hw]) {
+                                            *o = d * scale;
+                                        }
+                                    }
                                 }
-                            } else {
-                                for (o, &d) in out.iter_mut().zip(&dy[at..at + hw]) {
-                                    *o = d * scale;
-                                }
-                            }
+                            })
                         });
+                    }
                     Some(Tensor::from_vec(dx, (n, c, h, w), &dev)?)
                 } else {
                     None

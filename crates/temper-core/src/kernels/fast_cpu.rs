@@ -87,6 +87,42 @@ where
     total
 }
 
+/// Runs `f` compiled for AVX-512 (with AVX2 and FMA) where the CPU has it, detected at run
+/// time, and as it is otherwise.
+///
+/// The workspace builds for the baseline x86-64 (SSE2), so the element loops of the kernels
+/// (depthwise taps, BatchNorm, activations, unfolding) vectorise four lanes wide; inlined
+/// into a function with these target features, the same loops are compiled sixteen lanes
+/// wide. The closure must be small enough to inline (its loops then take the caller's
+/// features); the arithmetic is unchanged, element by element (no contraction into FMA:
+/// Rust does not fuse a multiply and an add on its own), so results are the same on every
+/// CPU.
+#[inline(always)]
+pub(super) fn simd<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if wide() {
+        // SAFETY: `wide` checked that this CPU has every feature `with_avx512` enables.
+        #[allow(unsafe_code)]
+        return unsafe { with_avx512(f) };
+    }
+    f()
+}
+
+/// Whether the CPU runs [`with_avx512`]'s features (cached by the standard library).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn wide() -> bool {
+    use std::arch::is_x86_feature_detected as has;
+    has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx2") && has!("fma")
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+#[inline]
+fn with_avx512<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
 /// Kernels with a fast CPU convolution (forward and backward); everything else, and every
 /// case the fast path does not cover (dtypes other than f32, `groups > 1`, non-CPU devices),
 /// is delegated to [`CandleKernels`].
@@ -589,7 +625,7 @@ fn transpose_cols(g: &Geometry) -> bool {
 
 /// Writes the transpose of the row-major `(rows, cols)` matrix `src` into `dst` (`(cols,
 /// rows)`, row-major), in square tiles so that reads and writes both stay in cache lines.
-fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+pub(super) fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
     const TILE: usize = 16;
     for r0 in (0..rows).step_by(TILE) {
         let r1 = (r0 + TILE).min(rows);
