@@ -39,17 +39,33 @@ pub(super) fn covers(x: &Tensor, per_channel: &[&Tensor]) -> bool {
         })
 }
 
-/// Per-channel sums over (N, H, W) of `f(channel, plane, first_index)` for an NCHW buffer,
-/// parallel over channels, accumulated in f64. `first_index` is the plane's offset in the
-/// buffer, so `f` can read other buffers of the same layout.
+/// Per-channel sums over (N, H, W) of `f(channel, first_index)` for an NCHW buffer, where
+/// `f` sums one plane and `first_index` is the plane's offset in the buffer (so `f` can read
+/// other buffers of the same layout); accumulated in f64, images in order.
+///
+/// Parallel over blocks of channels, each walking the images and, within an image, its
+/// block's planes, which lie next to each other: one channel at a time over all images read
+/// one plane per image `C H W` elements apart, which for MobileNetV2's one-pixel planes was
+/// a cache miss per element (its training-mode BatchNorm on 960 x 1 x 1: 0.8 ms a call).
 fn channel_sums<F>(n: usize, c: usize, hw: usize, f: F) -> Vec<f64>
 where
     F: Fn(usize, usize) -> f64 + Sync,
 {
-    (0..c)
+    let block = min_items(n * hw).clamp(1, c.max(1));
+    (0..c.div_ceil(block))
         .into_par_iter()
-        .with_min_len(min_items(n * hw))
-        .map(|ch| (0..n).map(|b| f(ch, (b * c + ch) * hw)).sum())
+        .flat_map_iter(|blk| {
+            let channels = blk * block..((blk + 1) * block).min(c);
+            let mut acc = vec![0f64; channels.len()];
+            simd(|| {
+                for b in 0..n {
+                    for (a, ch) in acc.iter_mut().zip(channels.clone()) {
+                        *a += f(ch, (b * c + ch) * hw);
+                    }
+                }
+            });
+            acc
+        })
         .collect()
 }
 
