@@ -603,7 +603,11 @@ fn a_second_backward_through_the_same_graph_gets_the_same_weight_gradient() -> R
     // same chunks, so both agree to the bit (and with the direct loops).
     let case = base_case();
     let dev = Device::Cpu;
-    let x = Tensor::from_vec(values(case.n * case.c * case.h * case.w, 1), (case.n, case.c, case.h, case.w), &dev)?;
+    let x = Tensor::from_vec(
+        values(case.n * case.c * case.h * case.w, 1),
+        (case.n, case.c, case.h, case.w),
+        &dev,
+    )?;
     let w = Var::from_tensor(&Tensor::from_vec(
         values(case.o * case.c * case.kh * case.kw, 2),
         (case.o, case.c, case.kh, case.kw),
@@ -612,8 +616,16 @@ fn a_second_backward_through_the_same_graph_gets_the_same_weight_gradient() -> R
     let y = FastCpuKernels.conv2d(&x, w.as_tensor(), None, case.cfg, Precision::F32)?;
     let r = Tensor::from_vec(values(y.elem_count(), 4), y.dims(), &dev)?;
     let loss = (&y * &r)?.sum_all()?;
-    let first = loss.backward()?.get(w.as_tensor()).context("first gradient")?.clone();
-    let second = loss.backward()?.get(w.as_tensor()).context("second gradient")?.clone();
+    let first = loss
+        .backward()?
+        .get(w.as_tensor())
+        .context("first gradient")?
+        .clone();
+    let second = loss
+        .backward()?
+        .get(w.as_tensor())
+        .context("second gradient")?
+        .clone();
     let diff = (&first - &second)?.abs()?.max_all()?.to_scalar::<f32>()?;
     ensure!(diff == 0.0, "the two backward passes differ by {diff}");
     let (_, _, want) = naive(&case)?;

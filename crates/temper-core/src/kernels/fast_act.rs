@@ -168,7 +168,10 @@ impl CustomOp2 for BiasOp {
         let (n, c, l) = bias_dims(y.dims());
         let dy = grad_res.detach().contiguous()?;
         let db = with_data(&dy, |dy| Ok(channel_sums(dy, (n, c, l))))?;
-        Ok((dy_in, Some(Tensor::from_vec(db, bias.shape().clone(), &Device::Cpu)?)))
+        Ok((
+            dy_in,
+            Some(Tensor::from_vec(db, bias.shape().clone(), &Device::Cpu)?),
+        ))
     }
 }
 
@@ -207,7 +210,13 @@ mod tests {
     #[test]
     fn bias_matches_the_broadcast_in_value_and_gradients() -> Result<()> {
         let dev = Device::Cpu;
-        for dims in [vec![5, 3], vec![2, 4, 3, 5], vec![3, 2, 7], vec![2, 3, 130, 130], vec![1, 1, 1, 1]] {
+        for dims in [
+            vec![5, 3],
+            vec![2, 4, 3, 5],
+            vec![3, 2, 7],
+            vec![2, 3, 130, 130],
+            vec![1, 1, 1, 1],
+        ] {
             let (c, n) = (dims[1], dims.iter().product::<usize>());
             let y = Var::from_tensor(&Tensor::randn(0f32, 1.0, dims.clone(), &dev)?)?;
             let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, c, &dev)?)?;
@@ -222,7 +231,10 @@ mod tests {
             let gw = (want * &r)?.sum_all()?.backward()?;
             let gg = (got * &r)?.sum_all()?.backward()?;
             for v in [&y, &b] {
-                let (a, e) = (gg.get(v.as_tensor()).unwrap(), gw.get(v.as_tensor()).unwrap());
+                let (a, e) = (
+                    gg.get(v.as_tensor()).expect("fast gradient"),
+                    gw.get(v.as_tensor()).expect("reference gradient"),
+                );
                 let scale = e.abs()?.max_all()?.to_scalar::<f32>()?.max(1.0);
                 let d = (a - e)?.abs()?.max_all()?.to_scalar::<f32>()?;
                 assert!(d <= 1e-5 * scale * (n as f32).sqrt(), "{dims:?}: {d}");
@@ -233,7 +245,7 @@ mod tests {
         let b = Var::from_tensor(&Tensor::ones(3, DType::F32, &dev)?)?;
         let grads = add_bias(&y, b.as_tensor())?.sum_all()?.backward()?;
         assert!(grads.get(&y).is_none());
-        let db: Vec<f32> = grads.get(b.as_tensor()).unwrap().to_vec1()?;
+        let db: Vec<f32> = grads.get(b.as_tensor()).expect("bias gradient").to_vec1()?;
         assert_eq!(db, vec![32.0; 3]);
         // A bias of the wrong length is not covered (and the op refuses it).
         let short = Tensor::ones(2, DType::F32, &dev)?;

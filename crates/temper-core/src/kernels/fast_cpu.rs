@@ -469,10 +469,14 @@ fn im2col_pairs(
             for c in (0..g.c).step_by(2) {
                 let (lo, hi) = rows.split_at_mut(kk * l);
                 let mut lo_rows = lo.chunks_exact_mut(l);
-                gather_channel(x, g, (first + b, c), table, |_| lo_rows.next().unwrap_or_default());
+                gather_channel(x, g, (first + b, c), table, |_| {
+                    lo_rows.next().unwrap_or_default()
+                });
                 if c + 1 < g.c {
                     let mut hi_rows = hi.chunks_exact_mut(l);
-                    gather_channel(x, g, (first + b, c + 1), table, |_| hi_rows.next().unwrap_or_default());
+                    gather_channel(x, g, (first + b, c + 1), table, |_| {
+                        hi_rows.next().unwrap_or_default()
+                    });
                 } else {
                     hi.fill(0.0);
                 }
@@ -989,11 +993,8 @@ fn forward(
         Some(all) if !bf16 => split_groups(take(all, k * g.n * l), &plan, g.n, k * l),
         _ => (0..plan.groups).map(|_| &mut [][..]).collect(),
     };
-    parts
-        .into_par_iter()
-        .zip(kept)
-        .enumerate()
-        .try_for_each(|(group, (ys, mut kept))| -> candle_core::Result<()> {
+    parts.into_par_iter().zip(kept).enumerate().try_for_each(
+        |(group, (ys, mut kept))| -> candle_core::Result<()> {
             let mut buf = Scratch::default();
             let mut offset = 0;
             for chunk in plan.group_chunks(group) {
@@ -1027,7 +1028,8 @@ fn forward(
                 offset += nb * per_image;
             }
             Ok(())
-        })?;
+        },
+    )?;
     Ok(y)
 }
 
@@ -1110,7 +1112,13 @@ impl CustomOp2 for Conv2dOp {
         let g = Geometry::new(l1.dims(), l2.dims(), self.cfg)?;
         let mut kept = Buf::default();
         let keep = self.keep_cols && g.k() * g.n * g.l() <= KEEP_COLS_MAX;
-        let y = forward(&dense(s1, l1)?, &dense(s2, l2)?, &g, self.bf16, keep.then_some(&mut kept))?;
+        let y = forward(
+            &dense(s1, l1)?,
+            &dense(s2, l2)?,
+            &g,
+            self.bf16,
+            keep.then_some(&mut kept),
+        )?;
         if keep {
             let mut cols = self.cols.lock().unwrap_or_else(|e| e.into_inner());
             *cols = Some((Plan::new(&g).step, kept));
@@ -1160,7 +1168,9 @@ impl CustomOp2 for Conv2dOp {
         // The forward's unfolding when it kept one cut the same way (a second backward
         // through the same graph finds none and unfolds again).
         let kept = match self.cols.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            Some((step, cols)) if need_dw && step == plan.step && cols.as_slice().len() >= k * g.n * l => cols,
+            Some((step, cols)) if need_dw && step == plan.step && cols.as_slice().len() >= k * g.n * l => {
+                cols
+            }
             _ => Buf::default(),
         };
         let kept = kept.as_slice();

@@ -70,44 +70,48 @@ impl<'a> ChannelsLast<'a> {
     fn forward(&self, x: &[f32], y: &mut [f32]) {
         let (g, c) = (self.g, self.g.c);
         let (hw, l) = (g.h * g.w, g.l());
-        y.par_chunks_mut(c * l)
-            .enumerate()
-            .for_each_init(
-                || (vec![0f32; hw * c], vec![0f32; l * c]),
-                |(xt, yt), (b, yb)| {
-                    simd(|| {
-                        transpose(&x[b * c * hw..][..c * hw], c, hw, xt);
-                        yt.fill(0.0);
-                        for (t, o, i) in self.pairs() {
-                            let (out, wv, xv) = (&mut yt[o * c..][..c], &self.wt[t * c..][..c], &xt[i * c..][..c]);
-                            out.iter_mut().zip(wv).zip(xv).for_each(|((o, &w), &v)| *o += w * v);
-                        }
-                        transpose(yt, l, c, yb);
-                    })
-                },
-            );
+        y.par_chunks_mut(c * l).enumerate().for_each_init(
+            || (vec![0f32; hw * c], vec![0f32; l * c]),
+            |(xt, yt), (b, yb)| {
+                simd(|| {
+                    transpose(&x[b * c * hw..][..c * hw], c, hw, xt);
+                    yt.fill(0.0);
+                    for (t, o, i) in self.pairs() {
+                        let (out, wv, xv) =
+                            (&mut yt[o * c..][..c], &self.wt[t * c..][..c], &xt[i * c..][..c]);
+                        out.iter_mut()
+                            .zip(wv)
+                            .zip(xv)
+                            .for_each(|((o, &w), &v)| *o += w * v);
+                    }
+                    transpose(yt, l, c, yb);
+                })
+            },
+        );
     }
 
     /// `dx (N, C, H, W)` from `dy (N, C, L)`: the adjoint of [`Self::forward`].
     fn input_grad(&self, dy: &[f32], dx: &mut [f32]) {
         let (g, c) = (self.g, self.g.c);
         let (hw, l) = (g.h * g.w, g.l());
-        dx.par_chunks_mut(c * hw)
-            .enumerate()
-            .for_each_init(
-                || (vec![0f32; l * c], vec![0f32; hw * c]),
-                |(dyt, dxt), (b, dxb)| {
-                    simd(|| {
-                        transpose(&dy[b * c * l..][..c * l], c, l, dyt);
-                        dxt.fill(0.0);
-                        for (t, o, i) in self.pairs() {
-                            let (out, wv, d) = (&mut dxt[i * c..][..c], &self.wt[t * c..][..c], &dyt[o * c..][..c]);
-                            out.iter_mut().zip(wv).zip(d).for_each(|((o, &w), &v)| *o += w * v);
-                        }
-                        transpose(dxt, hw, c, dxb);
-                    })
-                },
-            );
+        dx.par_chunks_mut(c * hw).enumerate().for_each_init(
+            || (vec![0f32; l * c], vec![0f32; hw * c]),
+            |(dyt, dxt), (b, dxb)| {
+                simd(|| {
+                    transpose(&dy[b * c * l..][..c * l], c, l, dyt);
+                    dxt.fill(0.0);
+                    for (t, o, i) in self.pairs() {
+                        let (out, wv, d) =
+                            (&mut dxt[i * c..][..c], &self.wt[t * c..][..c], &dyt[o * c..][..c]);
+                        out.iter_mut()
+                            .zip(wv)
+                            .zip(d)
+                            .for_each(|((o, &w), &v)| *o += w * v);
+                    }
+                    transpose(dxt, hw, c, dxb);
+                })
+            },
+        );
     }
 
     /// `dw (C, kh kw)`: per block of [`CL_BLOCK`] channels, the sum over images (in order)
@@ -126,7 +130,11 @@ impl<'a> ChannelsLast<'a> {
                         transpose(&x[(b * c + c0) * hw..][..cb * hw], cb, hw, &mut xt);
                         transpose(&dy[(b * c + c0) * l..][..cb * l], cb, l, &mut dyt);
                         for (t, o, i) in self.pairs() {
-                            let (out, d, v) = (&mut acc[t * cb..][..cb], &dyt[o * cb..][..cb], &xt[i * cb..][..cb]);
+                            let (out, d, v) = (
+                                &mut acc[t * cb..][..cb],
+                                &dyt[o * cb..][..cb],
+                                &xt[i * cb..][..cb],
+                            );
                             out.iter_mut().zip(d).zip(v).for_each(|((a, &d), &v)| *a += d * v);
                         }
                     }
@@ -443,18 +451,20 @@ impl CustomOp2 for DepthwiseOp {
                             .with_min_len(min_items(hw * kk))
                             .for_each_init(
                                 || pad.scratch(),
-                                |(dxp, dyw), (plane, out)| simd(|| {
-                                    let c = plane % g.c;
-                                    spread(&g, pad, &dy[plane * l..(plane + 1) * l], dyw);
-                                    dxp.fill(0.0);
-                                    for (&off, &wv) in pad.offsets.iter().zip(&w[c * kk..(c + 1) * kk]) {
-                                        axpy(&mut dxp[off..off + pad.span], wv, dyw, 1);
-                                    }
-                                    let p = g.padding;
-                                    for (y, row) in out.chunks_exact_mut(g.w).enumerate() {
-                                        row.copy_from_slice(&dxp[(y + p) * pad.pw + p..][..g.w]);
-                                    }
-                                }),
+                                |(dxp, dyw), (plane, out)| {
+                                    simd(|| {
+                                        let c = plane % g.c;
+                                        spread(&g, pad, &dy[plane * l..(plane + 1) * l], dyw);
+                                        dxp.fill(0.0);
+                                        for (&off, &wv) in pad.offsets.iter().zip(&w[c * kk..(c + 1) * kk]) {
+                                            axpy(&mut dxp[off..off + pad.span], wv, dyw, 1);
+                                        }
+                                        let p = g.padding;
+                                        for (y, row) in out.chunks_exact_mut(g.w).enumerate() {
+                                            row.copy_from_slice(&dxp[(y + p) * pad.pw + p..][..g.w]);
+                                        }
+                                    })
+                                },
                             );
                         return Ok(());
                     }
@@ -505,16 +515,18 @@ impl CustomOp2 for DepthwiseOp {
                             .with_min_len(min_items(g.n * l * kk))
                             .for_each_init(
                                 || pad.scratch(),
-                                |(xp, dyw), (c, out)| simd(|| {
-                                    for b in 0..g.n {
-                                        let plane = b * g.c + c;
-                                        pad.pad(&g, &x[plane * hw..(plane + 1) * hw], xp);
-                                        spread(&g, pad, &dy[plane * l..(plane + 1) * l], dyw);
-                                        for (o, &off) in out.iter_mut().zip(&pad.offsets) {
-                                            *o += lane_sum(dyw, &xp[off..off + pad.span], |u, v| u * v);
+                                |(xp, dyw), (c, out)| {
+                                    simd(|| {
+                                        for b in 0..g.n {
+                                            let plane = b * g.c + c;
+                                            pad.pad(&g, &x[plane * hw..(plane + 1) * hw], xp);
+                                            spread(&g, pad, &dy[plane * l..(plane + 1) * l], dyw);
+                                            for (o, &off) in out.iter_mut().zip(&pad.offsets) {
+                                                *o += lane_sum(dyw, &xp[off..off + pad.span], |u, v| u * v);
+                                            }
                                         }
-                                    }
-                                }),
+                                    })
+                                },
                             );
                         return Ok(());
                     }
