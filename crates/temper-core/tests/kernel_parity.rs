@@ -49,6 +49,10 @@ fn fast_cpu_kernels_pass_the_parity_check_at_every_precision() -> Result<()> {
             .iter()
             .any(|r| r.op == op && r.errors.iter().any(|e| e.0 == "grad_bias")));
     }
+    // A linear layer with a detached weight: only the input's gradient.
+    assert!(rows.iter().any(|r| r.op == "linear"
+        && r.errors.iter().any(|e| e.0 == "grad_x")
+        && !r.errors.iter().any(|e| e.0 == "grad_weight")));
     // The attack path: a detached weight gets no gradient and only the input's is compared.
     assert!(rows.iter().any(|r| r.op == "conv2d"
         && r.errors.iter().any(|e| e.0 == "grad_x")

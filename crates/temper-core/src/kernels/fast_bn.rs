@@ -69,6 +69,25 @@ where
         .collect()
 }
 
+/// Runs `f(plane, out)` on every `hw`-element plane of `buf`, in parallel with several
+/// planes per task and the loop over them inside one [`simd`] call: planes of one pixel
+/// (MobileNetV2's last layers) made a task, or a call, per plane the cost.
+fn for_planes(buf: &mut [f32], hw: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    if hw == 0 {
+        return;
+    }
+    let per_task = min_items(hw);
+    buf.par_chunks_mut(hw * per_task)
+        .enumerate()
+        .for_each(|(task, outs)| {
+            simd(|| {
+                for (k, out) in outs.chunks_exact_mut(hw).enumerate() {
+                    f(task * per_task + k, out);
+                }
+            })
+        });
+}
+
 /// Per-channel mean and biased variance of an NCHW buffer (two passes, f64 accumulation).
 fn moments(x: &[f32], n: usize, c: usize, hw: usize) -> (Vec<f64>, Vec<f64>) {
     let count = (n * hw) as f64;
@@ -187,32 +206,20 @@ impl CustomOp3 for BatchNormOp {
         }
         let hw = h * w;
         let mut y = vec![0f32; n * c * hw];
-        // Several planes per task, the loop over them inside one `simd` call: planes of one
-        // pixel (MobileNetV2's last layers) made a call per plane the cost.
-        let per_task = min_items(hw);
-        if hw > 0 {
-            y.par_chunks_mut(hw * per_task)
-                .enumerate()
-                .for_each(|(task, outs)| {
-                    simd(|| {
-                        for (k, out) in outs.chunks_exact_mut(hw).enumerate() {
-                            let plane = task * per_task + k;
-                            let ch = plane % c;
-                            let (m, s, b) = (self.mean[ch], self.invstd[ch] * gamma[ch], beta[ch]);
-                            let xs = &x[plane * hw..(plane + 1) * hw];
-                            if self.relu {
-                                for (o, &v) in out.iter_mut().zip(xs) {
-                                    *o = clamp_value((v - m) * s + b, f32::INFINITY);
-                                }
-                            } else {
-                                for (o, &v) in out.iter_mut().zip(xs) {
-                                    *o = (v - m) * s + b;
-                                }
-                            }
-                        }
-                    })
-                });
-        }
+        for_planes(&mut y, hw, |plane, out| {
+            let ch = plane % c;
+            let (m, s, b) = (self.mean[ch], self.invstd[ch] * gamma[ch], beta[ch]);
+            let xs = &x[plane * hw..(plane + 1) * hw];
+            if self.relu {
+                for (o, &v) in out.iter_mut().zip(xs) {
+                    *o = clamp_value((v - m) * s + b, f32::INFINITY);
+                }
+            } else {
+                for (o, &v) in out.iter_mut().zip(xs) {
+                    *o = (v - m) * s + b;
+                }
+            }
+        });
         Ok((CpuStorage::F32(y), Shape::from((n, c, h, w))))
     }
 
@@ -267,34 +274,24 @@ impl CustomOp3 for BatchNormOp {
                 };
                 let dx = if need_dx {
                     let mut dx = vec![0f32; n * c * hw];
-                    let per_task = min_items(hw);
-                    if hw > 0 {
-                        dx.par_chunks_mut(hw * per_task)
-                            .enumerate()
-                            .for_each(|(task, outs)| {
-                                simd(|| {
-                                    for (k, out) in outs.chunks_exact_mut(hw).enumerate() {
-                                        let plane = task * per_task + k;
-                                        let ch = plane % c;
-                                        let scale = g[ch] * invstd[ch];
-                                        let at = plane * hw;
-                                        if self.train {
-                                            let (m, s) = (mean[ch], invstd[ch]);
-                                            let mean_dy = (sum_dy[ch] / count) as f32;
-                                            let mean_dy_xhat = (sum_dy_xhat[ch] / count) as f32;
-                                            let (dys, xs) = (&dy[at..at + hw], &x[at..at + hw]);
-                                            for ((o, &d), &v) in out.iter_mut().zip(dys).zip(xs) {
-                                                *o = scale * (d - mean_dy - (v - m) * s * mean_dy_xhat);
-                                            }
-                                        } else {
-                                            for (o, &d) in out.iter_mut().zip(&dy[at..at + hw]) {
-                                                *o = d * scale;
-                                            }
-                                        }
-                                    }
-                                })
-                            });
-                    }
+                    for_planes(&mut dx, hw, |plane, out| {
+                        let ch = plane % c;
+                        let scale = g[ch] * invstd[ch];
+                        let at = plane * hw;
+                        if self.train {
+                            let (m, s) = (mean[ch], invstd[ch]);
+                            let mean_dy = (sum_dy[ch] / count) as f32;
+                            let mean_dy_xhat = (sum_dy_xhat[ch] / count) as f32;
+                            let (dys, xs) = (&dy[at..at + hw], &x[at..at + hw]);
+                            for ((o, &d), &v) in out.iter_mut().zip(dys).zip(xs) {
+                                *o = scale * (d - mean_dy - (v - m) * s * mean_dy_xhat);
+                            }
+                        } else {
+                            for (o, &d) in out.iter_mut().zip(&dy[at..at + hw]) {
+                                *o = d * scale;
+                            }
+                        }
+                    });
                     Some(Tensor::from_vec(dx, (n, c, h, w), &dev)?)
                 } else {
                     None

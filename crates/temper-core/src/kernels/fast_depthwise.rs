@@ -68,47 +68,40 @@ impl<'a> ChannelsLast<'a> {
 
     /// `y (N, C, L) = depthwise(x)`.
     fn forward(&self, x: &[f32], y: &mut [f32]) {
-        let (g, c) = (self.g, self.g.c);
-        let (hw, l) = (g.h * g.w, g.l());
-        y.par_chunks_mut(c * l).enumerate().for_each_init(
-            || (vec![0f32; hw * c], vec![0f32; l * c]),
-            |(xt, yt), (b, yb)| {
-                simd(|| {
-                    transpose(&x[b * c * hw..][..c * hw], c, hw, xt);
-                    yt.fill(0.0);
-                    for (t, o, i) in self.pairs() {
-                        let (out, wv, xv) =
-                            (&mut yt[o * c..][..c], &self.wt[t * c..][..c], &xt[i * c..][..c]);
-                        out.iter_mut()
-                            .zip(wv)
-                            .zip(xv)
-                            .for_each(|((o, &w), &v)| *o += w * v);
-                    }
-                    transpose(yt, l, c, yb);
-                })
-            },
-        );
+        self.apply(x, y, false);
     }
 
     /// `dx (N, C, H, W)` from `dy (N, C, L)`: the adjoint of [`Self::forward`].
     fn input_grad(&self, dy: &[f32], dx: &mut [f32]) {
+        self.apply(dy, dx, true);
+    }
+
+    /// Per image, `src`'s planes transposed to `(pixels, C)`, for every valid pair one
+    /// multiply-add over all channels, the result transposed back into `dst`: from input
+    /// pixel to output pixel (forward), or back (`adjoint`, the input gradient).
+    fn apply(&self, src: &[f32], dst: &mut [f32], adjoint: bool) {
         let (g, c) = (self.g, self.g.c);
         let (hw, l) = (g.h * g.w, g.l());
-        dx.par_chunks_mut(c * hw).enumerate().for_each_init(
-            || (vec![0f32; l * c], vec![0f32; hw * c]),
-            |(dyt, dxt), (b, dxb)| {
+        let (sp, dp) = if adjoint { (l, hw) } else { (hw, l) };
+        dst.par_chunks_mut(c * dp).enumerate().for_each_init(
+            || (vec![0f32; sp * c], vec![0f32; dp * c]),
+            |(st, dt), (b, db)| {
                 simd(|| {
-                    transpose(&dy[b * c * l..][..c * l], c, l, dyt);
-                    dxt.fill(0.0);
+                    transpose(&src[b * c * sp..][..c * sp], c, sp, st);
+                    dt.fill(0.0);
                     for (t, o, i) in self.pairs() {
-                        let (out, wv, d) =
-                            (&mut dxt[i * c..][..c], &self.wt[t * c..][..c], &dyt[o * c..][..c]);
+                        let (to, from) = if adjoint { (i, o) } else { (o, i) };
+                        let (out, wv, v) = (
+                            &mut dt[to * c..][..c],
+                            &self.wt[t * c..][..c],
+                            &st[from * c..][..c],
+                        );
                         out.iter_mut()
                             .zip(wv)
-                            .zip(d)
+                            .zip(v)
                             .for_each(|((o, &w), &v)| *o += w * v);
                     }
-                    transpose(dxt, hw, c, dxb);
+                    transpose(dt, dp, c, db);
                 })
             },
         );

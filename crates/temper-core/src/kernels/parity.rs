@@ -232,8 +232,8 @@ fn cases(scale: Scale, rng: &mut crate::seed::Rng) -> Result<Vec<Case>> {
         debug_assert!(conv.fits());
         out.push(conv.case(rng)?);
     }
-    // Linear layers.
-    for _ in 0..random.min(4) {
+    // Linear layers; the second case detaches the weight, as an attack does.
+    for case in 0..random.min(4) {
         let (n, i, o) = (
             rng.random_range(1..=8 * big),
             rng.random_range(1..=64 * big),
@@ -242,7 +242,7 @@ fn cases(scale: Scale, rng: &mut crate::seed::Rng) -> Result<Vec<Case>> {
         let bias = rng.random_bool(0.5);
         let mut inputs = vec![
             ("x", uniform(rng, &[n, i])?, true),
-            ("weight", uniform(rng, &[o, i])?, true),
+            ("weight", uniform(rng, &[o, i])?, case != 1),
         ];
         if bias {
             inputs.push(("bias", uniform(rng, &[o])?, true));
