@@ -189,12 +189,14 @@ fn channel_sums(dy: &[f32], (n, c, l): (usize, usize, usize)) -> Vec<f32> {
         return out;
     }
     out.par_iter_mut().enumerate().for_each(|(ch, o)| {
-        let total: f64 = (0..n)
-            .map(|i| {
-                let plane = &dy[(i * c + ch) * l..][..l];
-                f64::from(super::fast_cpu::lane_sum(plane, plane, |v, _| v))
-            })
-            .sum();
+        let total: f64 = simd(|| {
+            (0..n)
+                .map(|i| {
+                    let plane = &dy[(i * c + ch) * l..][..l];
+                    f64::from(super::fast_cpu::lane_sum(plane, plane, |v, _| v))
+                })
+                .sum()
+        });
         *o = total as f32;
     });
     out

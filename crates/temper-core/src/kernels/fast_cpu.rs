@@ -69,6 +69,7 @@ pub(super) fn min_items(unit: usize) -> usize {
 /// `sum of f(a[k], b[k])` over the common length, with eight independent accumulators: one
 /// accumulator would make every addition wait for the previous one (a scalar chain at a
 /// quarter of an element per cycle); eight overlap, and the compiler vectorises them.
+#[inline(always)]
 pub(super) fn lane_sum<T>(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> T) -> T
 where
     T: Copy + Default + std::ops::AddAssign + std::iter::Sum,
