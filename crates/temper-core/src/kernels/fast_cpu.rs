@@ -814,8 +814,12 @@ impl Pooled for u32 {
     }
 }
 
-/// Freed scratch allocations kept for reuse, per element type.
+/// Freed scratch allocations kept for reuse, per element type: at most this many...
 const POOL_BUFFERS: usize = 16;
+
+/// ... and at most this many bytes (unless a single buffer is larger), so a run's peak
+/// scratch is not held for the rest of the process beyond this.
+const POOL_BYTES: usize = 256 << 20;
 
 /// A scratch vector whose allocation comes from, and goes back to, a pool of its element
 /// type: kernel calls reuse the buffers of earlier calls instead of allocating and zeroing
@@ -831,7 +835,8 @@ impl<T: Pooled> Drop for Buf<T> {
         }
         let mut pool = T::pool().lock().unwrap_or_else(|e| e.into_inner());
         pool.push(v);
-        if pool.len() > POOL_BUFFERS {
+        let bytes = |pool: &Vec<Vec<T>>| pool.iter().map(|v| v.capacity()).sum::<usize>() * size_of::<T>();
+        while pool.len() > POOL_BUFFERS || (pool.len() > 1 && bytes(&pool) > POOL_BYTES) {
             // Keep the largest: a later call that fits in one of them allocates nothing.
             let smallest = (0..pool.len()).min_by_key(|&i| pool[i].capacity()).unwrap_or(0);
             pool.swap_remove(smallest);
@@ -1385,5 +1390,67 @@ impl CustomOp2 for Conv2dOp {
             None
         };
         Ok((dx, dw))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pool of its own for the test (no kernel uses `u64` scratch), so tests running in
+    /// parallel cannot take its buffers.
+    static U64_POOL: Mutex<Vec<Vec<u64>>> = Mutex::new(Vec::new());
+
+    impl Pooled for u64 {
+        fn pool() -> &'static Mutex<Vec<Vec<u64>>> {
+            &U64_POOL
+        }
+    }
+
+    /// A dropped scratch buffer is reused by the next one that fits (no new allocation), and
+    /// the pool stays within its count and byte bounds.
+    #[test]
+    fn scratch_buffers_are_reused_and_the_pool_is_bounded() {
+        let len = 3 * 1024 * 1024 + 17;
+        let first = {
+            let mut a: Buf<u64> = Buf::default();
+            take(&mut a, len)[0] = 7;
+            a.0.as_ptr() as usize
+        };
+        let mut b: Buf<u64> = Buf::default();
+        let got = take(&mut b, len - 5);
+        assert_eq!(got.len(), len - 5);
+        assert_eq!(
+            b.0.as_ptr() as usize,
+            first,
+            "the pooled allocation was not reused"
+        );
+        drop(b);
+        // Many buffers alive at once, then dropped: the pool keeps at most POOL_BUFFERS of
+        // them, and at most POOL_BYTES (the 24 MiB one and fifteen small ones fit).
+        let many: Vec<Buf<u64>> = (0..2 * POOL_BUFFERS)
+            .map(|i| {
+                let mut v: Buf<u64> = Buf::default();
+                take(&mut v, 1000 + i);
+                v
+            })
+            .collect();
+        drop(many);
+        let pool = u64::pool().lock().unwrap_or_else(|e| e.into_inner());
+        assert_eq!(pool.len(), POOL_BUFFERS);
+        let bytes: usize = pool.iter().map(|v| v.capacity() * 8).sum();
+        assert!(bytes <= POOL_BYTES);
+        // Past the byte bound: the smallest buffers go first, the largest one stays.
+        drop(pool);
+        let huge: Vec<Buf<u64>> = (0..2)
+            .map(|_| {
+                let mut v: Buf<u64> = Buf::default();
+                take(&mut v, POOL_BYTES / 8 - 1);
+                v
+            })
+            .collect();
+        drop(huge);
+        let pool = u64::pool().lock().unwrap_or_else(|e| e.into_inner());
+        assert_eq!(pool.len(), 1, "{} buffers kept", pool.len());
     }
 }
