@@ -1106,41 +1106,29 @@ impl CustomOp2 for LinearOp {
         let threads = rayon::current_num_threads();
         let dev = Device::Cpu;
         let dy = grad_res.detach().contiguous()?;
+        // `(m, n) = lhs @ rhs` as a new `(m, n)` tensor.
+        let product = |(m, n, k): (usize, usize, usize), lhs: MatRef<'_>, rhs: MatRef<'_>| {
+            let mut out = vec![0f32; m * n];
+            matmul((m, n, k), &mut out, false, lhs, rhs, (threads, false))?;
+            Tensor::from_vec(out, (m, n), &dev)
+        };
         with_data(&dy, |dy| {
-            let dx = if need_dx {
-                // dX (N, in) = dY (N, out) @ W (out, in).
-                let mut dx = vec![0f32; n * k];
-                with_data(&weight.detach(), |w| {
-                    matmul(
-                        (n, k, o),
-                        &mut dx,
-                        false,
-                        MatRef::rows(dy, o),
-                        MatRef::rows(w, k),
-                        (threads, false),
-                    )
-                })?;
-                Some(Tensor::from_vec(dx, (n, k), &dev)?)
-            } else {
-                None
-            };
-            let dw = if need_dw {
-                // dW (out, in) = dY^T (out, N) @ X (N, in).
-                let mut dw = vec![0f32; o * k];
-                with_data(&x.detach(), |xv| {
-                    matmul(
-                        (o, k, n),
-                        &mut dw,
-                        false,
-                        MatRef::transposed(dy, o),
-                        MatRef::rows(xv, k),
-                        (threads, false),
-                    )
-                })?;
-                Some(Tensor::from_vec(dw, (o, k), &dev)?)
-            } else {
-                None
-            };
+            // dX (N, in) = dY (N, out) @ W (out, in).
+            let dx = need_dx
+                .then(|| {
+                    with_data(&weight.detach(), |w| {
+                        product((n, k, o), MatRef::rows(dy, o), MatRef::rows(w, k))
+                    })
+                })
+                .transpose()?;
+            // dW (out, in) = dY^T (out, N) @ X (N, in).
+            let dw = need_dw
+                .then(|| {
+                    with_data(&x.detach(), |xv| {
+                        product((o, k, n), MatRef::transposed(dy, o), MatRef::rows(xv, k))
+                    })
+                })
+                .transpose()?;
             Ok((dx, dw))
         })
     }
