@@ -8,7 +8,8 @@
 //! `x > 0` (`threshold_backward`), ReLU6 where `0 < x < 6` (`hardtanh_backward`); candle's
 //! ReLU passes it at `x = 0` too. The two differ only on inputs exactly at a kink.
 
-use super::fast_cpu::{simd, with_data};
+use super::fast_bn::{channel_sums, for_planes};
+use super::fast_cpu::{lane_sum, simd, with_data};
 use crate::Result;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -137,19 +138,12 @@ impl CustomOp2 for BiasOp {
         }
         let (_, c, l) = bias_dims(l1.dims());
         let mut out = vec![0f32; y.len()];
-        if l > 0 && c > 0 {
-            // One plane of `l` elements per (image, channel), several planes per task.
-            let planes = (GRAIN / l).max(1);
-            out.par_chunks_mut(planes * l)
-                .zip(y.par_chunks(planes * l))
-                .enumerate()
-                .for_each(|(task, (o, yv))| {
-                    for (p, (op, yp)) in o.chunks_mut(l).zip(yv.chunks(l)).enumerate() {
-                        let bc = b[(task * planes + p) % c];
-                        op.iter_mut().zip(yp).for_each(|(o, &v)| *o = v + bc);
-                    }
-                });
-        }
+        for_planes(&mut out, l, |plane, o| {
+            let bc = b[plane % c];
+            o.iter_mut()
+                .zip(&y[plane * l..][..l])
+                .for_each(|(o, &v)| *o = v + bc);
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -167,39 +161,21 @@ impl CustomOp2 for BiasOp {
         }
         let (n, c, l) = bias_dims(y.dims());
         let dy = grad_res.detach().contiguous()?;
-        let db = with_data(&dy, |dy| Ok(channel_sums(dy, (n, c, l))))?;
+        // BatchNorm's per-channel sums (of dY alone).
+        let db: Vec<f32> = with_data(&dy, |dy| {
+            Ok(channel_sums(n, c, l, |_, at| {
+                let p = &dy[at..at + l];
+                lane_sum(p, p, |d, _| f64::from(d))
+            }))
+        })?
+        .into_iter()
+        .map(|s| s as f32)
+        .collect();
         Ok((
             dy_in,
             Some(Tensor::from_vec(db, bias.shape().clone(), &Device::Cpu)?),
         ))
     }
-}
-
-/// `sum over (i, k) of dy[i, ch, k]` for every channel `ch` of an `(n, c, l)` array, in
-/// parallel over channels; each plane summed with eight lanes, planes added in f64.
-fn channel_sums(dy: &[f32], (n, c, l): (usize, usize, usize)) -> Vec<f32> {
-    let mut out = vec![0f32; c];
-    if l == 1 {
-        // A linear layer's `(N, C)`: rows added in order, vectorised along the channels.
-        let mut acc = vec![0f64; c];
-        for row in dy.chunks_exact(c.max(1)) {
-            acc.iter_mut().zip(row).for_each(|(a, &v)| *a += f64::from(v));
-        }
-        out.iter_mut().zip(&acc).for_each(|(o, &a)| *o = a as f32);
-        return out;
-    }
-    out.par_iter_mut().enumerate().for_each(|(ch, o)| {
-        let total: f64 = simd(|| {
-            (0..n)
-                .map(|i| {
-                    let plane = &dy[(i * c + ch) * l..][..l];
-                    f64::from(super::fast_cpu::lane_sum(plane, plane, |v, _| v))
-                })
-                .sum()
-        });
-        *o = total as f32;
-    });
-    out
 }
 
 #[cfg(test)]

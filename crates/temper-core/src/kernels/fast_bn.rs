@@ -47,7 +47,7 @@ pub(super) fn covers(x: &Tensor, per_channel: &[&Tensor]) -> bool {
 /// block's planes, which lie next to each other: one channel at a time over all images read
 /// one plane per image `C H W` elements apart, which for MobileNetV2's one-pixel planes was
 /// a cache miss per element (its training-mode BatchNorm on 960 x 1 x 1: 0.8 ms a call).
-fn channel_sums<F>(n: usize, c: usize, hw: usize, f: F) -> Vec<f64>
+pub(super) fn channel_sums<F>(n: usize, c: usize, hw: usize, f: F) -> Vec<f64>
 where
     F: Fn(usize, usize) -> f64 + Sync,
 {
@@ -72,7 +72,7 @@ where
 /// Runs `f(plane, out)` on every `hw`-element plane of `buf`, in parallel with several
 /// planes per task and the loop over them inside one [`simd`] call: planes of one pixel
 /// (MobileNetV2's last layers) made a task, or a call, per plane the cost.
-fn for_planes(buf: &mut [f32], hw: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+pub(super) fn for_planes(buf: &mut [f32], hw: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
     if hw == 0 {
         return;
     }

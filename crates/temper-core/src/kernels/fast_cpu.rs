@@ -407,18 +407,18 @@ pub(super) fn gather_table(g: &Geometry, max_pixels: usize) -> Option<Vec<u32>> 
 }
 
 /// The rows `c * kh * kw..(c + 1) * kh * kw` (every tap of input channel `c`) of image
-/// `image`'s unfolded matrix, through `table`: tap `t`'s `L` values into `row(t)`.
+/// `image`'s unfolded matrix, through `table`: tap `t`'s `L` values into the `t`-th of `rows`.
 fn gather_channel<'r>(
     x: &[f32],
     g: &Geometry,
     (image, c): (usize, usize),
     table: &[u32],
-    mut row: impl FnMut(usize) -> &'r mut [f32],
+    rows: impl Iterator<Item = &'r mut [f32]>,
 ) {
-    let (hw, l) = (g.h * g.w, g.l());
+    let hw = g.h * g.w;
     let plane = &x[(image * g.c + c) * hw..][..hw];
-    for (t, idx) in table.chunks_exact(l).enumerate() {
-        for (o, &i) in row(t).iter_mut().zip(idx) {
+    for (idx, row) in table.chunks_exact(g.l()).zip(rows) {
+        for (o, &i) in row.iter_mut().zip(idx) {
             *o = plane.get(i as usize).copied().unwrap_or(0.0);
         }
     }
@@ -438,8 +438,8 @@ fn im2col(x: &[f32], g: &Geometry, (first, nb): (usize, usize), table: Option<&[
         let per_row = nb * l;
         for (c, rows) in cols.chunks_exact_mut(kk * per_row).enumerate() {
             for b in 0..nb {
-                let mut segs = rows.chunks_exact_mut(per_row).map(|r| &mut r[b * l..][..l]);
-                gather_channel(x, g, (first + b, c), table, |_| segs.next().unwrap_or_default());
+                let segs = rows.chunks_exact_mut(per_row).map(|r| &mut r[b * l..][..l]);
+                gather_channel(x, g, (first + b, c), table, segs);
             }
         }
         return;
@@ -474,15 +474,9 @@ fn im2col_pairs(
         for b in 0..nb {
             for c in (0..g.c).step_by(2) {
                 let (lo, hi) = rows.split_at_mut(kk * l);
-                let mut lo_rows = lo.chunks_exact_mut(l);
-                gather_channel(x, g, (first + b, c), table, |_| {
-                    lo_rows.next().unwrap_or_default()
-                });
+                gather_channel(x, g, (first + b, c), table, lo.chunks_exact_mut(l));
                 if c + 1 < g.c {
-                    let mut hi_rows = hi.chunks_exact_mut(l);
-                    gather_channel(x, g, (first + b, c + 1), table, |_| {
-                        hi_rows.next().unwrap_or_default()
-                    });
+                    gather_channel(x, g, (first + b, c + 1), table, hi.chunks_exact_mut(l));
                 } else {
                     hi.fill(0.0);
                 }
@@ -1051,6 +1045,24 @@ fn forward(
 /// when its tensor tracks one.
 struct LinearOp;
 
+/// `lhs (m, k) @ rhs (k, n)` as a new row-major `(m, n)` matrix, on all of rayon's threads.
+fn product(
+    (m, n, k): (usize, usize, usize),
+    lhs: MatRef<'_>,
+    rhs: MatRef<'_>,
+) -> candle_core::Result<Vec<f32>> {
+    let mut out = vec![0f32; m * n];
+    matmul(
+        (m, n, k),
+        &mut out,
+        false,
+        lhs,
+        rhs,
+        (rayon::current_num_threads(), false),
+    )?;
+    Ok(out)
+}
+
 /// The elements of a contiguous 2-D f32 storage and its dimensions.
 fn matrix<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<(&'a [f32], usize, usize)> {
     let (&[r, c], Some((a, b))) = (l.dims(), l.contiguous_offsets()) else {
@@ -1078,16 +1090,7 @@ impl CustomOp2 for LinearOp {
         if k != k2 {
             candle_core::bail!("fast-cpu linear: input of {k} features, weight of {k2}")
         }
-        let mut y = vec![0f32; n * o];
-        let threads = rayon::current_num_threads();
-        matmul(
-            (n, o, k),
-            &mut y,
-            false,
-            MatRef::rows(x, k),
-            MatRef::transposed(w, k),
-            (threads, false),
-        )?;
+        let y = product((n, o, k), MatRef::rows(x, k), MatRef::transposed(w, k))?;
         Ok((CpuStorage::F32(y), Shape::from((n, o))))
     }
 
@@ -1103,21 +1106,17 @@ impl CustomOp2 for LinearOp {
             return Ok((None, None));
         }
         let ((n, k), o) = (x.dims2()?, weight.dim(0)?);
-        let threads = rayon::current_num_threads();
-        let dev = Device::Cpu;
         let dy = grad_res.detach().contiguous()?;
         // `(m, n) = lhs @ rhs` as a new `(m, n)` tensor.
-        let product = |(m, n, k): (usize, usize, usize), lhs: MatRef<'_>, rhs: MatRef<'_>| {
-            let mut out = vec![0f32; m * n];
-            matmul((m, n, k), &mut out, false, lhs, rhs, (threads, false))?;
-            Tensor::from_vec(out, (m, n), &dev)
+        let tensor = |(m, n, k): (usize, usize, usize), lhs: MatRef<'_>, rhs: MatRef<'_>| {
+            Tensor::from_vec(product((m, n, k), lhs, rhs)?, (m, n), &Device::Cpu)
         };
         with_data(&dy, |dy| {
             // dX (N, in) = dY (N, out) @ W (out, in).
             let dx = need_dx
                 .then(|| {
                     with_data(&weight.detach(), |w| {
-                        product((n, k, o), MatRef::rows(dy, o), MatRef::rows(w, k))
+                        tensor((n, k, o), MatRef::rows(dy, o), MatRef::rows(w, k))
                     })
                 })
                 .transpose()?;
@@ -1125,7 +1124,7 @@ impl CustomOp2 for LinearOp {
             let dw = need_dw
                 .then(|| {
                     with_data(&x.detach(), |xv| {
-                        product((o, k, n), MatRef::transposed(dy, o), MatRef::rows(xv, k))
+                        tensor((o, k, n), MatRef::transposed(dy, o), MatRef::rows(xv, k))
                     })
                 })
                 .transpose()?;

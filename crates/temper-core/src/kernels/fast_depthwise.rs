@@ -427,11 +427,14 @@ impl CustomOp2 for DepthwiseOp {
         let w = weight.detach().contiguous()?;
         let x = x.detach().contiguous()?;
         let dy = grad_res.detach().contiguous()?;
+        // Small planes run channels-last in both directions; its transposed weight is made
+        // once for the two.
+        let cl = with_data(&w, |w| Ok(ChannelsLast::new(&g, table.as_deref(), w)))?;
         with_data(&dy, |dy| {
             let dx = if need_dx && hw > 0 {
                 let mut dx = vec![0f32; g.n * g.c * hw];
                 with_data(&w, |w| {
-                    if let Some(cl) = ChannelsLast::new(&g, table.as_deref(), w) {
+                    if let Some(cl) = &cl {
                         cl.input_grad(dy, &mut dx);
                         return Ok(());
                     }
@@ -496,7 +499,7 @@ impl CustomOp2 for DepthwiseOp {
             let dw = if need_dw {
                 let mut dw = vec![0f32; g.c * kk];
                 with_data(&x, |x| {
-                    if let Some(cl) = with_data(&w, |w| Ok(ChannelsLast::new(&g, table.as_deref(), w)))? {
+                    if let Some(cl) = &cl {
                         dw = cl.weight_grad(x, dy);
                         return Ok(());
                     }
