@@ -33,16 +33,165 @@ const NATURAL: &[&str] = &[
     "256",
 ];
 
+/// The natural recipe of the CIFAR-10 setting, as `cargo xtask reproduce` trains it.
+pub(crate) const CIFAR_NATURAL: &[&str] = &[
+    "train",
+    "--method",
+    "natural",
+    "--epochs",
+    "10",
+    "--optimizer",
+    "sgd:momentum=0.9,weight_decay=5e-4",
+    "--lr-schedule",
+    "step:lr=0.1,milestones=0.5/0.75",
+    "--batch-size",
+    "128",
+];
+
 /// The fine-tuning threat model: L-inf eps 0.1, PGD-10 with step 0.025.
 pub(crate) const THREAT: &[&str] = &["--eps", "0.1", "--alpha", "0.025", "--attack-steps", "10"];
+
+/// Which data an experiment runs on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Data {
+    /// The bundled digits, small-cnn (issue 5's and issue 15's first experiments).
+    Mnist,
+    /// The reproduction's CIFAR-10 split (`cargo xtask reproduce cifar10 --scale cpu`):
+    /// PreActResNet-18 at width 1/8, 6,000 training images, 1,000 held-out test images.
+    Cifar10,
+}
+
+/// What an experiment trains and evaluates on, as `temper` flags: the data, the models and the
+/// threat model. `--cifar10` on an experiment's command line picks CIFAR-10 (`--data DIR`: a
+/// prepared split with `train/` and `test/` class folders; default: prepared in the output
+/// folder from the CIFAR-10 archive); otherwise mnist10k.
+pub(crate) struct Setting {
+    pub(crate) data: Data,
+    /// The model and data in the tables' words.
+    pub(crate) label: &'static str,
+    /// The test images in the tables' words.
+    pub(crate) points: &'static str,
+    /// `--model ...` of the deterministic model.
+    pub(crate) model: Vec<String>,
+    /// `--model ...` of Learn2Perturb's model and its PGD-AT baseline (preact-resnet18).
+    pub(crate) noisy_model: Vec<String>,
+    /// `--dataset ...` for training and evaluation.
+    pub(crate) dataset: Vec<String>,
+    /// `--dataset ...` of a class-balanced test subset, for the expensive attacks (the
+    /// CIFAR-10 test part is sorted by class, so its first images are its first classes).
+    pub(crate) balanced: Vec<String>,
+    /// Flags of training runs only.
+    pub(crate) train: Vec<String>,
+    /// The training threat model: L-inf eps and PGD step, as `temper` reads them.
+    pub(crate) eps: &'static str,
+    pub(crate) alpha: &'static str,
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+impl Setting {
+    pub(crate) fn mnist() -> Self {
+        Setting {
+            data: Data::Mnist,
+            label: "small-cnn on mnist10k",
+            points: "test digits",
+            model: strings(&["--model", "small-cnn"]),
+            noisy_model: strings(&[
+                "--model",
+                "preact-resnet18",
+                "--width",
+                "0.0625",
+                "--in-channels",
+                "1",
+                "--input-size",
+                "28",
+            ]),
+            dataset: strings(&["--dataset", "mnist10k"]),
+            balanced: strings(&["--dataset", "mnist10k"]),
+            train: Vec::new(),
+            eps: "0.1",
+            alpha: "0.025",
+        }
+    }
+
+    /// CIFAR-10 on the data folder `split` (prepared as the reproduction prepares it).
+    pub(crate) fn cifar10(split: &Path, balanced: &Path) -> Self {
+        let folder = |p: &Path| {
+            vec![
+                "--dataset".to_string(),
+                "image-folder".into(),
+                "--data-dir".into(),
+                p.to_string_lossy().into_owned(),
+            ]
+        };
+        let model = strings(&[
+            "--model",
+            "preact-resnet18",
+            "--width",
+            "0.125",
+            "--normalize",
+            "cifar10",
+        ]);
+        Setting {
+            data: Data::Cifar10,
+            label: "preact-resnet18 (width 1/8) on CIFAR-10 (6,000 training images)",
+            points: "held-out CIFAR-10 test images",
+            noisy_model: model.clone(),
+            model,
+            dataset: folder(split),
+            balanced: folder(balanced),
+            train: strings(&["--train-size", "6000", "--val-split", "1000"]),
+            eps: "8/255",
+            alpha: "2/255",
+        }
+    }
+
+    /// The setting an experiment's arguments ask for (see [`Setting`]); CIFAR-10's data is
+    /// prepared under `out` unless `--data` names it.
+    pub(crate) fn from_args(args: &[String], out: &Path) -> Result<Self> {
+        if !args.iter().any(|a| a == "--cifar10") {
+            return Ok(Setting::mnist());
+        }
+        let split = match flag(args, "--data") {
+            Some(d) => root().join(d),
+            None => crate::reproduce::prepare_data(&root().join(out), 100)?,
+        };
+        if !split.join("train").is_dir() || !split.join("test").is_dir() {
+            bail!("{} has no train/ and test/ class folders", split.display());
+        }
+        let balanced = crate::reproduce::balanced_test(&split, 10)?;
+        Ok(Setting::cifar10(&split, &balanced))
+    }
+
+    /// The training threat model's flags: PGD-10 at `eps` with step `alpha`.
+    pub(crate) fn threat(&self) -> Vec<&str> {
+        vec!["--eps", self.eps, "--alpha", self.alpha, "--attack-steps", "10"]
+    }
+
+    /// `--model` and `--dataset` flags.
+    pub(crate) fn model_and_data(&self) -> Vec<&str> {
+        self.model
+            .iter()
+            .chain(&self.dataset)
+            .map(String::as_str)
+            .collect()
+    }
+}
 
 pub(crate) struct Runner {
     bin: PathBuf,
     pub(crate) out: PathBuf,
+    pub(crate) setting: Setting,
 }
 
 impl Runner {
     pub(crate) fn new(out: &str) -> Result<Self> {
+        Self::with_setting(out, Setting::mnist())
+    }
+
+    pub(crate) fn with_setting(out: &str, setting: Setting) -> Result<Self> {
         let bin = match std::env::var_os("TEMPER_BIN") {
             Some(b) => PathBuf::from(b),
             None => {
@@ -52,7 +201,7 @@ impl Runner {
         };
         let out = root().join(out);
         std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
-        Ok(Runner { bin, out })
+        Ok(Runner { bin, out, setting })
     }
 
     pub(crate) fn temper(&self, args: &[&str]) -> Result<String> {
@@ -72,18 +221,14 @@ impl Runner {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Runs `temper ARGS --model small-cnn ... --out OUT/NAME` unless it already finished.
+    /// Runs `temper ARGS` with the setting's model and data and `--out OUT/NAME` unless it
+    /// already finished.
     pub(crate) fn train(&self, name: &str, args: &[&str], val_size: usize) -> Result<PathBuf> {
         let val = val_size.to_string();
         let mut a: Vec<&str> = args.to_vec();
-        a.extend([
-            "--model",
-            "small-cnn",
-            "--dataset",
-            "mnist10k",
-            "--val-size",
-            &val,
-        ]);
+        a.extend(self.setting.model_and_data());
+        a.extend(self.setting.train.iter().map(String::as_str));
+        a.extend(["--val-size", &val]);
         self.run_once(name, &a, "summary.json")
     }
 
@@ -103,8 +248,13 @@ impl Runner {
         Ok(dir)
     }
 
+    /// The natural model: mnist10k's AdamW recipe, or on CIFAR-10 the reproduction's (SGD,
+    /// momentum 0.9, weight decay 5e-4, step schedule from 0.1, batch 128, 10 epochs).
     pub(crate) fn natural(&self) -> Result<PathBuf> {
-        self.train("natural", NATURAL, 800)
+        match self.setting.data {
+            Data::Mnist => self.train("natural", NATURAL, 800),
+            Data::Cifar10 => self.train("natural", CIFAR_NATURAL, 500),
+        }
     }
 
     /// Clean and PGD-20 robust test accuracy (percent) at `eps`.

@@ -1,8 +1,10 @@
-//! Issue 15's evidence for HERO and Learn2Perturb on mnist10k, run through the real `temper`
-//! binary (never in CI):
+//! Issue 15's evidence for HERO and Learn2Perturb, run through the real `temper` binary
+//! (never in CI), on mnist10k, or with `--cifar10 [--data DIR]` on the reproduction's
+//! CIFAR-10 split with preact-resnet18 at width 1/8 for every model (`evidence::Setting`;
+//! 8/255, step 2/255; SGD from 0.1; only HERO's reference defaults; 5 robust epochs):
 //!
 //! - `cargo xtask hero-l2p-evidence [OUT_DIR] [--seeds 0,1] [--limit N] [--aa-limit N]
-//!   [--only hero|l2p]`
+//!   [--only hero|l2p] [--cifar10 [--data DIR]]`
 //!
 //! 1. HERO against plain SGD: small-cnn trained naturally with the same SGD recipe, with and
 //!    without HERO (its reference defaults, rho 0.01 and lambda 1, and a stronger setting,
@@ -19,47 +21,41 @@
 //! experiment continues where it stopped. `TEMPER_BIN` names a prebuilt `temper` binary;
 //! otherwise the release binary is built first. Writes `hero.md` and `l2p.md` there.
 
-use crate::evidence::{cell, flag, out_and_seeds, Runner};
+use crate::evidence::{cell, flag, out_and_seeds, Data, Runner, Setting};
 use anyhow::{Context, Result};
 use std::path::Path;
 
-/// The SGD recipe both HERO and its baseline train with.
-const SGD: &[&str] = &[
-    "train",
-    "--model",
-    "small-cnn",
-    "--dataset",
-    "mnist10k",
-    "--epochs",
-    "10",
-    "--batch-size",
-    "128",
-    "--optimizer",
-    "sgd:momentum=0.9,weight_decay=5e-4",
-    "--lr-schedule",
-    "step:lr=0.05,milestones=0.5/0.75",
-    "--val-size",
-    "200",
-];
+/// The SGD recipe both HERO and its baseline train with (the setting adds model and data):
+/// 10 epochs, batch 128, momentum 0.9, weight decay 5e-4, a step schedule from `lr`.
+fn sgd(s: &Setting) -> (Vec<&'static str>, &'static str) {
+    let (lr, schedule) = match s.data {
+        Data::Mnist => ("0.05", "step:lr=0.05,milestones=0.5/0.75"),
+        Data::Cifar10 => ("0.1", "step:lr=0.1,milestones=0.5/0.75"),
+    };
+    let recipe = vec![
+        "train",
+        "--epochs",
+        "10",
+        "--batch-size",
+        "128",
+        "--optimizer",
+        "sgd:momentum=0.9,weight_decay=5e-4",
+        "--lr-schedule",
+        schedule,
+    ];
+    (recipe, lr)
+}
+
+/// Validation images of a training run.
+fn val_size(s: &Setting) -> usize {
+    match s.data {
+        Data::Mnist => 200,
+        Data::Cifar10 => 500,
+    }
+}
 
 /// The bit widths of the quantization sweep.
 const BITS: &str = "8,4,3,2";
-
-/// preact-resnet18 at width 1/16 (4 to 32 channels) on 28x28 grey digits: small enough
-/// for EOT attacks on two CPU cores.
-const PREACT: &[&str] = &[
-    "--model",
-    "preact-resnet18",
-    "--width",
-    "0.0625",
-    "--in-channels",
-    "1",
-    "--input-size",
-    "28",
-];
-
-/// The threat model of both robust methods: L-inf eps 0.1, PGD-10 with step 0.025.
-const THREAT: &[&str] = &["--eps", "0.1", "--alpha", "0.025", "--steps", "10"];
 
 /// The accuracy (percent) on the line of `text` that starts with `key`.
 fn percent(text: &str, key: &str) -> Result<f64> {
@@ -114,47 +110,52 @@ const HERO_ROWS: &[(&str, &str, &str, &[&str])] = &[
 ];
 
 fn hero(r: &Runner, seeds: &[&str], limit: &str) -> Result<String> {
+    let s = &r.setting;
     let labels = ["float", "8-bit", "4-bit", "3-bit", "2-bit"];
+    let (recipe, lr) = sgd(s);
     let mut table = format!(
-        "small-cnn on mnist10k, 10 epochs of SGD (momentum 0.9, weight decay 5e-4, step \
-         schedule from 0.05), with and without HERO (finite-difference step 1e-4); clean test \
-         accuracy (%) on the first {limit} test digits after post-training quantization (round \
+        "{}, 10 epochs of SGD (momentum 0.9, weight decay 5e-4, step \
+         schedule from {lr}), with and without HERO (finite-difference step 1e-4); clean test \
+         accuracy (%) on the first {limit} {} after post-training quantization (round \
          to nearest, per tensor, every layer), mean ± sd over seeds {}.\n\n\
          | training | {} |\n|---|{}\n",
+        s.label,
+        s.points,
         seeds.join(", "),
         labels.join(" | "),
         "---|".repeat(labels.len())
     );
-    for (label, name, method, extra) in HERO_ROWS {
+    // HERO costs four passes per image: CIFAR-10 runs only the reference's defaults.
+    let rows = match s.data {
+        Data::Mnist => HERO_ROWS,
+        Data::Cifar10 => &HERO_ROWS[..2],
+    };
+    for (label, name, method, extra) in rows {
         let mut cols: Vec<Vec<f64>> = vec![Vec::new(); labels.len()];
         for seed in seeds {
-            let mut a = SGD.to_vec();
+            let mut a = recipe.clone();
             a.extend(["--method", method, "--seed", seed]);
             a.extend(extra.iter());
-            let run = r.run_once(&format!("{name}-s{seed}"), &a, "summary.json")?;
+            let run = r.train(&format!("{name}-s{seed}"), &a, val_size(s))?;
             let w = run.join("model.safetensors").to_string_lossy().into_owned();
-            let sweep = r.run_once(
-                &format!("{name}-s{seed}-sweep"),
-                &[
-                    "quant",
-                    "sweep",
-                    "--model",
-                    "small-cnn",
-                    "--weights",
-                    &w,
-                    "--bits",
-                    BITS,
-                    "--first-last-bits",
-                    "0",
-                    "--attacks",
-                    "fgsm",
-                    "--eps",
-                    "0.05",
-                    "--limit",
-                    limit,
-                ],
-                "sweep.json",
-            )?;
+            let mut q = vec![
+                "quant",
+                "sweep",
+                "--weights",
+                &w,
+                "--bits",
+                BITS,
+                "--first-last-bits",
+                "0",
+                "--attacks",
+                "fgsm",
+                "--eps",
+                s.eps,
+                "--limit",
+                limit,
+            ];
+            q.extend(s.model_and_data());
+            let sweep = r.run_once(&format!("{name}-s{seed}-sweep"), &q, "sweep.json")?;
             let rows = sweep_clean(&sweep)?;
             for (i, l) in labels.iter().enumerate() {
                 let v = rows
@@ -171,21 +172,33 @@ fn hero(r: &Runner, seeds: &[&str], limit: &str) -> Result<String> {
 }
 
 fn l2p(r: &Runner, seeds: &[&str], limit: &str) -> Result<String> {
+    let s = &r.setting;
+    let (model, epochs) = match s.data {
+        Data::Mnist => ("preact-resnet18 (width 1/16) on mnist10k's 28x28 digits", "4"),
+        Data::Cifar10 => (s.label, "5"),
+    };
+    let eps = s.eps;
     let mut table = format!(
-        "preact-resnet18 (width 1/16) on mnist10k's 28x28 digits, 4 epochs, L-inf eps 0.1 \
-         (PGD-10, step 0.025) for both methods; test accuracy (%) on the first {limit} test \
-         digits: clean, and the worst case of autoattack-rand (APGD-CE and APGD-DLR, 100 \
-         iterations, 20 gradient passes per step) at eps 0.1; mean ± sd over seeds {}.\n\n\
-         | training | clean | autoattack-rand eps 0.1 |\n|---|---|---|\n",
+        "{model}, {epochs} epochs, L-inf eps {eps} (PGD-10, step {}) for both methods; test \
+         accuracy (%) on {limit} {} (the first of each class where the test part is sorted by \
+         class): clean, and the worst case of autoattack-rand (APGD-CE and APGD-DLR, 100 \
+         iterations, 20 gradient passes per step) at eps {eps}; mean ± sd over seeds {}.\n\n\
+         | training | clean | autoattack-rand eps {eps} |\n|---|---|---|\n",
+        s.alpha,
+        s.points,
         seeds.join(", ")
     );
+    let val = val_size(s).to_string();
+    let noisy = || s.noisy_model.iter().map(String::as_str);
     for method in ["pgd-at", "l2p"] {
         let (mut clean, mut robust) = (Vec::new(), Vec::new());
         for seed in seeds {
-            let mut a = vec!["train", "--method", method, "--epochs", "4", "--seed", seed];
-            a.extend(PREACT);
-            a.extend(THREAT);
-            a.extend(["--val-size", "200"]);
+            let mut a = vec!["train", "--method", method, "--epochs", epochs, "--seed", seed];
+            a.extend(noisy());
+            a.extend(s.dataset.iter().map(String::as_str));
+            a.extend(s.train.iter().map(String::as_str));
+            a.extend(s.threat());
+            a.extend(["--val-size", &val]);
             let run = r.run_once(&format!("{method}-s{seed}"), &a, "summary.json")?;
             let w = run.join("model.safetensors").to_string_lossy().into_owned();
             let mut e = vec![
@@ -195,9 +208,10 @@ fn l2p(r: &Runner, seeds: &[&str], limit: &str) -> Result<String> {
                 "--attacks",
                 "autoattack-rand",
                 "--eps",
-                "0.1",
+                eps,
             ];
-            e.extend(PREACT);
+            e.extend(noisy());
+            e.extend(s.balanced.iter().map(String::as_str));
             e.extend(["--limit", limit, "--no-masking-checks"]);
             let report = r.run_once(&format!("{method}-s{seed}-aa-rand"), &e, "report.md")?;
             let text = std::fs::read_to_string(report.join("report.md"))?;
@@ -215,14 +229,18 @@ fn l2p(r: &Runner, seeds: &[&str], limit: &str) -> Result<String> {
 }
 
 /// `cargo xtask hero-l2p-evidence [OUT_DIR] [--seeds 0,1] [--limit N] [--aa-limit N]
-/// [--only hero|l2p]`.
+/// [--only hero|l2p] [--cifar10 [--data DIR]]`.
 pub fn evidence(args: &[String]) -> Result<()> {
     let (out, seeds) = out_and_seeds(args, "runs/hero-l2p", "0,1");
-    // Test digits for the quantization sweep (all 2,000) and for autoattack-rand.
-    let limit = flag(args, "--limit").unwrap_or("2000");
+    let r = Runner::with_setting(out, Setting::from_args(args, Path::new(out))?)?;
+    // Test images for the quantization sweep (all of them) and for autoattack-rand.
+    let all = match r.setting.data {
+        Data::Mnist => "2000",
+        Data::Cifar10 => "1000",
+    };
+    let limit = flag(args, "--limit").unwrap_or(all);
     let aa_limit = flag(args, "--aa-limit").unwrap_or("100");
     let only = flag(args, "--only");
-    let r = Runner::new(out)?;
     if only != Some("l2p") {
         let t = hero(&r, &seeds, limit)?;
         std::fs::write(r.out.join("hero.md"), &t)?;

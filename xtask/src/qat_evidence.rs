@@ -1,11 +1,14 @@
-//! Issue 15's evidence on mnist10k with small-cnn, through the real `temper` binary:
-//! quantization-aware robust fine-tuning against post-training quantization of the robust
-//! model, at 4, 3, 2 bits and ternary, over several seeds.
+//! Issue 15's evidence, through the real `temper` binary: quantization-aware robust
+//! fine-tuning against post-training quantization of the robust model, at 4, 3, 2 bits and
+//! ternary, over several seeds; small-cnn on mnist10k, or with `--cifar10 [--data DIR]`
+//! preact-resnet18 at width 1/8 on the reproduction's CIFAR-10 split (`evidence::Setting`).
 //!
-//! `cargo xtask qat-evidence [OUT_DIR] [--seeds 0,1] [--limit N] [--qat-epochs E]`
+//! `cargo xtask qat-evidence [OUT_DIR] [--seeds 0,1] [--limit N] [--qat-epochs E]
+//! [--cifar10 [--data DIR]]`
 //!
-//! Per seed: the natural model (shared, issue 5's recipe) is fine-tuned adversarially
-//! (2 epochs, SSFD, PGD-10 at eps 0.1) into the robust model. Then, per width:
+//! Per seed: the natural model (shared; issue 5's recipe, or the reproduction's on CIFAR-10)
+//! is fine-tuned adversarially (2 epochs, SSFD, PGD-10 at eps 0.1, or 8/255 with step 2/255
+//! on CIFAR-10) into the robust model. Then, per width:
 //! - **PTQ**: GPFQ (per channel, 512 calibration images) of the robust model;
 //! - **PTQ, equal budget**: GPFQ of the robust model after E more epochs of float adversarial
 //!   fine-tuning at the QAT learning rate, so PTQ gets the training QAT gets;
@@ -13,36 +16,37 @@
 //!   (`temper finetune --quantize W`, straight-through gradients, PGD examples crafted against
 //!   the quantized model), exported with the rounding it trained through.
 //!
-//! Each model is evaluated through its quantizer on the first N test digits (clean, PGD-20 and
-//! APGD-CE at eps 0.1). Finished runs and quantized files in OUT_DIR are reused. Never in CI.
+//! Each model is evaluated through its quantizer on the first N test images (clean, PGD-20
+//! and APGD-CE at the training eps). Finished runs and quantized files in OUT_DIR are reused.
+//! Never in CI.
 
-use crate::evidence::{accuracies, cell, flag, Runner, THREAT};
+use crate::evidence::{accuracies, cell, flag, out_and_seeds, Runner, Setting};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
 const WIDTHS: &[&str] = &["4", "3", "2", "ternary"];
 
-/// Clean and robust accuracy (percent) of `weights` under `attack` at eps 0.1.
+/// Clean and robust accuracy (percent) of `weights` under `attack` at the training eps.
 fn accuracy(r: &Runner, weights: &Path, attack: &str, limit: &str) -> Result<(f64, f64)> {
     let w = weights.to_string_lossy();
+    let s = &r.setting;
     let mut args = vec![
         "attack",
         "--weights",
         &w,
-        "--dataset",
-        "mnist10k",
         "--attack",
         attack,
         "--eps",
-        "0.1",
+        s.eps,
         "--batch-size",
         "500",
         "--limit",
         limit,
     ];
+    args.extend(s.dataset.iter().map(String::as_str));
     // A quantized file names its own architecture.
     if !w.ends_with("quantized.safetensors") {
-        args.extend(["--model", "small-cnn"]);
+        args.extend(s.model.iter().map(String::as_str));
     }
     accuracies(&r.temper(&args)?)
 }
@@ -53,10 +57,8 @@ fn gpfq(r: &Runner, float: &Path, width: &str, name: &str) -> Result<PathBuf> {
     let file = dir.join("quantized.safetensors");
     if !file.exists() {
         let (f, d) = (float.to_string_lossy(), dir.to_string_lossy());
-        r.temper(&[
+        let mut a = vec![
             "quantize",
-            "--model",
-            "small-cnn",
             "--weights",
             &f,
             "--bits",
@@ -70,7 +72,9 @@ fn gpfq(r: &Runner, float: &Path, width: &str, name: &str) -> Result<PathBuf> {
             "200",
             "--out",
             &d,
-        ])?;
+        ];
+        a.extend(r.setting.model_and_data());
+        r.temper(&a)?;
     }
     Ok(file)
 }
@@ -78,6 +82,7 @@ fn gpfq(r: &Runner, float: &Path, width: &str, name: &str) -> Result<PathBuf> {
 /// `temper finetune` of `weights` at the evidence's threat model, through the quantizer
 /// `quantize` when given.
 fn finetune<'a>(
+    s: &'a Setting,
     weights: &'a str,
     epochs: &'a str,
     schedule: &'a str,
@@ -95,7 +100,7 @@ fn finetune<'a>(
         "--seed",
         seed,
     ];
-    a.extend(THREAT);
+    a.extend(s.threat());
     if let Some(q) = quantize {
         a.extend(["--quantize", q]);
     }
@@ -130,18 +135,15 @@ impl Cell {
     }
 }
 
-/// `cargo xtask qat-evidence [OUT_DIR] [--seeds 0,1] [--limit N] [--qat-epochs E]`.
+/// `cargo xtask qat-evidence [OUT_DIR] [--seeds 0,1] [--limit N] [--qat-epochs E]
+/// [--cifar10 [--data DIR]]`.
 pub fn qat_evidence(args: &[String]) -> Result<()> {
-    let out = args
-        .first()
-        .filter(|a| !a.starts_with("--"))
-        .map(String::as_str)
-        .unwrap_or("runs/qat-evidence");
+    let (out, seeds) = out_and_seeds(args, "runs/qat-evidence", "0,1");
     let limit = flag(args, "--limit").unwrap_or("1000");
-    let seeds: Vec<&str> = flag(args, "--seeds").unwrap_or("0,1").split(',').collect();
     let epochs = flag(args, "--qat-epochs").unwrap_or("1");
     let qat_lr = "constant:lr=0.005";
-    let r = Runner::new(out)?;
+    let r = Runner::with_setting(out, Setting::from_args(args, Path::new(out))?)?;
+    let s = &r.setting;
     let natural = r.natural()?.join("model.safetensors");
     let natural = natural.to_string_lossy().into_owned();
 
@@ -151,14 +153,14 @@ pub fn qat_evidence(args: &[String]) -> Result<()> {
         .map(|w| (w.to_string(), Cell::default(), Cell::default(), Cell::default()))
         .collect();
     for seed in &seeds {
-        let ft = finetune(&natural, "2", "ssfd", seed, None);
+        let ft = finetune(s, &natural, "2", "ssfd", seed, None);
         let robust = r
             .train(&format!("ft-{seed}"), &ft, 500)?
             .join("model.safetensors");
         let robust_s = robust.to_string_lossy().into_owned();
         float.add(&r, &robust, limit)?;
         // The equal-budget control: E more float epochs at the QAT learning rate.
-        let more = finetune(&robust_s, epochs, qat_lr, seed, None);
+        let more = finetune(s, &robust_s, epochs, qat_lr, seed, None);
         let longer = r
             .train(&format!("ft-more-{seed}"), &more, 500)?
             .join("model.safetensors");
@@ -167,22 +169,26 @@ pub fn qat_evidence(args: &[String]) -> Result<()> {
             ptq.add(&r, &p, limit)?;
             let p = gpfq(&r, &longer, w, &format!("ptq-more-{seed}-{w}"))?;
             ptq_more.add(&r, &p, limit)?;
-            let q = finetune(&robust_s, epochs, qat_lr, seed, Some(w));
+            let q = finetune(s, &robust_s, epochs, qat_lr, seed, Some(w));
             let dir = r.train(&format!("qat-{seed}-{w}"), &q, 500)?;
             qat.add(&r, &dir.join("quantized.safetensors"), limit)?;
         }
     }
     let mut table = format!(
-        "small-cnn on mnist10k, test accuracy (%) on the first {limit} test digits through each quantizer: \
-         clean / PGD-20 / APGD-CE (100 steps), L-inf eps 0.1; mean ± sd over seeds {}. The robust model: the \
-         natural model fine-tuned 2 epochs (SSFD, PGD-10 at eps 0.1). PTQ: GPFQ per channel (512 calibration \
+        "{}, test accuracy (%) on the first {limit} {} through each quantizer: \
+         clean / PGD-20 / APGD-CE (100 steps), L-inf eps {}; mean ± sd over seeds {}. The robust model: the \
+         natural model fine-tuned 2 epochs (SSFD, PGD-10 at eps {}). PTQ: GPFQ per channel (512 calibration \
          images), first and last layer 8-bit. PTQ +{epochs} ep: GPFQ after {epochs} more float epochs of \
          adversarial fine-tuning ({qat_lr}). QAT: {epochs} epoch(s) of adversarial fine-tuning through the \
          quantizer ({qat_lr}; round to nearest per channel, TWN for ternary; first and last layer 8-bit).\n\n\
          float robust model: {}\n\n\
          | weights | PTQ clean | PTQ PGD-20 | PTQ APGD-CE | PTQ +{epochs} ep clean | PGD-20 | APGD-CE | QAT clean | QAT PGD-20 | QAT APGD-CE |\n\
          |---|---|---|---|---|---|---|---|---|---|\n",
+        s.label,
+        s.points,
+        s.eps,
         seeds.join(", "),
+        s.eps,
         float.cells().replace(" | ", " / ")
     );
     for (w, ptq, more, qat) in &rows {

@@ -347,7 +347,7 @@ fn link_into(file: &Path, dir: &Path) -> Result<()> {
 
 /// `SPLIT-first<per_class>/test/<class>/`: the first `per_class` test images (by name) of each
 /// class of `split`, linked (all of a class that holds fewer).
-fn balanced_test(split: &Path, per_class: usize) -> Result<PathBuf> {
+pub(crate) fn balanced_test(split: &Path, per_class: usize) -> Result<PathBuf> {
     let name = split
         .file_name()
         .context("data folder without a name")?
@@ -373,7 +373,7 @@ fn balanced_test(split: &Path, per_class: usize) -> Result<PathBuf> {
 
 /// Unpacks the CIFAR-10 training JPEGs once and links them into `train/` and `test/` class
 /// folders: the last `per_class` files (by name) of each class are the test part.
-fn prepare_data(out: &Path, per_class: usize) -> Result<PathBuf> {
+pub(crate) fn prepare_data(out: &Path, per_class: usize) -> Result<PathBuf> {
     let split = out.join(format!("data/split-{per_class}"));
     if split.join("done").exists() {
         return Ok(split);

@@ -73,17 +73,79 @@ fn pair(lo: f32, hi: f32) -> u32 {
 pub(super) enum Rhs<'a> {
     /// f32 values, rounded as they are packed.
     Values(MatRef<'a>),
-    /// Values already rounded and paired: `(k / 2 rounded up, cols)` row-major, element
-    /// `(p, j)` holding rows `2p` (low half) and `2p + 1` (high half, zero past `k`) of
-    /// column `j`.
-    Pairs { data: &'a [u32], cols: usize },
+    /// Values already rounded, paired and laid out as the micro-kernel reads them (written
+    /// by [`Panels::put`]): the product packs nothing.
+    Panels(&'a Panels<'a>),
 }
 
-/// `out[t]` = the pair `(lo[t], hi[t])`, each rounded to bf16: a row of [`Rhs::Pairs`].
+/// A right operand `(k, n)` in the product's own layout: panel `q` of [`NR`] columns, pair
+/// `p` (rows `2p` in the low half and `2p + 1` in the high half, zero past `k`), lane `t`
+/// (column `q NR + t`, zero past `n`) at `data[(q pairs + p) NR + t]`. A block of the inner
+/// dimension is then one contiguous stretch of each panel, so the product reads the panels
+/// where they are.
+pub(super) struct Panels<'a> {
+    data: &'a mut [u32],
+    pairs: usize,
+    n: usize,
+}
+
+impl<'a> Panels<'a> {
+    /// Values of `data` needed for a `(k, n)` operand.
+    pub(super) fn len((k, n): (usize, usize)) -> usize {
+        n.div_ceil(NR) * k.div_ceil(2) * NR
+    }
+
+    /// The operand `(k, n)` in `data` (at least [`Panels::len`] values), its padding lanes
+    /// (columns `n..` of the last panel) zeroed; [`Panels::put`] writes the rest.
+    ///
+    /// # Panics
+    /// Where `data` is too short.
+    pub(super) fn new(data: &'a mut [u32], (k, n): (usize, usize)) -> Self {
+        let len = Self::len((k, n));
+        assert!(
+            data.len() >= len,
+            "fast-bf16 panels: {} values for {len}",
+            data.len()
+        );
+        let pairs = k.div_ceil(2);
+        let data = &mut data[..len];
+        let (full, rest) = (n / NR, n % NR);
+        if rest > 0 {
+            for p in 0..pairs {
+                data[(full * pairs + p) * NR + rest..][..NR - rest].fill(0);
+            }
+        }
+        Panels { data, pairs, n }
+    }
+
+    /// Pair `p` of columns `col ..` (as many as `lo` holds): the pairs `(lo[t], hi[t])`,
+    /// rounded to bf16.
+    ///
+    /// # Panics
+    /// Where [`available`] is false, the slices differ in length, or the columns or the pair
+    /// lie outside the operand.
+    pub(super) fn put(&mut self, p: usize, col: usize, lo: &[f32], hi: &[f32]) {
+        assert!(
+            p < self.pairs && col + lo.len() <= self.n && hi.len() == lo.len(),
+            "fast-bf16 panels: pair {p}, columns {col}..+{} outside the operand",
+            lo.len()
+        );
+        let mut done = 0;
+        while done < lo.len() {
+            let (q, t) = ((col + done) / NR, (col + done) % NR);
+            let run = (NR - t).min(lo.len() - done);
+            let out = &mut self.data[(q * self.pairs + p) * NR + t..][..run];
+            interleave(&lo[done..][..run], &hi[done..][..run], out);
+            done += run;
+        }
+    }
+}
+
+/// `out[t]` = the pair `(lo[t], hi[t])`, each rounded to bf16.
 ///
 /// # Panics
 /// Where [`available`] is false, or the slices differ in length.
-pub(super) fn interleave(lo: &[f32], hi: &[f32], out: &mut [u32]) {
+fn interleave(lo: &[f32], hi: &[f32], out: &mut [u32]) {
     assert!(available(), "fast-bf16: this CPU has no AVX512-BF16");
     assert!(
         lo.len() == out.len() && hi.len() == out.len(),
@@ -165,41 +227,102 @@ mod avx512 {
         }
     }
 
-    /// 16 pairs from 32 consecutive values: pair `t` is `(v[2t], v[2t + 1])`.
+    /// 16 pairs from 32 consecutive values: lane `t` is the pair `(v[2t], v[2t + 1])`.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    fn pairs16(v: &[f32], out: &mut [u32; 16]) {
+    fn pairs16(v: &[f32]) -> __m512i {
         assert!(v.len() >= 32);
-        // SAFETY: the length asserted above covers the two 64-byte unaligned loads; `out` is
-        // 64 bytes; the transmute reinterprets 64 plain bytes.
+        // SAFETY: the length asserted above covers the two 64-byte unaligned loads; the
+        // transmute reinterprets 64 plain bytes.
         #[allow(unsafe_code)]
         unsafe {
             let packed = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(v[16..].as_ptr()), _mm512_loadu_ps(v.as_ptr()));
-            _mm512_storeu_si512(
-                out.as_mut_ptr().cast(),
-                std::mem::transmute::<__m512bh, __m512i>(packed),
-            );
+            std::mem::transmute::<__m512bh, __m512i>(packed)
         }
     }
 
+    /// Stores the 16 lanes of `v` at `out[..16]`.
+    #[target_feature(enable = "avx512f")]
+    fn store16(v: __m512i, out: &mut [u32]) {
+        assert!(out.len() >= 16);
+        // SAFETY: the length asserted above covers the 64-byte unaligned store.
+        #[allow(unsafe_code)]
+        unsafe {
+            _mm512_storeu_si512(out.as_mut_ptr().cast(), v)
+        };
+    }
+
+    /// Stores lanes 0..8 of `v` at `lo[..8]` and lanes 8..16 at `hi[..8]`.
+    #[target_feature(enable = "avx512f")]
+    fn store8x2(v: __m512i, lo: &mut [u32], hi: &mut [u32]) {
+        assert!(lo.len() >= 8 && hi.len() >= 8);
+        // SAFETY: the lengths asserted above cover the two 32-byte unaligned stores.
+        #[allow(unsafe_code)]
+        unsafe {
+            _mm256_storeu_si256(lo.as_mut_ptr().cast(), _mm512_castsi512_si256(v));
+            _mm256_storeu_si256(hi.as_mut_ptr().cast(), _mm512_extracti64x4_epi64::<1>(v));
+        }
+    }
+
+    /// The 16 x 16 transpose of 32-bit lanes: lane `j` of `r[i]` moves to lane `i` of
+    /// `r[j]`, in four rounds of in-register shuffles (pairs of lanes, pairs of pairs, then
+    /// 128-bit quarters twice).
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn transpose16(r: &mut [__m512i; 16]) {
+        let mut t = [_mm512_setzero_si512(); 16];
+        for i in 0..8 {
+            t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+        }
+        for b in (0..16).step_by(4) {
+            r[b] = _mm512_unpacklo_epi64(t[b], t[b + 2]);
+            r[b + 1] = _mm512_unpackhi_epi64(t[b], t[b + 2]);
+            r[b + 2] = _mm512_unpacklo_epi64(t[b + 1], t[b + 3]);
+            r[b + 3] = _mm512_unpackhi_epi64(t[b + 1], t[b + 3]);
+        }
+        for b in [0, 8] {
+            for i in 0..4 {
+                t[b + i] = _mm512_shuffle_i32x4::<0x88>(r[b + i], r[b + 4 + i]);
+                t[b + 4 + i] = _mm512_shuffle_i32x4::<0xdd>(r[b + i], r[b + 4 + i]);
+            }
+        }
+        for i in 0..8 {
+            r[i] = _mm512_shuffle_i32x4::<0x88>(t[i], t[8 + i]);
+            r[8 + i] = _mm512_shuffle_i32x4::<0xdd>(t[i], t[8 + i]);
+        }
+    }
+
+    /// The pairs `p .. p + 16` of 16 lines, each 32 consecutive values from `data[start]`
+    /// (`start` from `line(t)`, `t < 16`), transposed: `r[u]` holds pair `p + u` of every
+    /// line, line `t` in lane `t`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    fn pairs16x16(data: &[f32], line: impl Fn(usize) -> usize) -> [__m512i; 16] {
+        let mut r = [_mm512_setzero_si512(); 16];
+        for (t, r) in r.iter_mut().enumerate() {
+            *r = pairs16(&data[line(t)..]);
+        }
+        transpose16(&mut r);
+        r
+    }
+
     /// Packs the line `data[base + c * step]`, `c` in `ks`, as pairs into one panel of
-    /// `width` lanes: pair `p` at `panel[p * width + lane]`, zero past `ks`. A contiguous
-    /// line (`step == 1`: a row of the left operand, a column of the transposed unfolded
-    /// input) converts 16 pairs at a time.
+    /// `width` lanes: pair `p` at `panel[p * width + lane]` for `p >= from` (the pairs before
+    /// it are packed already), zero past `ks`. A contiguous line (`step == 1`) converts 16
+    /// pairs at a time.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     fn pack_line(
         data: &[f32],
         (base, step): (usize, usize),
-        ks: Range<usize>,
+        (ks, from): (Range<usize>, usize),
         panel: &mut [u32],
         (lane, width): (usize, usize),
     ) {
         let kp = ks.len().div_ceil(2);
-        let mut p = 0;
+        let mut p = from;
         if step == 1 {
             let line = &data[base..];
             let mut pairs = [0u32; 16];
             while 2 * p + 32 <= ks.len() {
-                pairs16(&line[ks.start + 2 * p..], &mut pairs);
+                store16(pairs16(&line[ks.start + 2 * p..]), &mut pairs);
                 for (t, &v) in pairs.iter().enumerate() {
                     panel[(p + t) * width + lane] = v;
                 }
@@ -215,19 +338,59 @@ mod avx512 {
 
     /// Packs rows `rows` and inner indices `ks` of `a` into panels of [`MR`] rows: panel
     /// `q`, pair `p`, row `i` at `out[(q * kp + p) * MR + i]`, zeros past the matrix.
+    ///
+    /// Two whole panels (16 rows) at a time take whole vectors where the layout allows: rows
+    /// contiguous along the inner dimension (`cs == 1`: the weight, `dY`) convert 16 pairs
+    /// of each of the 16 rows and transpose them in registers; columns contiguous along the
+    /// rows (`rs == 1`: the transposed weight of a strided layer's input gradient) interleave
+    /// two inner indices of the 16 rows.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     fn pack_lhs(a: MatRef<'_>, rows: Range<usize>, ks: Range<usize>, out: &mut Buf<u32>) {
         let kp = ks.len().div_ceil(2);
         let panels = rows.len().div_ceil(MR);
         let out = take(out, panels * kp * MR);
+        // Pairs of whole panels, and the pairs (inner index / 2) of each they fill.
+        let twins = rows.len() / (2 * MR);
+        let done = if a.cs == 1 {
+            ks.len() / 32 * 16
+        } else if a.rs == 1 {
+            ks.len() / 2
+        } else {
+            0
+        };
+        if done > 0 {
+            for (q, two) in out.chunks_exact_mut(2 * kp * MR).take(twins).enumerate() {
+                let (lo, hi) = two.split_at_mut(kp * MR);
+                let r0 = rows.start + 2 * q * MR;
+                if a.cs == 1 {
+                    for p in (0..done).step_by(16) {
+                        let c = ks.start + 2 * p;
+                        let r = pairs16x16(a.data, |t| (r0 + t) * a.rs + c);
+                        for (u, &v) in r.iter().enumerate() {
+                            store8x2(v, &mut lo[(p + u) * MR..], &mut hi[(p + u) * MR..]);
+                        }
+                    }
+                } else {
+                    let mut pairs = [0u32; 16];
+                    for p in 0..done {
+                        let c = ks.start + 2 * p;
+                        let line = |c: usize| &a.data[r0 + c * a.cs..][..16];
+                        interleave16(line(c), line(c + 1), &mut pairs);
+                        lo[p * MR..][..MR].copy_from_slice(&pairs[..MR]);
+                        hi[p * MR..][..MR].copy_from_slice(&pairs[MR..]);
+                    }
+                }
+            }
+        }
         for (q, panel) in out.chunks_exact_mut(kp * MR).enumerate() {
             let valid = MR.min(rows.end - rows.start - q * MR);
             if valid < MR {
                 panel.fill(0);
             }
+            let from = if q < 2 * twins { done } else { 0 };
             for i in 0..valid {
                 let r = rows.start + q * MR + i;
-                pack_line(a.data, (r * a.rs, a.cs), ks.clone(), panel, (i, MR));
+                pack_line(a.data, (r * a.rs, a.cs), (ks.clone(), from), panel, (i, MR));
             }
         }
     }
@@ -245,22 +408,8 @@ mod avx512 {
             if width < NR {
                 panel.fill(0);
             }
-            let b = match b {
-                Rhs::Values(b) => b,
-                Rhs::Pairs { data, cols: n } => {
-                    // Already rounded and paired (`ks.start` is even): a copy.
-                    for (p, dst) in panel.chunks_exact_mut(NR).enumerate() {
-                        let src = &data[(ks.start / 2 + p) * n + j0..][..width];
-                        match (<&mut [u32; NR]>::try_from(dst), <&[u32; NR]>::try_from(src)) {
-                            // Whole panels as fixed-size copies, which compile to vector moves
-                            // instead of a call per 48 values.
-                            (Ok(dst), Ok(src)) => *dst = *src,
-                            (Ok(dst), Err(_)) => dst[..width].copy_from_slice(src),
-                            (Err(_), _) => unreachable!("chunks_exact_mut gives NR values"),
-                        }
-                    }
-                    continue;
-                }
+            let Rhs::Values(b) = b else {
+                unreachable!("fast-bf16: packed panels are read where they are")
             };
             if b.cs == 1 && width == NR {
                 // Rows contiguous along the columns (the unfolded input): two rows make 16
@@ -279,8 +428,32 @@ mod avx512 {
                 }
                 continue;
             }
+            // Columns contiguous along the inner dimension (`rs == 1`: the transposed unfolded
+            // input of the weight gradient): 16 columns x 16 pairs at a time, transposed in
+            // registers, so the panel takes whole vectors instead of single values.
+            let (groups, done) = if b.rs == 1 {
+                (width / 16, ks.len() / 32 * 16)
+            } else {
+                (0, 0)
+            };
+            for jj in (0..groups * 16).step_by(16) {
+                for p in (0..done).step_by(16) {
+                    let c = ks.start + 2 * p;
+                    let r = pairs16x16(b.data, |t| (j0 + jj + t) * b.cs + c);
+                    for (u, &v) in r.iter().enumerate() {
+                        store16(v, &mut panel[(p + u) * NR + jj..]);
+                    }
+                }
+            }
             for j in 0..width {
-                pack_line(b.data, ((j0 + j) * b.cs, b.rs), ks.clone(), panel, (j, NR));
+                let from = if j < groups * 16 { done } else { 0 };
+                pack_line(
+                    b.data,
+                    ((j0 + j) * b.cs, b.rs),
+                    (ks.clone(), from),
+                    panel,
+                    (j, NR),
+                );
             }
         }
     }
@@ -294,6 +467,14 @@ mod avx512 {
         lhs: MatRef<'_>,
         rhs: Rhs<'_>,
     ) {
+        if let Rhs::Panels(p) = rhs {
+            assert!(
+                p.n == n && p.pairs == k.div_ceil(2),
+                "fast-bf16: a ({k}, {n}) product given panels of {} pairs and {} columns",
+                p.pairs,
+                p.n
+            );
+        }
         let (mut lpack, mut rpack) = (Buf::default(), Buf::default());
         let mut tile = [0f32; MR * NR];
         if k == 0 && !accumulate {
@@ -304,13 +485,24 @@ mod avx512 {
             for k0 in (0..k).step_by(KC) {
                 let ks = k0..(k0 + KC).min(k);
                 let kp = ks.len().div_ceil(2);
-                pack_rhs(rhs, ks.clone(), n0..n1, &mut rpack);
+                let rpanels = (n1 - n0).div_ceil(NR);
+                if let Rhs::Values(_) = rhs {
+                    pack_rhs(rhs, ks.clone(), n0..n1, &mut rpack);
+                }
+                // Panel `qj` of the block: packed above, or where the operand has it (`n0`
+                // is a multiple of NR, `k0` of 2).
+                let rpanel = |qj: usize| -> &[u32] {
+                    match rhs {
+                        Rhs::Values(_) => &rpack.as_slice()[qj * kp * NR..][..kp * NR],
+                        Rhs::Panels(p) => &p.data[((n0 / NR + qj) * p.pairs + k0 / 2) * NR..][..kp * NR],
+                    }
+                };
                 for m0 in (0..m).step_by(MC) {
                     let m1 = (m0 + MC).min(m);
                     pack_lhs(lhs, m0..m1, ks.clone(), &mut lpack);
-                    let rlen = (n1 - n0).div_ceil(NR) * kp * NR;
                     let llen = (m1 - m0).div_ceil(MR) * kp * MR;
-                    for (qj, rpanel) in rpack.as_slice()[..rlen].chunks_exact(kp * NR).enumerate() {
+                    for qj in 0..rpanels {
+                        let rpanel = rpanel(qj);
                         let j0 = n0 + qj * NR;
                         let width = NR.min(n1 - j0);
                         for (qi, lpanel) in lpack.as_slice()[..llen].chunks_exact(kp * MR).enumerate() {
@@ -441,6 +633,11 @@ mod tests {
             (9, 33, 257),
             (20, 1100, 30),
             (300, 40, 600),
+            // Whole and partial 16 x 16 blocks of the vector packings: 16-row panel pairs
+            // with a panel left over, 16-column groups with columns left over, 32-value runs
+            // with an odd remainder.
+            (40, 70, 101),
+            (33, 64, 96),
         ] {
             let a: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1f32..1.0)).collect();
             let b: Vec<f32> = (0..k * n).map(|_| rng.random_range(-1f32..1.0)).collect();
@@ -478,31 +675,33 @@ mod tests {
                 for (g, w) in got.iter().zip(&want) {
                     assert!((g - w).abs() <= tol, "({m}, {n}, {k}) {ta} {tb}: {g} vs {w}");
                 }
-                // The same operand already paired packs to the same values: the same bits.
-                let pairs: Vec<u32> = (0..k.div_ceil(2) * n)
-                    .map(|e| {
-                        let (p, j) = (e / n, e % n);
-                        let at = |c: usize| {
-                            if c < k {
-                                rhs.data[c * rhs.rs + j * rhs.cs]
-                            } else {
-                                0.0
-                            }
-                        };
-                        pair(at(2 * p), at(2 * p + 1))
-                    })
-                    .collect();
+                // The same operand written as panels (rows by pairs, columns in uneven
+                // stretches that cross panel boundaries) gives the same bits.
+                let at = |c: usize, j: usize| {
+                    if c < k {
+                        rhs.data[c * rhs.rs + j * rhs.cs]
+                    } else {
+                        0.0
+                    }
+                };
+                // Garbage first: every value must be written by `new` or `put`.
+                let mut data = vec![u32::MAX; Panels::len((k, n)) + 3];
+                let mut panels = Panels::new(&mut data, (k, n));
+                for p in 0..k.div_ceil(2) {
+                    let mut col = 0;
+                    for stretch in [5, 50, 17].iter().cycle() {
+                        let end = (col + stretch).min(n);
+                        let lo: Vec<f32> = (col..end).map(|j| at(2 * p, j)).collect();
+                        let hi: Vec<f32> = (col..end).map(|j| at(2 * p + 1, j)).collect();
+                        panels.put(p, col, &lo, &hi);
+                        col = end;
+                        if col == n {
+                            break;
+                        }
+                    }
+                }
                 let mut paired = vec![f32::NAN; m * n];
-                matmul(
-                    (m, n, k),
-                    &mut paired,
-                    false,
-                    lhs,
-                    Rhs::Pairs {
-                        data: &pairs,
-                        cols: n,
-                    },
-                );
+                matmul((m, n, k), &mut paired, false, lhs, Rhs::Panels(&panels));
                 assert!(paired.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()));
                 // Accumulating adds the product onto what is there.
                 let mut acc = vec![1.5f32; m * n];
@@ -581,5 +780,70 @@ mod tests {
             Rhs::Values(rhs),
         );
         assert_eq!(out.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), want);
+        // The operand on the left, 48 rows (three whole panel pairs), row-major and then
+        // transposed (rs = 1), times the identity.
+        let eye_rhs = Rhs::Values(MatRef {
+            data: &eye,
+            rs: k,
+            cs: 1,
+        });
+        let mut out = vec![0f32; 48 * k];
+        matmul(
+            (48, k, k),
+            &mut out,
+            false,
+            MatRef {
+                data: &v,
+                rs: k,
+                cs: 1,
+            },
+            eye_rhs,
+        );
+        assert_eq!(out.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), want);
+        let mut out = vec![0f32; 48 * k];
+        matmul(
+            (48, k, k),
+            &mut out,
+            false,
+            MatRef {
+                data: &v,
+                rs: 1,
+                cs: 48,
+            },
+            eye_rhs,
+        );
+        let want_t: Vec<u32> = (0..48 * k).map(|e| want[e / k + (e % k) * 48]).collect();
+        assert_eq!(out.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), want_t);
+    }
+
+    #[test]
+    fn the_register_transpose_is_a_transpose() {
+        if !available() {
+            eprintln!("skipped: this CPU has no AVX512-BF16");
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{__m512i, _mm512_loadu_si512, _mm512_storeu_si512};
+            let m: Vec<u32> = (0..256).collect();
+            // SAFETY: AVX512F is present (`available` above); each load and store moves 64
+            // bytes inside a 16-element row of `m` or `out`.
+            #[allow(unsafe_code)]
+            let out = unsafe {
+                let mut r: [__m512i; 16] =
+                    std::array::from_fn(|i| _mm512_loadu_si512(m[16 * i..].as_ptr().cast()));
+                avx512::transpose16(&mut r);
+                let mut out = vec![0u32; 256];
+                for (i, r) in r.iter().enumerate() {
+                    _mm512_storeu_si512(out[16 * i..].as_mut_ptr().cast(), *r);
+                }
+                out
+            };
+            for i in 0..16 {
+                for j in 0..16 {
+                    assert_eq!(out[16 * i + j], m[16 * j + i], "({i}, {j})");
+                }
+            }
+        }
     }
 }

@@ -34,7 +34,7 @@
 //! The backward returns tensors that do not themselves track gradients, so gradients of
 //! gradients (double backward) are not supported through this op.
 
-use super::fast_bf16::{self, Rhs};
+use super::fast_bf16::{self, Panels, Rhs};
 use super::{fast_act, fast_bn, fast_depthwise, BatchStats, CandleKernels, ConvCfg, Kernels, Precision};
 use crate::Result;
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Storage, Tensor};
@@ -451,16 +451,16 @@ fn im2col(x: &[f32], g: &Geometry, (first, nb): (usize, usize), table: Option<&[
     }
 }
 
-/// As [`im2col`], but as the bf16 pairs the bf16 product reads: element `(p, col)` of the
-/// `(K / 2 rounded up, nb * L)` result holds rows `2p` and `2p + 1` (zero past `K`) of column
-/// `col`, rounded to bf16. Half the bytes of the f32 unfolding, and the product's packing of
-/// it is a copy. `rows` is scratch space.
+/// As [`im2col`], but written as the bf16 product's packed right operand (`(K, nb L)` in
+/// [`Panels`]: rows `2p` and `2p + 1` of each column as one pair, rounded to bf16), which the
+/// product then reads where it is. Half the bytes of the f32 unfolding, and no packing pass.
+/// `rows` is scratch space.
 fn im2col_pairs(
     x: &[f32],
     g: &Geometry,
     (first, nb): (usize, usize),
     table: Option<&[u32]>,
-    out: &mut [u32],
+    out: &mut Panels<'_>,
     rows: &mut Buf<f32>,
 ) {
     let (k, l, kk) = (g.k(), g.l(), g.kh * g.kw);
@@ -483,23 +483,22 @@ fn im2col_pairs(
                 let first_pair = c * kk / 2;
                 let pairs = kk.min(k.div_ceil(2) - first_pair);
                 for (q, two) in rows.chunks_exact(2 * l).take(pairs).enumerate() {
-                    let seg = &mut out[(first_pair + q) * nb * l + b * l..][..l];
-                    fast_bf16::interleave(&two[..l], &two[l..], seg);
+                    out.put(first_pair + q, b * l, &two[..l], &two[l..]);
                 }
             }
         }
         return;
     }
     let (lo, hi) = take(rows, 2 * l).split_at_mut(l);
-    for (p, dst) in out.chunks_mut(nb * l).enumerate() {
-        for (b, seg) in dst.chunks_mut(l).enumerate() {
+    for p in 0..k.div_ceil(2) {
+        for b in 0..nb {
             unfold_row(x, g, (first + b, 2 * p), lo);
             if 2 * p + 1 < k {
                 unfold_row(x, g, (first + b, 2 * p + 1), hi);
             } else {
                 hi.fill(0.0);
             }
-            fast_bf16::interleave(lo, hi, seg);
+            out.put(p, b * l, lo, hi);
         }
     }
 }
@@ -784,7 +783,7 @@ struct Scratch {
     prod: Buf<f32>,
     dyt: Buf<f32>,
     colst: Buf<f32>,
-    /// The unfolded input as bf16 pairs (the bf16 forward).
+    /// The unfolded input as the bf16 product's panels (the bf16 forward).
     pairs: Buf<u32>,
 }
 
@@ -1006,16 +1005,12 @@ fn forward(
                 let (first, nb) = plan.images(chunk, g.n);
                 let prod = take(&mut buf.prod, g.o * nb * l);
                 if bf16 {
-                    let pairs = take(&mut buf.pairs, k.div_ceil(2) * nb * l);
-                    im2col_pairs(x, g, (first, nb), table.as_deref(), pairs, &mut buf.cols);
-                    let (w, pairs) = (
-                        MatRef::rows(w, k),
-                        Rhs::Pairs {
-                            data: pairs,
-                            cols: nb * l,
-                        },
-                    );
-                    bf16_matmul((g.o, nb * l, k), prod, false, w, pairs, plan.gemm_threads);
+                    let data = take(&mut buf.pairs, Panels::len((k, nb * l)));
+                    let mut panels = Panels::new(data, (k, nb * l));
+                    im2col_pairs(x, g, (first, nb), table.as_deref(), &mut panels, &mut buf.cols);
+                    let w = MatRef::rows(w, k);
+                    let rhs = Rhs::Panels(&panels);
+                    bf16_matmul((g.o, nb * l, k), prod, false, w, rhs, plan.gemm_threads);
                 } else {
                     let cols = if kept.is_empty() {
                         take(&mut buf.cols, k * nb * l)
