@@ -66,9 +66,14 @@ pub(super) fn min_items(unit: usize) -> usize {
     (MIN_TASK / unit.max(1)).max(1)
 }
 
-/// `sum of f(a[k], b[k])` over the common length, with eight independent accumulators: one
-/// accumulator would make every addition wait for the previous one (a scalar chain at a
-/// quarter of an element per cycle); eight overlap, and the compiler vectorises them.
+/// Accumulators of [`lane_sum`].
+const LANES: usize = 32;
+
+/// `sum of f(a[k], b[k])` over the common length, with [`LANES`] independent accumulators:
+/// one accumulator would make every addition wait for the previous one (a scalar chain at a
+/// quarter of an element per cycle); these overlap, and the compiler vectorises them into
+/// several vector accumulators (four of f64 under AVX-512), so the additions' latency does
+/// not bound the pass either.
 #[inline(always)]
 pub(super) fn lane_sum<T>(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> T) -> T
 where
@@ -76,13 +81,16 @@ where
 {
     let len = a.len().min(b.len());
     let (a, b) = (&a[..len], &b[..len]);
-    let mut acc = [T::default(); 8];
-    for (ca, cb) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+    let mut acc = [T::default(); LANES];
+    for (ca, cb) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
         for (j, s) in acc.iter_mut().enumerate() {
             *s += f(ca[j], cb[j]);
         }
     }
-    let (ra, rb) = (a.chunks_exact(8).remainder(), b.chunks_exact(8).remainder());
+    let (ra, rb) = (
+        a.chunks_exact(LANES).remainder(),
+        b.chunks_exact(LANES).remainder(),
+    );
     let mut total: T = acc.iter().copied().sum();
     ra.iter().zip(rb).for_each(|(&u, &v)| total += f(u, v));
     total
