@@ -787,33 +787,12 @@ mod tests {
             rs: k,
             cs: 1,
         });
-        let mut out = vec![0f32; 48 * k];
-        matmul(
-            (48, k, k),
-            &mut out,
-            false,
-            MatRef {
-                data: &v,
-                rs: k,
-                cs: 1,
-            },
-            eye_rhs,
-        );
-        assert_eq!(out.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), want);
-        let mut out = vec![0f32; 48 * k];
-        matmul(
-            (48, k, k),
-            &mut out,
-            false,
-            MatRef {
-                data: &v,
-                rs: 1,
-                cs: 48,
-            },
-            eye_rhs,
-        );
         let want_t: Vec<u32> = (0..48 * k).map(|e| want[e / k + (e % k) * 48]).collect();
-        assert_eq!(out.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), want_t);
+        for (rs, cs, want) in [(k, 1, &want), (1, 48, &want_t)] {
+            let mut out = vec![0f32; 48 * k];
+            matmul((48, k, k), &mut out, false, MatRef { data: &v, rs, cs }, eye_rhs);
+            assert_eq!(&out.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), want);
+        }
     }
 
     #[test]
