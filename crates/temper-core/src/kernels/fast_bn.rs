@@ -18,7 +18,7 @@
 //! double backward is not supported through this op.
 
 use super::fast_act::{clamp_grad, clamp_value};
-use super::fast_cpu::{dense, lane_sum, min_items, simd, with_data};
+use super::fast_cpu::{dense, lane_sum, lane_sum2, min_items, simd, with_data, Pair};
 use super::BatchStats;
 use crate::Result;
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor};
@@ -47,16 +47,17 @@ pub(super) fn covers(x: &Tensor, per_channel: &[&Tensor]) -> bool {
 /// block's planes, which lie next to each other: one channel at a time over all images read
 /// one plane per image `C H W` elements apart, which for MobileNetV2's one-pixel planes was
 /// a cache miss per element (its training-mode BatchNorm on 960 x 1 x 1: 0.8 ms a call).
-pub(super) fn channel_sums<F>(n: usize, c: usize, hw: usize, f: F) -> Vec<f64>
+pub(super) fn channel_sums<A, F>(n: usize, c: usize, hw: usize, f: F) -> Vec<A>
 where
-    F: Fn(usize, usize) -> f64 + Sync,
+    A: Copy + Default + std::ops::AddAssign + Send,
+    F: Fn(usize, usize) -> A + Sync,
 {
     let block = min_items(n * hw).clamp(1, c.max(1));
     (0..c.div_ceil(block))
         .into_par_iter()
         .flat_map_iter(|blk| {
             let channels = blk * block..((blk + 1) * block).min(c);
-            let mut acc = vec![0f64; channels.len()];
+            let mut acc = vec![A::default(); channels.len()];
             simd(|| {
                 for b in 0..n {
                     for (a, ch) in acc.iter_mut().zip(channels.clone()) {
@@ -88,24 +89,30 @@ pub(super) fn for_planes(buf: &mut [f32], hw: usize, f: impl Fn(usize, &mut [f32
         });
 }
 
-/// Per-channel mean and biased variance of an NCHW buffer (two passes, f64 accumulation).
+/// Per-channel mean and biased variance of an NCHW buffer, in one pass with f64 sums of
+/// `x - shift` and its square, the shift a value of the channel (its first): the variance
+/// `E[(x - shift)^2] - E[x - shift]^2` then does not cancel away, as it could around a mean
+/// far from zero. (Two passes, the mean first, read the activation twice.)
 fn moments(x: &[f32], n: usize, c: usize, hw: usize) -> (Vec<f64>, Vec<f64>) {
     let count = (n * hw) as f64;
-    let mean: Vec<f64> = channel_sums(n, c, hw, |_, at| {
-        let p = &x[at..at + hw];
-        lane_sum(p, p, |v, _| v as f64)
+    let shift: Vec<f64> = (0..c)
+        .map(|ch| x.get(ch * hw).map_or(0.0, |&v| v as f64))
+        .collect();
+    channel_sums(n, c, hw, |ch, at| {
+        let (p, s) = (&x[at..at + hw], shift[ch]);
+        lane_sum2(p, p, p, |v, _, _| {
+            let d = v as f64 - s;
+            Pair(d, d * d)
+        })
     })
     .into_iter()
-    .map(|s| s / count)
-    .collect();
-    let var = channel_sums(n, c, hw, |ch, at| {
-        let (p, m) = (&x[at..at + hw], mean[ch]);
-        lane_sum(p, p, |v, _| (v as f64 - m) * (v as f64 - m))
+    .zip(&shift)
+    .map(|(Pair(s1, s2), s)| {
+        let (m, v) = (s1 / count, s2 / count - (s1 / count).powi(2));
+        // Rounding can leave a tiny negative variance; NaN stays NaN.
+        (s + m, if v < 0.0 { 0.0 } else { v })
     })
-    .into_iter()
-    .map(|s| s / count)
-    .collect();
-    (mean, var)
+    .unzip()
 }
 
 /// BatchNorm in training mode with the batch's own statistics, followed by a ReLU in the
@@ -303,5 +310,56 @@ impl CustomOp3 for BatchNormOp {
                 Ok((dx, dg, db))
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// The one-pass moments equal the two-pass ones (mean first, then centred squares, in
+    /// f64) to f64 rounding, also where the mean is far from zero against the spread, which
+    /// the plain `E[x^2] - E[x]^2` would cancel away; a NaN stays a NaN.
+    #[test]
+    fn one_pass_moments_equal_two_pass_moments() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let (n, c, hw) = (3, 4, 37);
+        // Channel 0 near 0, channel 1 at 1000 with spread 0.01, channel 2 constant, channel
+        // 3 with its first value an outlier.
+        let mut x = vec![0f32; n * c * hw];
+        for b in 0..n {
+            for ch in 0..c {
+                for i in 0..hw {
+                    x[(b * c + ch) * hw + i] = match ch {
+                        0 => rng.random_range(-1f32..1.0),
+                        1 => 1000.0 + rng.random_range(-0.01f32..0.01),
+                        2 => 7.5,
+                        _ => rng.random_range(0f32..1.0),
+                    };
+                }
+            }
+        }
+        x[3 * hw] = 5e4;
+        let (mean, var) = moments(&x, n, c, hw);
+        for ch in 0..c {
+            let vals: Vec<f64> = (0..n)
+                .flat_map(|b| x[(b * c + ch) * hw..][..hw].iter().map(|&v| v as f64))
+                .collect();
+            let m = vals.iter().sum::<f64>() / vals.len() as f64;
+            let v = vals.iter().map(|&u| (u - m) * (u - m)).sum::<f64>() / vals.len() as f64;
+            assert!(
+                (mean[ch] - m).abs() <= 1e-12 * m.abs().max(1.0),
+                "mean {ch}: {} vs {m}",
+                mean[ch]
+            );
+            assert!(
+                (var[ch] - v).abs() <= 1e-9 * v.max(1e-12),
+                "var {ch}: {} vs {v}",
+                var[ch]
+            );
+        }
+        x[5] = f32::NAN;
+        assert!(moments(&x, n, c, hw).1[0].is_nan());
     }
 }

@@ -96,6 +96,44 @@ where
     total
 }
 
+/// Two f64 sums carried together (per-channel sums that one pass computes at once).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(super) struct Pair(pub(super) f64, pub(super) f64);
+
+impl std::ops::AddAssign for Pair {
+    fn add_assign(&mut self, o: Pair) {
+        self.0 += o.0;
+        self.1 += o.1;
+    }
+}
+
+/// As [`lane_sum`], two sums in one pass over three slices: `sum f(a[k], b[k], c[k])` of
+/// each half of the pair, over the common length, each in its own [`LANES`] accumulators
+/// (an array of pairs would not vectorise).
+#[inline(always)]
+pub(super) fn lane_sum2(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> Pair) -> Pair {
+    let len = a.len().min(b.len()).min(c.len());
+    let (a, b, c) = (&a[..len], &b[..len], &c[..len]);
+    let (mut s0, mut s1) = ([0f64; LANES], [0f64; LANES]);
+    let chunks = a
+        .chunks_exact(LANES)
+        .zip(b.chunks_exact(LANES))
+        .zip(c.chunks_exact(LANES));
+    for ((ca, cb), cc) in chunks {
+        for j in 0..LANES {
+            let Pair(u, v) = f(ca[j], cb[j], cc[j]);
+            s0[j] += u;
+            s1[j] += v;
+        }
+    }
+    let mut total = Pair(s0.iter().sum(), s1.iter().sum());
+    let rest = len / LANES * LANES;
+    for k in rest..len {
+        total += f(a[k], b[k], c[k]);
+    }
+    total
+}
+
 /// Runs `f` compiled for AVX-512 (with AVX2 and FMA) where the CPU has it, detected at run
 /// time, and as it is otherwise.
 ///
@@ -1011,7 +1049,13 @@ fn forward(
             let mut offset = 0;
             for chunk in plan.group_chunks(group) {
                 let (first, nb) = plan.images(chunk, g.n);
-                let prod = take(&mut buf.prod, g.o * nb * l);
+                let out = &mut ys[offset..offset + nb * per_image];
+                // One image's (O, L) product is already its NCHW output: written in place.
+                let (prod, permute_into) = if nb == 1 {
+                    (out, None)
+                } else {
+                    (take(&mut buf.prod, g.o * nb * l), Some(out))
+                };
                 if bf16 {
                     let data = take(&mut buf.pairs, Panels::len((k, nb * l)));
                     let mut panels = Panels::new(data, (k, nb * l));
@@ -1031,8 +1075,10 @@ fn forward(
                     let (w, cols) = (MatRef::rows(w, k), MatRef::rows(cols, nb * l));
                     matmul((g.o, nb * l, k), prod, false, w, cols, (plan.gemm_threads, false))?;
                 }
-                // (O, nb, L) -> (nb, O, L).
-                swap_outer(prod, g.o, nb, l, &mut ys[offset..offset + nb * per_image]);
+                if let Some(out) = permute_into {
+                    // (O, nb, L) -> (nb, O, L).
+                    swap_outer(prod, g.o, nb, l, out);
+                }
                 offset += nb * per_image;
             }
             Ok(())
@@ -1303,8 +1349,14 @@ impl CustomOp2 for Conv2dOp {
                                     let cols_n = nb * l;
                                     // dY of the chunk as (O, nb * L): the columns in the
                                     // unfolded order.
-                                    let dyt = take(&mut buf.dyt, g.o * cols_n);
-                                    swap_outer(&dy[first * g.o * l..], nb, g.o, l, dyt);
+                                    let dyt = if nb == 1 {
+                                        // One image's dY is already (O, L).
+                                        &dy[first * g.o * l..][..g.o * l]
+                                    } else {
+                                        let dyt = take(&mut buf.dyt, g.o * cols_n);
+                                        swap_outer(&dy[first * g.o * l..], nb, g.o, l, dyt);
+                                        dyt
+                                    };
                                     let dyt = MatRef::rows(dyt, cols_n);
                                     if fold_dx {
                                         // dcols (K, nb L) = W^T @ dY, folded back onto dX.
