@@ -18,7 +18,7 @@
 //! double backward is not supported through this op.
 
 use super::fast_act::{clamp_grad, clamp_value};
-use super::fast_cpu::{dense, lane_sum, lane_sum2, min_items, simd, with_data, Pair};
+use super::fast_cpu::{dense, lane_sum2, min_items, simd, with_data, Pair};
 use super::BatchStats;
 use crate::Result;
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor};
@@ -264,18 +264,15 @@ impl CustomOp3 for BatchNormOp {
                 // Per-channel sums of dy and dy * x_hat: the parameter gradients, and the two
                 // corrections of the training-mode input gradient.
                 let want_sums = need_dg || need_db || (need_dx && self.train);
-                let (sum_dy, sum_dy_xhat) = if want_sums {
-                    let s1 = channel_sums(n, c, hw, |_, at| {
-                        let p = &dy[at..at + hw];
-                        lane_sum(p, p, |d, _| d as f64)
-                    });
-                    let s2 = channel_sums(n, c, hw, |ch, at| {
+                let (sum_dy, sum_dy_xhat): (Vec<f64>, Vec<f64>) = if want_sums {
+                    channel_sums(n, c, hw, |ch, at| {
                         let (m, s) = (mean[ch], invstd[ch]);
-                        lane_sum(&dy[at..at + hw], &x[at..at + hw], |d, v| {
-                            d as f64 * ((v - m) * s) as f64
-                        })
-                    });
-                    (s1, s2)
+                        let (d, v) = (&dy[at..at + hw], &x[at..at + hw]);
+                        lane_sum2(d, v, v, |d, v, _| Pair(d as f64, d as f64 * ((v - m) * s) as f64))
+                    })
+                    .into_iter()
+                    .map(|Pair(a, b)| (a, b))
+                    .unzip()
                 } else {
                     (Vec::new(), Vec::new())
                 };
