@@ -398,7 +398,7 @@ mod avx512 {
     /// Packs inner indices `ks` and columns `cols` of `b` into panels of [`NR`] columns:
     /// panel `q`, pair `p`, column `j` at `out[(q * kp + p) * NR + j]`, zeros past the matrix.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    fn pack_rhs(b: Rhs<'_>, ks: Range<usize>, cols: Range<usize>, out: &mut Buf<u32>) {
+    fn pack_rhs(b: MatRef<'_>, ks: Range<usize>, cols: Range<usize>, out: &mut Buf<u32>) {
         let kp = ks.len().div_ceil(2);
         let panels = cols.len().div_ceil(NR);
         let out = take(out, panels * kp * NR);
@@ -408,9 +408,6 @@ mod avx512 {
             if width < NR {
                 panel.fill(0);
             }
-            let Rhs::Values(b) = b else {
-                unreachable!("fast-bf16: packed panels are read where they are")
-            };
             if b.cs == 1 && width == NR {
                 // Rows contiguous along the columns (the unfolded input): two rows make 16
                 // pairs at a time.
@@ -486,8 +483,8 @@ mod avx512 {
                 let ks = k0..(k0 + KC).min(k);
                 let kp = ks.len().div_ceil(2);
                 let rpanels = (n1 - n0).div_ceil(NR);
-                if let Rhs::Values(_) = rhs {
-                    pack_rhs(rhs, ks.clone(), n0..n1, &mut rpack);
+                if let Rhs::Values(b) = rhs {
+                    pack_rhs(b, ks.clone(), n0..n1, &mut rpack);
                 }
                 // Panel `qj` of the block: packed above, or where the operand has it (`n0`
                 // is a multiple of NR, `k0` of 2).

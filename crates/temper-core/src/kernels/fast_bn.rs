@@ -92,7 +92,7 @@ pub(super) fn for_planes(buf: &mut [f32], hw: usize, f: impl Fn(usize, &mut [f32
 /// Per-channel mean and biased variance of an NCHW buffer, in one pass with f64 sums of
 /// `x - shift` and its square, the shift a value of the channel (its first): the variance
 /// `E[(x - shift)^2] - E[x - shift]^2` then does not cancel away, as it could around a mean
-/// far from zero. (Two passes, the mean first, read the activation twice.)
+/// far from zero. (The two-pass form, the mean first, reads the activation twice.)
 fn moments(x: &[f32], n: usize, c: usize, hw: usize) -> (Vec<f64>, Vec<f64>) {
     let count = (n * hw) as f64;
     let shift: Vec<f64> = (0..c)
@@ -100,7 +100,7 @@ fn moments(x: &[f32], n: usize, c: usize, hw: usize) -> (Vec<f64>, Vec<f64>) {
         .collect();
     channel_sums(n, c, hw, |ch, at| {
         let (p, s) = (&x[at..at + hw], shift[ch]);
-        lane_sum2(p, p, p, |v, _, _| {
+        lane_sum2(p, p, |v, _| {
             let d = v as f64 - s;
             Pair(d, d * d)
         })
@@ -108,7 +108,8 @@ fn moments(x: &[f32], n: usize, c: usize, hw: usize) -> (Vec<f64>, Vec<f64>) {
     .into_iter()
     .zip(&shift)
     .map(|(Pair(s1, s2), s)| {
-        let (m, v) = (s1 / count, s2 / count - (s1 / count).powi(2));
+        let m = s1 / count;
+        let v = s2 / count - m * m;
         // Rounding can leave a tiny negative variance; NaN stays NaN.
         (s + m, if v < 0.0 { 0.0 } else { v })
     })
@@ -268,7 +269,7 @@ impl CustomOp3 for BatchNormOp {
                     channel_sums(n, c, hw, |ch, at| {
                         let (m, s) = (mean[ch], invstd[ch]);
                         let (d, v) = (&dy[at..at + hw], &x[at..at + hw]);
-                        lane_sum2(d, v, v, |d, v, _| Pair(d as f64, d as f64 * ((v - m) * s) as f64))
+                        lane_sum2(d, v, |d, v| Pair(d as f64, d as f64 * ((v - m) * s) as f64))
                     })
                     .into_iter()
                     .map(|Pair(a, b)| (a, b))

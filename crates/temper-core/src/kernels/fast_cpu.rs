@@ -107,29 +107,24 @@ impl std::ops::AddAssign for Pair {
     }
 }
 
-/// As [`lane_sum`], two sums in one pass over three slices: `sum f(a[k], b[k], c[k])` of
-/// each half of the pair, over the common length, each in its own [`LANES`] accumulators
-/// (an array of pairs would not vectorise).
+/// As [`lane_sum`], two sums in one pass: `sum f(a[k], b[k])` of each half of the pair,
+/// over the common length, each in its own [`LANES`] accumulators (an array of pairs would
+/// not vectorise).
 #[inline(always)]
-pub(super) fn lane_sum2(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> Pair) -> Pair {
-    let len = a.len().min(b.len()).min(c.len());
-    let (a, b, c) = (&a[..len], &b[..len], &c[..len]);
+pub(super) fn lane_sum2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> Pair) -> Pair {
+    let len = a.len().min(b.len());
+    let (a, b) = (&a[..len], &b[..len]);
     let (mut s0, mut s1) = ([0f64; LANES], [0f64; LANES]);
-    let chunks = a
-        .chunks_exact(LANES)
-        .zip(b.chunks_exact(LANES))
-        .zip(c.chunks_exact(LANES));
-    for ((ca, cb), cc) in chunks {
+    for (ca, cb) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
         for j in 0..LANES {
-            let Pair(u, v) = f(ca[j], cb[j], cc[j]);
+            let Pair(u, v) = f(ca[j], cb[j]);
             s0[j] += u;
             s1[j] += v;
         }
     }
     let mut total = Pair(s0.iter().sum(), s1.iter().sum());
-    let rest = len / LANES * LANES;
-    for k in rest..len {
-        total += f(a[k], b[k], c[k]);
+    for k in len / LANES * LANES..len {
+        total += f(a[k], b[k]);
     }
     total
 }
@@ -830,7 +825,7 @@ struct Scratch {
     dyt: Buf<f32>,
     colst: Buf<f32>,
     /// The unfolded input as the bf16 product's panels (the bf16 forward).
-    pairs: Buf<u32>,
+    panels: Buf<u32>,
 }
 
 /// Element types with a pool of freed scratch allocations.
@@ -1057,7 +1052,7 @@ fn forward(
                     (take(&mut buf.prod, g.o * nb * l), Some(out))
                 };
                 if bf16 {
-                    let data = take(&mut buf.pairs, Panels::len((k, nb * l)));
+                    let data = take(&mut buf.panels, Panels::len((k, nb * l)));
                     let mut panels = Panels::new(data, (k, nb * l));
                     im2col_pairs(x, g, (first, nb), table.as_deref(), &mut panels, &mut buf.cols);
                     let w = MatRef::rows(w, k);
