@@ -48,9 +48,6 @@ pub(crate) const CIFAR_NATURAL: &[&str] = &[
     "128",
 ];
 
-/// The fine-tuning threat model: L-inf eps 0.1, PGD-10 with step 0.025.
-pub(crate) const THREAT: &[&str] = &["--eps", "0.1", "--alpha", "0.025", "--attack-steps", "10"];
-
 /// Which data an experiment runs on.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Data {
@@ -398,7 +395,7 @@ pub fn evidence(args: &[String]) -> Result<()> {
         "--lr-schedule",
         "step:lr=0.05,milestones=0.5/0.75",
     ];
-    pgd.extend(THREAT);
+    pgd.extend(r.setting.threat());
     let pgd_at = r.train("pgd-at", &pgd, 800)?;
 
     let mut table = format!(
@@ -448,7 +445,7 @@ pub fn evidence(args: &[String]) -> Result<()> {
                 "--seed",
                 seed,
             ];
-            a.extend(THREAT);
+            a.extend(r.setting.threat());
             let dir = r.train(&format!("finetune-{name}-s{seed}"), &a, 800)?;
             row.add(&r, &dir, limit)?;
         }
@@ -495,7 +492,7 @@ pub fn ssfd_sweep(args: &[String]) -> Result<()> {
                 "--seed",
                 seed,
             ];
-            a.extend(THREAT);
+            a.extend(r.setting.threat());
             let dir_name = if *seed == "0" {
                 format!("sweep/{name}")
             } else {
