@@ -42,10 +42,14 @@ use rayon::prelude::*;
 use std::borrow::Cow;
 use std::sync::Mutex;
 
-/// Target size of one unfolded chunk, in f32 elements (4 MiB): small enough that the chunk is
+/// Target size of one unfolded chunk, in f32 elements (1 MiB): small enough that the chunk is
 /// still in cache when the gemm reads it. Measured on a 2-core machine, chunks of 4 MiB made
-/// a 64-channel 3x3 layer's forward and backward 2-3 times faster than one 64 MiB chunk.
-const COLS_TARGET: usize = 1 << 20;
+/// a 64-channel 3x3 layer's forward and backward 2-3 times faster than one 64 MiB chunk; 1 MiB
+/// then made preact-resnet18's PGD step 3-5% faster again at batch 32 and 128 (the early
+/// layers now run one image per chunk, which also skips the permutation to NCHW) and
+/// small-cnn's 10-20% (2026-12-01, `tmp_train`-style timing, idle machine: 1 MiB and 256 KiB
+/// alike, 4 MiB and 16 MiB slower).
+const COLS_TARGET: usize = 1 << 18;
 
 /// Largest unfolded chunk, in f32 elements (64 MiB), so memory stays bounded for any batch.
 const COLS_MAX: usize = 16 << 20;
@@ -907,70 +911,81 @@ pub(super) fn take<T: Pooled>(buf: &mut Buf<T>, len: usize) -> &mut [T] {
 }
 
 /// How a convolution's batch is cut into chunks of images and spread over the threads.
-#[derive(Debug, Clone, Copy)]
+///
+/// The batch is first split into one group of consecutive images per thread, as even as
+/// integers allow (sizes differ by at most one), then each group into the same number of
+/// chunks of at most [`Geometry::chunk`] images, again as even as integers allow. Cutting the
+/// batch into chunks of one fixed size first and dealing the chunks out left the threads
+/// unequal: 32 images in chunks of 7 gave one thread 21 images and the other 11.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Plan {
-    /// Images per chunk (the last chunk may have fewer).
-    step: usize,
-    /// Number of chunks.
-    chunks: usize,
-    /// Groups of consecutive chunks run in parallel, one worker each; the gemm then runs on
+    /// Images in the batch.
+    n: usize,
+    /// Groups of consecutive images run in parallel, one worker each; the gemm then runs on
     /// that worker alone. With one group, the chunks run in order and the gemm uses every
     /// thread.
     groups: usize,
+    /// Chunks in each group (a group with fewer images than this has empty chunks).
+    per_group: usize,
     /// Threads of each gemm.
     gemm_threads: usize,
 }
 
 impl Plan {
-    /// Chunks of about [`Geometry::chunk`] images, but at least one per thread when the batch
-    /// has that many images: whole chunks on each thread need no synchronisation inside the
-    /// gemm, and the weight gradient's long inner dimension (the batch) is split across
-    /// threads, which the gemm itself does not do.
+    /// One group per thread when the batch has at least as many images as threads: whole
+    /// chunks on each thread need no synchronisation inside the gemm, and the weight
+    /// gradient's long inner dimension (the batch) is split across threads, which the gemm
+    /// itself does not do.
     fn new(g: &Geometry) -> Self {
-        let threads = rayon::current_num_threads().max(1);
-        let n = g.n.max(1);
-        let step = g.chunk().min(n.div_ceil(threads)).max(1);
-        let chunks = n.div_ceil(step);
-        if chunks >= threads && threads > 1 {
-            Plan {
-                step,
-                chunks,
-                groups: threads,
-                gemm_threads: 1,
-            }
+        Self::with_threads(g, rayon::current_num_threads())
+    }
+
+    /// The plan for `threads` threads.
+    fn with_threads(g: &Geometry, threads: usize) -> Self {
+        let threads = threads.max(1);
+        let n = g.n;
+        let (groups, gemm_threads) = if n >= threads && threads > 1 {
+            (threads, 1)
         } else {
-            Plan {
-                step,
-                chunks,
-                groups: 1,
-                gemm_threads: threads,
-            }
+            (1, threads)
+        };
+        Plan {
+            n,
+            groups,
+            per_group: n.div_ceil(groups).div_ceil(g.chunk().max(1)),
+            gemm_threads,
         }
     }
 
-    /// The chunk indices of group `group`: consecutive, and the same for every run of the
-    /// same shape (the weight gradient's sum order, hence its rounding, depends on it).
-    fn group_chunks(&self, group: usize) -> std::ops::Range<usize> {
-        let per = self.chunks.div_ceil(self.groups);
-        (group * per).min(self.chunks)..((group + 1) * per).min(self.chunks)
+    /// The images of group `group`: `(first, count)`.
+    fn group_images(&self, group: usize) -> (usize, usize) {
+        let (lo, hi) = (group * self.n / self.groups, (group + 1) * self.n / self.groups);
+        (lo, hi - lo)
     }
 
-    /// Images of chunk `chunk`, out of `n`: `(first, count)`.
-    fn images(&self, chunk: usize, n: usize) -> (usize, usize) {
-        let first = chunk * self.step;
-        (first, self.step.min(n - first))
+    /// The chunks of group `group`, as `(first, count)` of their images in batch order (the
+    /// weight gradient's sum order, hence its rounding, depends on them, so they are the
+    /// same for every run of the same shape); empty chunks are left out.
+    fn group_chunks(&self, group: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
+        let (first, m) = self.group_images(group);
+        let per = self.per_group;
+        (0..per)
+            .map(move |c| (first + c * m / per, (c + 1) * m / per - c * m / per))
+            .filter(|&(_, nb)| nb > 0)
     }
 }
 
 /// Splits `data`, `per_image` elements per image, into the slices of each group of `plan`
 /// (empty slices when `data` is empty: a gradient that is not wanted).
-fn split_groups<'a>(data: &'a mut [f32], plan: &Plan, n: usize, per_image: usize) -> Vec<&'a mut [f32]> {
+fn split_groups<'a>(data: &'a mut [f32], plan: &Plan, per_image: usize) -> Vec<&'a mut [f32]> {
     let mut rest = data;
     (0..plan.groups)
         .map(|group| {
-            let range = plan.group_chunks(group);
-            let images: usize = range.map(|c| plan.images(c, n).1).sum();
-            let len = if rest.is_empty() { 0 } else { images * per_image };
+            let len = if rest.is_empty() {
+                0
+            } else {
+                plan.group_images(group).1 * per_image
+            };
             let (head, tail) = std::mem::take(&mut rest).split_at_mut(len);
             rest = tail;
             head
@@ -1033,17 +1048,16 @@ fn forward(
     let mut y = vec![0f32; g.n * per_image];
     let plan = Plan::new(g);
     let table = gather_table(g, SMALL_PLANE);
-    let parts = split_groups(&mut y, &plan, g.n, per_image);
+    let parts = split_groups(&mut y, &plan, per_image);
     let kept = match keep {
-        Some(all) if !bf16 => split_groups(take(all, k * g.n * l), &plan, g.n, k * l),
+        Some(all) if !bf16 => split_groups(take(all, k * g.n * l), &plan, k * l),
         _ => (0..plan.groups).map(|_| &mut [][..]).collect(),
     };
     parts.into_par_iter().zip(kept).enumerate().try_for_each(
         |(group, (ys, mut kept))| -> candle_core::Result<()> {
             let mut buf = Scratch::default();
             let mut offset = 0;
-            for chunk in plan.group_chunks(group) {
-                let (first, nb) = plan.images(chunk, g.n);
+            for (first, nb) in plan.group_chunks(group) {
                 let out = &mut ys[offset..offset + nb * per_image];
                 // One image's (O, L) product is already its NCHW output: written in place.
                 let (prod, permute_into) = if nb == 1 {
@@ -1221,8 +1235,8 @@ struct Conv2dOp {
     /// Whether the forward keeps its unfolded input for the weight gradient (when it is at
     /// most [`KEEP_COLS_MAX`] elements): a weight that tracks a gradient, f32.
     keep_cols: bool,
-    /// The kept unfolding and the chunk size it was cut with, taken by the backward pass.
-    cols: Mutex<Option<(usize, Buf<f32>)>>,
+    /// The kept unfolding and the plan it was cut with, taken by the backward pass.
+    cols: Mutex<Option<(Plan, Buf<f32>)>>,
 }
 
 impl Conv2dOp {
@@ -1265,7 +1279,7 @@ impl CustomOp2 for Conv2dOp {
         )?;
         if keep {
             let mut cols = self.cols.lock().unwrap_or_else(|e| e.into_inner());
-            *cols = Some((Plan::new(&g).step, kept));
+            *cols = Some((Plan::new(&g), kept));
         }
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.o, g.oh, g.ow))))
     }
@@ -1312,9 +1326,7 @@ impl CustomOp2 for Conv2dOp {
         // The forward's unfolding when it kept one cut the same way (a second backward
         // through the same graph finds none and unfolds again).
         let kept = match self.cols.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            Some((step, cols)) if need_dw && step == plan.step && cols.as_slice().len() >= k * g.n * l => {
-                cols
-            }
+            Some((cut, cols)) if need_dw && cut == plan && cols.as_slice().len() >= k * g.n * l => cols,
             _ => Buf::default(),
         };
         let kept = kept.as_slice();
@@ -1323,7 +1335,7 @@ impl CustomOp2 for Conv2dOp {
         } else {
             None
         };
-        let parts = split_groups(if fold_dx { &mut dx } else { &mut [] }, &plan, g.n, chw);
+        let parts = split_groups(if fold_dx { &mut dx } else { &mut [] }, &plan, chw);
         // One partial weight gradient per group, summed below in group order, so the result
         // does not depend on which thread finishes first.
         let partials = if !(fold_dx || need_dw) {
@@ -1339,8 +1351,7 @@ impl CustomOp2 for Conv2dOp {
                                 let mut buf = Scratch::default();
                                 let mut dw: Option<Vec<f32>> = None;
                                 let mut offset = 0;
-                                for chunk in plan.group_chunks(group) {
-                                    let (first, nb) = plan.images(chunk, g.n);
+                                for (first, nb) in plan.group_chunks(group) {
                                     let cols_n = nb * l;
                                     // dY of the chunk as (O, nb * L): the columns in the
                                     // unfolded order.
@@ -1446,6 +1457,48 @@ mod tests {
 
     /// A dropped scratch buffer is reused by the next one that fits (no new allocation), and
     /// the pool stays within its count and byte bounds.
+    /// Every image lands in exactly one chunk, in batch order; the groups differ by at most
+    /// one image; no chunk exceeds the geometry's chunk size; an empty batch has no chunks.
+    #[test]
+    fn plans_cover_the_batch_in_order_and_balance_the_threads() -> candle_core::Result<()> {
+        let cfg = ConvCfg {
+            stride: 1,
+            padding: 1,
+            dilation: 1,
+            groups: 1,
+        };
+        for (n, c, h, o) in [
+            (32, 64, 32, 64),
+            (128, 64, 32, 64),
+            (7, 3, 8, 4),
+            (1, 16, 8, 8),
+            (0, 4, 8, 4),
+        ] {
+            let g = Geometry::new(&[n, c, h, h], &[o, c, 3, 3], cfg)?;
+            for threads in 1..=5 {
+                let plan = Plan::with_threads(&g, threads);
+                let mut next = 0;
+                let mut sizes = Vec::new();
+                for group in 0..plan.groups {
+                    let (first, count) = plan.group_images(group);
+                    assert_eq!(first, next, "n {n} threads {threads} group {group}");
+                    for (start, nb) in plan.group_chunks(group) {
+                        assert_eq!(start, next);
+                        assert!(nb >= 1 && nb <= g.chunk(), "chunk of {nb} > {}", g.chunk());
+                        next += nb;
+                    }
+                    assert_eq!(next, first + count);
+                    sizes.push(count);
+                }
+                assert_eq!(next, n, "n {n} threads {threads}");
+                let (lo, hi) = (sizes.iter().min(), sizes.iter().max());
+                assert!(hi.zip(lo).is_none_or(|(h, l)| h - l <= 1), "{sizes:?}");
+                assert_eq!(plan.groups > 1, n >= threads && threads > 1);
+            }
+        }
+        Ok(())
+    }
+
     #[test]
     fn scratch_buffers_are_reused_and_the_pool_is_bounded() {
         let len = 3 * 1024 * 1024 + 17;
