@@ -1,6 +1,8 @@
 """PyTorch side of `bench_steps` and of `temper gpu-check`: the same four workloads on the
 same architectures, batch and thread count, timed the same way (median of `reps` runs after
-one warm-up run; on a GPU each run ends with a synchronisation).
+two warm-up calls, each run repeating a workload faster than MIN_RUN seconds until it lasts
+about that long, as `temper_train::bench::median_secs` does; on a GPU each run ends with a
+synchronisation).
 
 usage: python3 bench_steps.py MODEL BATCH THREADS REPS [--device cpu|cuda]
                               [--precision f32|tf32|bf16]        (prints one JSON line, images/s)
@@ -9,7 +11,7 @@ Precisions, as PyTorch users run them: f32 with TF32 off (cuDNN and matmul), tf3
 matmul TF32 on: PyTorch's default for convolutions), bf16 (autocast to bfloat16 with the model
 and inputs in channels-last). cudnn.benchmark stays at PyTorch's default (off).
 """
-import argparse, json, statistics, time
+import argparse, json, math, statistics, time
 
 import torch
 import torch.nn as nn
@@ -149,11 +151,20 @@ def sync():
         torch.cuda.synchronize()
 
 
+MIN_RUN = 0.2  # seconds; temper_train::bench::MIN_RUN_SECS
+
+
 def median(f):
     f(); sync()
+    # The second warm-up call, timed, sets the calls per run.
+    s = time.perf_counter(); f(); sync(); warm = time.perf_counter() - s
+    calls = min(max(math.ceil(MIN_RUN / warm), 1), 1000) if warm > 0 else 1000
     t = []
     for _ in range(max(reps, 1)):
-        s = time.perf_counter(); f(); sync(); t.append(time.perf_counter() - s)
+        s = time.perf_counter()
+        for _ in range(calls):
+            f()
+        sync(); t.append((time.perf_counter() - s) / calls)
     return statistics.median(t)
 
 

@@ -5,7 +5,9 @@
 //! same command (`bench_steps.py` beside this file; skipped with a message where torch is
 //! absent).
 //!
-//! Every number is the median of `--reps` timed runs (at least 5) after one warm-up run.
+//! Every number is the median of `--reps` timed runs (at least 5) after two warm-up calls; a
+//! run repeats a workload faster than 0.2 s until it lasts about that long
+//! (`temper_train::bench::median_secs`; `bench_steps.py` does the same).
 //! Writes a Markdown table to stdout and `steps.json` into `--out` (default `target/bench`).
 //!
 //! The models of `--bf16` (default preact-resnet18; `none` for none) are also run with

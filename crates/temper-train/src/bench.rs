@@ -32,21 +32,45 @@ const EVAL: ForwardOpts = ForwardOpts {
     param_grads: false,
 };
 
-/// The median of `reps` (at least 1) timed runs of `f` after one warm-up run, in seconds.
-/// Each run ends with `device.synchronize()`, so queued GPU work is timed, not only its
-/// launch.
+/// Shortest timed run, in seconds: a workload faster than this (small-cnn's forward at batch
+/// 128 takes about a millisecond) is repeated within each run until the run lasts about this
+/// long, so that one run is not one timer-sized sample of thread wake-ups and page faults.
+/// `bench_steps.py` uses the same rule.
+pub const MIN_RUN_SECS: f64 = 0.2;
+
+/// The median of `reps` (at least 1) timed runs of `f` after two warm-up calls, in seconds per
+/// call of `f`. Each run calls `f` the same number of times, as many as make one run last
+/// about [`MIN_RUN_SECS`] by the second warm-up call's time (at least once), and ends with
+/// `device.synchronize()`, so queued GPU work is timed, not only its launch.
 pub fn median_secs(device: &Device, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     f()?;
     device.synchronize()?;
+    // A second warm-up call, timed: the first also pays for first-touch allocations.
+    let start = Instant::now();
+    f()?;
+    device.synchronize()?;
+    let calls = calls_per_run(start.elapsed().as_secs_f64());
     let mut t = Vec::with_capacity(reps.max(1));
     for _ in 0..reps.max(1) {
         let start = Instant::now();
-        f()?;
+        for _ in 0..calls {
+            f()?;
+        }
         device.synchronize()?;
-        t.push(start.elapsed().as_secs_f64());
+        t.push(start.elapsed().as_secs_f64() / calls as f64);
     }
     t.sort_by(f64::total_cmp);
     Ok(t[t.len() / 2])
+}
+
+/// Calls of a workload whose one call took `secs` that make a run of about
+/// [`MIN_RUN_SECS`]: at least 1, at most 1,000.
+fn calls_per_run(secs: f64) -> usize {
+    if secs > 0.0 && secs.is_finite() {
+        ((MIN_RUN_SECS / secs).ceil() as usize).clamp(1, 1000)
+    } else {
+        1000
+    }
 }
 
 /// One L-inf PGD step as every attack runs it (eps 8/255, step 2/255): eval mode,
@@ -112,7 +136,7 @@ pub fn random_batch(
 }
 
 /// Images per second of [`WORKLOADS`] for `kind` at `batch` on `device` with `precision`,
-/// each the median of `reps` runs after a warm-up run. SGD with momentum 0.9 and weight
+/// each the median of `reps` runs of [`median_secs`]. SGD with momentum 0.9 and weight
 /// decay 5e-4 (the optimizer's defaults) for the training steps.
 pub fn bench_model(
     kind: ModelKind,
