@@ -339,12 +339,16 @@ fn conv_matches_reference_over_geometries() -> Result<()> {
 
 #[test]
 fn conv_matches_reference_for_model_shapes() -> Result<()> {
-    // Shapes as in small-cnn and a ResNet block, with batches 1 and 5.
+    // Shapes as in small-cnn and a ResNet block, and one of odd channel counts, with
+    // batches 1 and 5.
     for (c, o, h, k, stride, padding) in [
         (1, 16, 28, 4, 2, 1),
         (16, 32, 14, 4, 2, 1),
         (16, 16, 16, 3, 1, 1),
         (16, 32, 16, 1, 2, 0),
+        // Channel counts past one 16 x 16 tile of the input gradient's flipped kernel and
+        // not a multiple of it.
+        (20, 37, 8, 3, 1, 1),
     ] {
         for n in [1, 5] {
             check(&Case {
