@@ -1479,8 +1479,6 @@ mod tests {
         }
     }
 
-    /// A dropped scratch buffer is reused by the next one that fits (no new allocation), and
-    /// the pool stays within its count and byte bounds.
     /// Every image lands in exactly one chunk, in batch order; the groups differ by at most
     /// one image; no chunk exceeds the geometry's chunk size; an empty batch has no chunks.
     #[test]
@@ -1530,6 +1528,8 @@ mod tests {
         Ok(())
     }
 
+    /// A dropped scratch buffer is reused by the next one that fits (no new allocation), and
+    /// the pool stays within its count and byte bounds.
     #[test]
     fn scratch_buffers_are_reused_and_the_pool_is_bounded() {
         let len = 3 * 1024 * 1024 + 17;
