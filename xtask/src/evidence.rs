@@ -140,8 +140,8 @@ impl Setting {
             dataset: folder(split),
             balanced: folder(balanced),
             train: strings(&["--train-size", "6000", "--val-split", "1000"]),
-            eps: "8/255",
-            alpha: "2/255",
+            eps: crate::reproduce::EPS,
+            alpha: crate::reproduce::ALPHA,
         }
     }
 

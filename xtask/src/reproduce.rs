@@ -121,8 +121,10 @@ const BUDGETS: [(&str, usize, usize); 3] = [("1/4", 1, 4), ("1/8", 1, 8), ("1/10
 /// The heading of the hand-written part of docs/reproduction*.md, kept by reruns.
 const CONCLUSIONS: &str = "## Conclusions";
 
-const EPS: &str = "8/255";
-const ALPHA: &str = "2/255";
+/// The reproduction's threat model, L-inf eps and PGD step (also the CIFAR-10
+/// `evidence::Setting`'s).
+pub(crate) const EPS: &str = "8/255";
+pub(crate) const ALPHA: &str = "2/255";
 
 struct Reproduction {
     bin: PathBuf,
