@@ -173,7 +173,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         a.json,
         "Plan: {} natural epochs, PGD evaluation, {} epochs of adversarial fine-tuning (PGD-10, eps {}) with a \
          slow-start-fast-decay schedule, evaluation again. Epochs are chosen so the whole demo stays well \
-         under 5 minutes on 2 CPU cores (about 16 s measured).",
+         under 5 minutes on 2 CPU cores (about 14 s measured).",
         a.natural_epochs, a.finetune_epochs, temper_eval::fmt_eps(eps)
     );
     let model_cfg = ModelConfig::new(ModelKind::SmallCnn, 10);
